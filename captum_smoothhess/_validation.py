@@ -1,0 +1,193 @@
+"""Argument checks and input flattening shared by every method of the package.
+
+Every check raises an exception whose message starts with the name of the
+offending argument, so users can tell at a glance what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+StdevsType = Union[float, Tensor, Sequence[Union[float, Tensor]]]
+
+
+def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
+    """Inputs must be non-empty floating tensors with a shared batch size and no NaN/Inf."""
+    if len(inputs) == 0:
+        raise ValueError(f"{argument}: expected a tensor or a non-empty tuple of tensors")
+    batch = None
+    for i, inp in enumerate(inputs):
+        where = argument if len(inputs) == 1 else f"{argument}[{i}]"
+        if not isinstance(inp, Tensor):
+            raise TypeError(f"{where}: expected a torch.Tensor, got {type(inp).__name__}")
+        if not inp.is_floating_point():
+            raise TypeError(f"{where}: expected a floating-point tensor, got dtype {inp.dtype}")
+        if inp.dim() == 0:
+            raise ValueError(f"{where}: expected a batch dimension first, got a 0-d tensor")
+        if batch is None:
+            batch = inp.shape[0]
+        elif inp.shape[0] != batch:
+            raise ValueError(
+                f"{argument}: all tensors must share the batch size, got {batch} and "
+                f"{inp.shape[0]} (tensor {i})"
+            )
+        if not bool(torch.isfinite(inp).all()):
+            raise ValueError(f"{where}: contains NaN or Inf values")
+    if batch == 0:
+        raise ValueError(f"{argument}: the batch is empty")
+
+
+def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument}: expected an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{argument}: must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _check_n_samples(n_samples: object, antithetic: bool, argument: str = "n_samples") -> int:
+    n = _check_positive_int(n_samples, argument)
+    if antithetic and n % 2:
+        raise ValueError(
+            f"{argument}: must be even with antithetic=True (samples come in pairs u, -u), "
+            f"got {n}"
+        )
+    return n
+
+
+def _check_number(value: object, argument: str, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{argument}: expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{argument}: must be finite and {bound}, got {value}")
+    return v
+
+
+def _format_stdevs(
+    stdevs: StdevsType,
+    inputs: Tuple[Tensor, ...],
+    *,
+    allow_zero: bool = False,
+    argument: str = "stdevs",
+) -> Tensor:
+    """Bandwidths as one flat vector over the features of one example.
+
+    ``stdevs`` may be a number (all features), one number or tensor per input
+    tensor, or (for a single input) a tensor of per-feature bandwidths
+    broadcastable to one example's shape. Returns a tensor of shape ``(d,)``
+    on the inputs' device and dtype, ``d`` the total number of features.
+    """
+    n_in = len(inputs)
+    if isinstance(stdevs, (tuple, list)):
+        if len(stdevs) != n_in:
+            raise ValueError(
+                f"{argument}: got {len(stdevs)} values for {n_in} input tensor(s); give one "
+                "per input tensor, or a single value"
+            )
+        per_input: Sequence[Union[float, Tensor]] = stdevs
+    else:
+        per_input = [stdevs] * n_in
+    parts = []
+    for i, (s, inp) in enumerate(zip(per_input, inputs)):
+        where = argument if n_in == 1 else f"{argument}[{i}]"
+        shape = inp.shape[1:]
+        if isinstance(s, Tensor):
+            t = s.detach().to(device=inp.device, dtype=inp.dtype)
+            if t.dim() == len(shape) + 1 and t.shape[0] == 1:
+                t = t[0]
+            try:
+                t = t.expand(shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"{where}: per-feature bandwidths of shape {tuple(s.shape)} do not "
+                    f"broadcast to one example's shape {tuple(shape)}"
+                ) from None
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or (
+                not allow_zero and bool((t == 0).any())
+            ):
+                bound = ">= 0" if allow_zero else "> 0"
+                raise ValueError(f"{where}: every bandwidth must be finite and {bound}")
+            parts.append(t.reshape(-1))
+        else:
+            v = _check_number(s, where, allow_zero=allow_zero)
+            parts.append(torch.full((math.prod(shape),), v, device=inp.device, dtype=inp.dtype))
+    return torch.cat(parts)
+
+
+def _flatten(inputs: Tuple[Tensor, ...]) -> Tensor:
+    """(B, d) view/copy of a tuple of (B, *S_i) tensors, detached."""
+    batch = inputs[0].shape[0]
+    flat = [inp.detach().reshape(batch, -1) for inp in inputs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+
+
+def _sizes(inputs: Tuple[Tensor, ...]) -> list[int]:
+    return [math.prod(inp.shape[1:]) for inp in inputs]
+
+
+def _unflatten(flat: Tensor, inputs: Tuple[Tensor, ...], lead: int = 1) -> Tuple[Tensor, ...]:
+    """Split the last dim of ``flat`` (..., d) back into the inputs' shapes."""
+    head = flat.shape[:lead]
+    parts = torch.split(flat, _sizes(inputs), dim=lead)
+    return tuple(p.reshape(*head, *inp.shape[1:]) for p, inp in zip(parts, inputs))
+
+
+def _format_feature_mask(
+    feature_mask: Union[Tensor, Tuple[Tensor, ...]],
+    inputs: Tuple[Tensor, ...],
+    argument: str = "feature_mask",
+) -> Tuple[Tensor, int]:
+    """Flatten a Captum-style feature mask.
+
+    Returns ``(mask, G)`` with ``mask`` of shape ``(1, d)`` or ``(B, d)``
+    (int64, on the inputs' device) and ``G = max id + 1`` groups, the Captum
+    convention (ids are ``0 .. G-1``; an unused id gives a zero row).
+    """
+    masks = (feature_mask,) if isinstance(feature_mask, Tensor) else tuple(feature_mask)
+    if len(masks) != len(inputs):
+        raise ValueError(
+            f"{argument}: got {len(masks)} mask(s) for {len(inputs)} input tensor(s)"
+        )
+    batch = inputs[0].shape[0]
+    flat = []
+    lead = 1
+    for i, (m, inp) in enumerate(zip(masks, inputs)):
+        where = argument if len(inputs) == 1 else f"{argument}[{i}]"
+        if not isinstance(m, Tensor):
+            raise TypeError(f"{where}: expected an integer tensor, got {type(m).__name__}")
+        if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
+            raise TypeError(f"{where}: expected integer group ids, got dtype {m.dtype}")
+        if m.dim() == inp.dim() - 1:
+            m = m.unsqueeze(0)
+        if m.dim() != inp.dim() or m.shape[0] not in (1, batch):
+            raise ValueError(
+                f"{where}: shape {tuple(m.shape)} does not fit input of shape "
+                f"{tuple(inp.shape)} (expected (1 or {batch}, ...) broadcastable to it)"
+            )
+        try:
+            m = m.expand(m.shape[0], *inp.shape[1:])
+        except RuntimeError:
+            raise ValueError(
+                f"{where}: shape {tuple(m.shape)} does not broadcast to input of shape "
+                f"{tuple(inp.shape)}"
+            ) from None
+        if m.numel() and int(m.min()) < 0:
+            raise ValueError(f"{where}: group ids must be non-negative")
+        lead = max(lead, m.shape[0])
+        flat.append(m)
+    out = torch.cat(
+        [m.expand(lead, *m.shape[1:]).reshape(lead, -1) for m in flat], dim=1
+    ).to(device=inputs[0].device, dtype=torch.long)
+    return out, int(out.max()) + 1
+
+
+def _check_generator(generator: Optional[torch.Generator], argument: str = "generator") -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{argument}: expected a torch.Generator or None, got {type(generator).__name__}")

@@ -16,7 +16,7 @@ demo: install-demo
 	$(PYTHON) -m captum_smoothhess demo $(ARGS)
 
 lint:
-	$(PYTHON) -m ruff check captum_smoothhess tests benchmarks
+	$(PYTHON) -m ruff check --output-format concise captum_smoothhess tests benchmarks
 	$(PYTHON) -m mypy
 
 test: install-dev lint

@@ -38,8 +38,8 @@ from ._validation import _unflatten
 from .kernels import Kernel
 
 _MASK64 = (1 << 64) - 1
-# Elements of noise drawn per block; fixes the block length for a given (B, d).
-_BLOCK_ELEMENTS = 1 << 22
+# Elements of noise drawn per block; fixes the block length for a given (B, d, n).
+_BLOCK_ELEMENTS = 1 << 20
 # Default budget of perturbed input elements evaluated in one chunk.
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -73,6 +73,9 @@ class NoiseStream:
         seed: Base seed, e.g. from :func:`seed_from`.
         device: Device of the noise.
         dtype: Floating dtype of the noise.
+        total: Number of samples per example that will be taken, if known;
+            bounds the block length so that small runs draw no more than they
+            use (256 samples when unknown).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class NoiseStream:
         seed: int,
         device: torch.device,
         dtype: torch.dtype,
+        total: Optional[int] = None,
     ) -> None:
         self.kernel = kernel
         self.batch = batch
@@ -90,7 +94,8 @@ class NoiseStream:
         self.seed = seed
         self.device = device
         self.dtype = dtype
-        self.block = max(1, min(256, _BLOCK_ELEMENTS // max(1, batch * dim)))
+        cap = 256 if total is None else total
+        self.block = max(1, min(cap, _BLOCK_ELEMENTS // max(1, batch * dim)))
         self._cache: Dict[int, Tensor] = {}
 
     def _draw_block(self, k: int) -> Tensor:

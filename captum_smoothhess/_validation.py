@@ -93,7 +93,7 @@ def _format_stdevs(
             )
         per_input: Sequence[Union[float, Tensor]] = stdevs
     else:
-        per_input = [stdevs] * n_in
+        per_input = [stdevs] * n_in  # type: ignore[list-item]
     parts = []
     for i, (s, inp) in enumerate(zip(per_input, inputs)):
         where = argument if n_in == 1 else f"{argument}[{i}]"

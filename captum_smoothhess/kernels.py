@@ -29,14 +29,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Kernel",
-    "Gaussian",
-    "Poisson",
-    "Hyperbolic",
-    "Sigmoid",
-    "Rect",
-    "get_kernel",
     "KERNELS",
+    "Gaussian",
+    "Hyperbolic",
+    "Kernel",
+    "Poisson",
+    "Rect",
+    "Sigmoid",
+    "get_kernel",
 ]
 
 

@@ -34,62 +34,14 @@ from ._validation import (
     _flatten,
     _format_feature_mask,
     _format_stdevs,
-    _sizes,
     _unflatten,
 )
+from .factors import HessianType, SmoothHessFactors, _HessianSums, _split_hessian
 from .kernels import Gaussian, Kernel, get_kernel
 
 __all__ = ["SmoothHess"]
 
-HessianType = Union[Tensor, Tuple[Tuple[Tensor, ...], ...]]
 GradientType = Union[Tensor, Tuple[Tensor, ...]]
-
-
-class _SteinSums:
-    """Streaming sums of one SmoothHess run: Hessian (dense or grouped) and gradient.
-
-    Per chunk it adds ``S^T D`` with ``S`` the bandwidth-scaled scores and
-    ``D`` the (antithetic) gradient differences, both ``(B, c, d)`` (or
-    ``(B, c, G)`` once grouped): one batched matrix product, never per-sample
-    outer products.
-    """
-
-    def __init__(
-        self,
-        kernel: Kernel,
-        inv_eps: Tensor,
-        batch: int,
-        mask: Optional[Tensor],
-        n_groups: int,
-        dim: int,
-        antithetic: bool,
-    ) -> None:
-        self.kernel = kernel
-        self.inv_eps = inv_eps
-        self.mask = mask
-        self.n_groups = n_groups
-        self.antithetic = antithetic
-        size = n_groups if mask is not None else dim
-        opts = {"device": inv_eps.device, "dtype": inv_eps.dtype}
-        self.hessian = torch.zeros(batch, size, size, **opts)  # type: ignore[arg-type]
-        self.gradient = torch.zeros(batch, dim, **opts)  # type: ignore[arg-type]
-
-    def _group(self, t: Tensor) -> Tensor:
-        assert self.mask is not None
-        out = t.new_zeros(*t.shape[:-1], self.n_groups)
-        if self.mask.shape[0] == 1:
-            return out.index_add_(-1, self.mask[0], t)
-        return out.scatter_add_(-1, self.mask[:, None, :].expand_as(t), t)
-
-    def add(self, u: Tensor, grads: Tensor) -> None:
-        """Add a chunk: noise ``u`` (B, c, d), gradients (B, c or 2c, d)."""
-        c = u.shape[1]
-        self.gradient += grads.sum(1)
-        diff = grads[:, :c] - grads[:, c:] if self.antithetic else grads
-        scores = self.kernel.score(u) * self.inv_eps
-        if self.mask is not None:
-            scores, diff = self._group(scores), self._group(diff)
-        self.hessian.baddbmm_(scores.transpose(1, 2), diff)
 
 
 class SmoothHess(GradientAttribution):
@@ -136,7 +88,7 @@ class SmoothHess(GradientAttribution):
             )
 
     @log_usage()
-    def attribute(  # type: ignore[override]
+    def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
         target: TargetType = None,
@@ -145,11 +97,13 @@ class SmoothHess(GradientAttribution):
         n_samples: int = 1000,
         n_samples_batch_size: Optional[int] = None,
         antithetic: bool = True,
-        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+        feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None,
         return_gradient: bool = False,
         generator: Optional[torch.Generator] = None,
         show_progress: bool = False,
-    ) -> Union[HessianType, Tuple[HessianType, GradientType]]:
+        output: str = "dense",
+        process_group: Optional[Any] = None,
+    ) -> Union[HessianType, Tuple[HessianType, GradientType], SmoothHessFactors]:
         r"""Estimate the smoothed Hessian (feature interactions) at ``inputs``.
 
         Args:
@@ -182,10 +136,23 @@ class SmoothHess(GradientAttribution):
                 group interaction ``M^T H M``, ``G = max id + 1``, estimated
                 directly from grouped scores and gradients.
             return_gradient: Also return the smoothed gradient (SmoothGrad for
-                the Gaussian kernel) from the same samples.
+                the Gaussian kernel) from the same samples. With
+            ``output="factors"`` the factors object instead.
             generator: ``torch.Generator`` for the noise; the global RNG when
                 ``None``. The same seed gives the same result.
             show_progress: Show a progress bar over sample chunks.
+            output: ``"dense"`` (default) for the matrix, or ``"factors"`` for
+                a :class:`~captum_smoothhess.factors.SmoothHessFactors` that
+                keeps the ``O(n d)`` sample factors (``matvec``, ``diagonal``,
+                ``group``, ``top_pairs``, ``to_dense``, ``gradient``) and never
+                forms a ``d x d`` matrix; ``to_dense()`` equals the dense
+                result for the same seed.
+            process_group: ``torch.distributed`` process group over which to
+                split the samples. By default, when a default process group
+                is initialised, its ranks split the samples (every rank must
+                call with the same inputs) and all-reduce the sums: each rank
+                gets the single-process result for rank 0's seed, up to float
+                rounding of the sums.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
@@ -223,6 +190,14 @@ class SmoothHess(GradientAttribution):
         eps = _format_stdevs(stdevs, inps)
         mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, inps)
         batch = inps[0].shape[0]
+        if output not in ("dense", "factors"):
+            raise ValueError(f"output: expected 'dense' or 'factors', got {output!r}")
+        group = _process_group(process_group)
+        if output == "factors" and (mask is not None or group is not None):
+            raise ValueError(
+                "output: 'factors' is computed in one process and without feature_mask; "
+                "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
+            )
 
         # One plain forward checks `target` and the output's shape up front.
         with torch.no_grad():
@@ -237,35 +212,64 @@ class SmoothHess(GradientAttribution):
         else:
             chunk = max(1, _check_positive_int(n_samples_batch_size, "n_samples_batch_size") // copies)
 
-        stream = NoiseStream(self.kernel, batch, dim, seed_from(generator), x.device, x.dtype)
+        seed = seed_from(generator)
+        world, rank = 1, 0
+        if group is not None:
+            seed, world, rank = _distributed_seed(seed, group, x.device)
+        stream = NoiseStream(self.kernel, batch, dim, seed, x.device, x.dtype, m)
         evaluate = GradientEvaluator(self.forward_func, inps, target, additional_forward_args)
-        sums = _SteinSums(self.kernel, 1.0 / eps, batch, mask, n_groups, dim, antithetic)
-        for start, stop in chunks(m, chunk, show_progress, desc="SmoothHess"):
+        inv_eps = 1.0 / eps
+        sums = None if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
+        kept_scores: list[Tensor] = []
+        kept_diffs: list[Tensor] = []
+        grad_sum = torch.zeros_like(x)
+        x_rows = x[:, None, :]
+        for i, (start, stop) in enumerate(chunks(m, chunk, show_progress, desc="SmoothHess")):
+            if i % world != rank:
+                continue
             u = stream.take(start, stop)
-            step = eps * u
-            points = x[:, None, :] + (torch.cat([step, -step], dim=1) if antithetic else step)
-            sums.add(u, evaluate(points))
+            c = stop - start
+            points = x.new_empty(batch, copies * c, dim)
+            torch.addcmul(x_rows, eps, u, out=points[:, :c])
+            if antithetic:
+                torch.addcmul(x_rows, eps, u, value=-1, out=points[:, c:])
+            grads = evaluate(points)
+            grad_sum += grads.sum(1)
+            diffs = grads[:, :c] - grads[:, c:] if antithetic else grads
+            scores = self.kernel.score(u)
+            if sums is None:
+                kept_scores.append(scores)
+                kept_diffs.append(diffs)
+            else:
+                sums.add(scores, diffs)
+        if group is not None:
+            assert sums is not None
+            torch.distributed.all_reduce(sums.total, group=group)
+            torch.distributed.all_reduce(grad_sum, group=group)
 
-        hess = sums.hessian / (m * copies)
-        hess = 0.5 * (hess + hess.transpose(1, 2))
+        grads_out = _unflatten(grad_sum / n, inps)
+        gradient = grads_out if is_tuple else grads_out[0]
+        if sums is None:
+            return SmoothHessFactors(kept_scores, kept_diffs, inv_eps, n, gradient, inps, is_tuple)
+        hess = sums.result(n)
         out_h: HessianType = hess if mask is not None else _split_hessian(hess, inps, is_tuple)
-        if not return_gradient:
-            return out_h
-        grads = _unflatten(sums.gradient / n, inps)
-        return out_h, (grads if is_tuple else grads[0])
+        return (out_h, gradient) if return_gradient else out_h
 
 
-def _split_hessian(hess: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> HessianType:
-    """(B, d, d) -> (B, *S, *S), or the k x k nested tuple of blocks for tuple inputs."""
-    batch = hess.shape[0]
-    if not is_tuple:
-        shape = inputs[0].shape[1:]
-        return hess.reshape(batch, *shape, *shape)
-    rows = torch.split(hess, _sizes(inputs), dim=1)
-    return tuple(
-        tuple(
-            blk.reshape(batch, *a.shape[1:], *b.shape[1:])
-            for blk, b in zip(torch.split(row, _sizes(inputs), dim=2), inputs)
-        )
-        for row, a in zip(rows, inputs)
-    )
+def _process_group(process_group: Optional[Any]) -> Optional[Any]:
+    """The process group to split samples over: the given one, else the default one if any."""
+    if not torch.distributed.is_available():
+        return None
+    if process_group is None:
+        if not torch.distributed.is_initialized():
+            return None
+        process_group = torch.distributed.group.WORLD
+    return process_group if torch.distributed.get_world_size(process_group) > 1 else None
+
+
+def _distributed_seed(seed: int, group: Any, device: torch.device) -> Tuple[int, int, int]:
+    """Rank 0's seed on every rank, with the world size and this rank."""
+    backend_device = device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
+    t = torch.tensor([seed], dtype=torch.int64, device=backend_device)
+    torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)
+    return int(t.item()), torch.distributed.get_world_size(group), torch.distributed.get_rank(group)

@@ -1,0 +1,151 @@
+"""Kernels: exact samplers against their CDFs and moments, scores against autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import gen
+
+from captum_smoothhess import SmoothHess
+from captum_smoothhess.kernels import (
+    Gaussian,
+    Hyperbolic,
+    Kernel,
+    Poisson,
+    Rect,
+    Sigmoid,
+    get_kernel,
+)
+
+UNIT_VARIANCE = [Gaussian(), Hyperbolic(0.3), Hyperbolic(1.0), Hyperbolic(8.0), Sigmoid(), Rect()]
+ALL = [*UNIT_VARIANCE, Poisson()]
+WITH_SCORE = [Gaussian(), Poisson(), Hyperbolic(0.5), Hyperbolic(3.0), Sigmoid()]
+
+
+def _ks(samples: torch.Tensor, cdf: torch.Tensor) -> float:
+    """Kolmogorov-Smirnov distance of sorted samples to the model CDF at them."""
+    n = samples.numel()
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    cdf = cdf.to(torch.float64)
+    return float(torch.maximum(i / n - cdf, cdf - (i - 1) / n).max())
+
+
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+def test_marginal_matches_cdf(kernel: Kernel) -> None:
+    n = 40_000
+    u = kernel.sample(n // 4, 4, generator=gen(1), dtype=torch.float64).reshape(-1)
+    s, _ = torch.sort(u)
+    # 1.95 / sqrt(n) is the 0.1% critical value of the KS statistic.
+    assert _ks(s, kernel.marginal_cdf(s)) < 1.95 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("kernel", UNIT_VARIANCE, ids=repr)
+def test_unit_variance_zero_mean(kernel: Kernel) -> None:
+    u = kernel.sample(100_000, 3, generator=gen(2), dtype=torch.float64)
+    # Tolerances: 5 standard errors of the mean and of the variance.
+    kurt_bound = 6.0  # all kernels here have excess kurtosis below 6
+    se_var = math.sqrt((2 + kurt_bound) / u.numel())
+    assert abs(float(u.mean())) < 5 / math.sqrt(u.numel())
+    assert abs(float(u.var()) - 1) < 5 * se_var
+
+
+def test_rect_support_and_hyperbolic_limits() -> None:
+    assert float(Rect().sample(10_000, 2, generator=gen(0)).abs().max()) <= math.sqrt(3)
+    t = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    # alpha -> inf tends to the Gaussian; small alpha has heavier (Laplace-like) tails.
+    gauss = Gaussian().marginal_cdf(t)
+    assert float((Hyperbolic(400.0).marginal_cdf(t) - gauss).abs().max()) < 2e-3
+    assert float(Hyperbolic(0.05).marginal_cdf(torch.tensor([-3.0], dtype=torch.float64))) > float(
+        Gaussian().marginal_cdf(torch.tensor([-3.0], dtype=torch.float64))
+    )
+
+
+def test_poisson_is_radial_multivariate_cauchy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    d, n = 6, 20_000
+    u = Poisson().sample(n, d, generator=gen(3), dtype=torch.float64)
+    # |u|^2 / d follows an F(d, 1) distribution for the multivariate Cauchy.
+    r, _ = torch.sort((u * u).sum(1) / d)
+    cdf = torch.from_numpy(stats.f.cdf(r.numpy(), d, 1))
+    assert _ks(r, cdf) < 1.95 / math.sqrt(n)
+    # Directions are uniform: the mean direction vanishes.
+    dirs = u / u.norm(dim=1, keepdim=True)
+    assert float(dirs.mean(0).norm()) < 5 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("kernel", WITH_SCORE, ids=repr)
+@pytest.mark.parametrize("dim", [1, 5])
+def test_score_is_minus_grad_log_density(kernel: Kernel, dim: int) -> None:
+    u = (3 * torch.randn(64, dim, generator=gen(4), dtype=torch.float64)).requires_grad_()
+    (grad,) = torch.autograd.grad(kernel.log_prob(u).sum(), u)
+    torch.testing.assert_close(kernel.score(u.detach()), -grad)
+
+
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+def test_log_prob_normalised(kernel: Kernel) -> None:
+    t = torch.linspace(-200, 200, 400_001, dtype=torch.float64)
+    dens = kernel.log_prob(t[:, None]).exp()
+    mass = float(torch.trapezoid(dens, t))
+    tail = 0.0 if kernel.variance < math.inf else 2 / (math.pi * 200)  # Cauchy mass beyond +-200
+    assert abs(mass + tail - 1) < 2e-3
+
+
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+def test_generator_reproducible_and_dtype(kernel: Kernel) -> None:
+    a = kernel.sample(50, 7, generator=gen(5), dtype=torch.float64)
+    b = kernel.sample(50, 7, generator=gen(5), dtype=torch.float64)
+    c = kernel.sample(50, 7, generator=gen(6), dtype=torch.float64)
+    assert a.shape == (50, 7) and a.dtype == torch.float64
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(0)
+    d = kernel.sample(4, 2)
+    torch.manual_seed(0)
+    assert torch.equal(d, kernel.sample(4, 2)) and d.dtype == torch.float32
+
+
+def test_rect_has_no_score() -> None:
+    assert not Rect().has_score and Gaussian().has_score
+    with pytest.raises(NotImplementedError, match="no score"):
+        Rect().score(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="kernel"):
+        SmoothHess(torch.nn.Linear(2, 1), kernel=Rect())
+    with pytest.raises(ValueError, match="kernel"):
+        SmoothHess(torch.nn.Linear(2, 1), kernel="rect")
+
+
+def test_names_and_errors() -> None:
+    assert get_kernel("Gaussian") == Gaussian()
+    assert isinstance(get_kernel(" POISSON "), Poisson)
+    assert get_kernel("logistic") == Sigmoid()
+    assert Hyperbolic(2.0) == Hyperbolic(2.0) and Hyperbolic(2.0) != Hyperbolic(3.0)
+    with pytest.raises(ValueError, match="kernel: unknown kernel 'laplace'"):
+        get_kernel("laplace")
+    with pytest.raises(TypeError, match="kernel"):
+        get_kernel(3)  # type: ignore[arg-type]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha"):
+            Hyperbolic(bad)
+
+
+def test_user_subclass_is_usable_by_smoothhess() -> None:
+    class Logistic2(Kernel):
+        """A user kernel: the logistic density with unit scale."""
+
+        name = "logistic2"
+        variance = math.pi**2 / 3
+
+        def sample(self, n, dim, *, generator=None, device=None, dtype=None):  # type: ignore[no-untyped-def]
+            p = torch.rand(n, dim, generator=generator, device=device, dtype=dtype).clamp(1e-7, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
+
+        def score(self, u: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(u / 2)
+
+    net = torch.nn.Linear(3, 1)
+    hess = SmoothHess(net, kernel=Logistic2()).attribute(
+        torch.zeros(1, 3), stdevs=0.5, n_samples=64, generator=gen(0)
+    )
+    # A linear function has zero Hessian; antithetic pairs make the estimate exactly 0.
+    assert torch.count_nonzero(hess) == 0

@@ -14,13 +14,13 @@ from .smoothhess import SmoothHess
 __version__ = "0.1.0"
 
 __all__ = [
-    "SmoothHess",
-    "Kernel",
     "Gaussian",
-    "Poisson",
     "Hyperbolic",
-    "Sigmoid",
+    "Kernel",
+    "Poisson",
     "Rect",
-    "get_kernel",
+    "Sigmoid",
+    "SmoothHess",
     "__version__",
+    "get_kernel",
 ]

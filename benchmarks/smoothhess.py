@@ -16,6 +16,7 @@ Run ``python benchmarks/smoothhess.py`` (``--quick`` for a smoke run). Two table
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from typing import Callable, List
@@ -30,7 +31,7 @@ def mlp784() -> nn.Module:
     torch.manual_seed(0)
     sizes = [784, 500, 300, 250, 250, 10]
     layers: List[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1]).eval()
 
@@ -63,7 +64,11 @@ def floor_and_ratio(n: int, batch_size: int, repeats: int) -> tuple[float, float
 
     def smoothhess() -> None:
         sh.attribute(
-            x, target=target, stdevs=eps, n_samples=n, n_samples_batch_size=batch_size,
+            x,
+            target=target,
+            stdevs=eps,
+            n_samples=n,
+            n_samples_batch_size=batch_size,
             generator=torch.Generator().manual_seed(0),
         )
 
@@ -79,7 +84,11 @@ def floor_and_ratio(n: int, batch_size: int, repeats: int) -> tuple[float, float
 def closed_form_errors(n: int, seeds: int) -> tuple[float, float]:
     gen = torch.Generator().manual_seed(0)
     d, hidden, eps = 10, 20, 0.7
-    w, b, a = torch.randn(hidden, d, generator=gen), torch.randn(hidden, generator=gen), torch.randn(hidden, generator=gen)
+    w, b, a = (
+        torch.randn(hidden, d, generator=gen),
+        torch.randn(hidden, generator=gen),
+        torch.randn(hidden, generator=gen),
+    )
 
     def f(z: Tensor) -> Tensor:
         return torch.relu(z @ w.T + b) @ a
@@ -94,7 +103,9 @@ def closed_form_errors(n: int, seeds: int) -> tuple[float, float]:
     for antithetic in (True, False):
         errs = []
         for s in range(seeds):
-            h = sh.attribute(x, stdevs=eps, n_samples=n, antithetic=antithetic, generator=torch.Generator().manual_seed(s))
+            h = sh.attribute(
+                x, stdevs=eps, n_samples=n, antithetic=antithetic, generator=torch.Generator().manual_seed(s)
+            )
             assert isinstance(h, Tensor)
             errs.append(float((h - exact).norm() / exact.norm()))
         out.append(sum(errs) / len(errs))
@@ -102,7 +113,9 @@ def closed_form_errors(n: int, seeds: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=1024)

@@ -23,12 +23,13 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
     w = torch.randn(hidden, d, generator=gen)
     b = torch.randn(hidden, generator=gen)
     a = torch.randn(hidden, generator=gen)
-    net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    first, last = torch.nn.Linear(d, hidden), torch.nn.Linear(hidden, 1)
     with torch.no_grad():
-        net[0].weight.copy_(w)
-        net[0].bias.copy_(b)
-        net[2].weight.copy_(a[None])
-        net[2].bias.zero_()
+        first.weight.copy_(w)
+        first.bias.copy_(b)
+        last.weight.copy_(a[None])
+        last.bias.zero_()
+    net = torch.nn.Sequential(first, torch.nn.ReLU(), last)
     x = torch.randn(1, d, generator=gen)
     n = 2_000 if quick else 100_000
     hess = SmoothHess(net).attribute(x, target=0, stdevs=eps, n_samples=n, generator=gen, show_progress=True)

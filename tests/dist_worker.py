@@ -31,16 +31,26 @@ def main(out: str) -> None:
     sh = SmoothHess(counted, kernel="poisson")
     # Each rank passes a different generator: rank 0's seed is broadcast.
     hess, grad = sh.attribute(
-        x, target=1, stdevs=0.5, n_samples=600, n_samples_batch_size=50,
-        generator=torch.Generator().manual_seed(7 + rank), return_gradient=True,
+        x,
+        target=1,
+        stdevs=0.5,
+        n_samples=600,
+        n_samples_batch_size=50,
+        generator=torch.Generator().manual_seed(7 + rank),
+        return_gradient=True,
     )
     torch.save({"hess": hess, "grad": grad, "rows": rows[0]}, f"{out}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:
         single, sgrad = sh.attribute(
-            x, target=1, stdevs=0.5, n_samples=600, n_samples_batch_size=50,
-            generator=torch.Generator().manual_seed(7), return_gradient=True,
+            x,
+            target=1,
+            stdevs=0.5,
+            n_samples=600,
+            n_samples_batch_size=50,
+            generator=torch.Generator().manual_seed(7),
+            return_gradient=True,
         )
         torch.save({"hess": single, "grad": sgrad}, f"{out}/single.pt")
 

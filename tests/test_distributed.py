@@ -24,8 +24,14 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     worker = Path(__file__).with_name("dist_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(worker), str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(worker),
+        str(tmp_path),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,4 +43,3 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
         # Each rank evaluated half of the 2 x 600 perturbed rows (plus the 2-row check).
         assert got["rows"] == 600 + 2
     assert torch.count_nonzero(single["hess"]) > 0
-

@@ -9,7 +9,7 @@ import torch
 from helpers import OneHiddenReLU, gen, make_one_hidden, rel_err
 from torch import nn
 
-from captum_smoothhess import Gaussian, Hyperbolic, Poisson, SmoothHess, Sigmoid
+from captum_smoothhess import Gaussian, Hyperbolic, Poisson, Sigmoid, SmoothHess
 from captum_smoothhess.factors import SmoothHessFactors
 
 EPS = 0.7
@@ -42,8 +42,10 @@ def test_closed_form_d10_large_n(relu10: OneHiddenReLU, x10: torch.Tensor, kerne
     hess = SmoothHess(relu10.net, kernel=kernel).attribute(
         x10[:1], target=0, stdevs=EPS, n_samples=400_000, generator=gen(2)
     )
-    exact = relu10.gaussian_hessian(x10[:1], EPS) if kernel == "gaussian" else relu10.poisson_hessian(
-        x10[:1], EPS
+    exact = (
+        relu10.gaussian_hessian(x10[:1], EPS)
+        if kernel == "gaussian"
+        else relu10.poisson_hessian(x10[:1], EPS)
     )
     assert rel_err(hess, exact) < 0.02
 
@@ -98,7 +100,9 @@ def test_smoothed_gradient_closed_form(relu10: OneHiddenReLU, x10: torch.Tensor)
 @pytest.mark.parametrize("kernel", ["gaussian", "poisson", "sigmoid"])
 def test_converges_to_exact_hessian_of_smooth_net(kernel: str) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 8), nn.Softplus(), nn.Linear(8, 1)).double()
+    net = nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 8), nn.Softplus(), nn.Linear(8, 1)
+    ).double()
     x = torch.randn(1, 5, dtype=torch.float64)
     exact = torch.func.hessian(lambda z: net(z[None])[0, 0])(x[0])[None]
     errs = []
@@ -121,7 +125,9 @@ def test_tuple_inputs_give_blocks_of_the_flat_hessian(relu10: OneHiddenReLU, x10
     a, b = x10[:, :4], x10[:, 4:].reshape(3, 2, 3)
     sh = SmoothHess(fwd)
     blocks, grads = sh.attribute((a, b), stdevs=EPS, n_samples=200, generator=gen(9), return_gradient=True)
-    flat, gflat = SmoothHess(net).attribute(x10, stdevs=EPS, n_samples=200, generator=gen(9), return_gradient=True)
+    flat, gflat = SmoothHess(net).attribute(
+        x10, stdevs=EPS, n_samples=200, generator=gen(9), return_gradient=True
+    )
     assert isinstance(blocks, tuple) and len(blocks) == 2 and all(len(r) == 2 for r in blocks)
     assert blocks[0][0].shape == (3, 4, 4) and blocks[0][1].shape == (3, 4, 2, 3)
     assert blocks[1][0].shape == (3, 2, 3, 4) and blocks[1][1].shape == (3, 2, 3, 2, 3)
@@ -160,7 +166,10 @@ def test_feature_mask_equals_grouped_dense(relu10: OneHiddenReLU, x10: torch.Ten
         return relu10.net(torch.cat([a, b], dim=1))
 
     g3 = SmoothHess(fwd).attribute(
-        (x10[:, :5], x10[:, 5:]), stdevs=EPS, n_samples=500, generator=gen(12),
+        (x10[:, :5], x10[:, 5:]),
+        stdevs=EPS,
+        n_samples=500,
+        generator=gen(12),
         feature_mask=(mask[:5], mask[5:]),
     )
     torch.testing.assert_close(g3, grouped, rtol=1e-4, atol=1e-5)
@@ -285,7 +294,10 @@ def _snapshot(model: nn.Module) -> dict[str, object]:
         "training": [m.training for m in model.modules()],
         "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
-        "hooks": [len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules()],
+        "hooks": [
+            len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
+            for m in model.modules()
+        ],
     }
 
 
@@ -366,6 +378,8 @@ def test_non_finite_inputs(bad: float) -> None:
     with pytest.raises(ValueError, match="inputs"):
         SmoothHess(nn.Linear(4, 1)).attribute(x, stdevs=0.1, n_samples=10)
     with pytest.raises(ValueError, match=r"inputs\[1\]"):
-        SmoothHess(lambda a, b: (a.sum(1) + b.sum(1))).attribute((torch.ones(2, 3), x), stdevs=0.1, n_samples=10)
+        SmoothHess(lambda a, b: a.sum(1) + b.sum(1)).attribute(
+            (torch.ones(2, 3), x), stdevs=0.1, n_samples=10
+        )
     with pytest.raises(TypeError, match="inputs"):
         SmoothHess(nn.Linear(4, 1)).attribute(torch.ones(2, 4, dtype=torch.long), stdevs=0.1, n_samples=10)

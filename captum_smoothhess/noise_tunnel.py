@@ -1,0 +1,328 @@
+"""KernelNoiseTunnel: Captum's NoiseTunnel with any smoothing kernel.
+
+SmoothGrad is the Gaussian case of a general construction: the attribution
+of the network convolved with a kernel, ``E_u[A(x + eps u)]`` with ``u`` drawn
+from a kernel ``k`` and ``eps`` the bandwidth (``stdevs``), estimated by Monte
+Carlo. :class:`KernelNoiseTunnel` subclasses :class:`captum.attr.NoiseTunnel`
+and replaces only its noise-drawing hook, so everything else (sample
+partitions, expansion of ``target``, ``baselines``, ``additional_forward_args``
+and ``feature_mask``, the three ``nt_type`` reductions, convergence deltas) is
+Captum's own code.
+
+Noise is drawn in one of two ways:
+
+* the *drop-in* path: the Gaussian kernel, ``generator=None`` and one number
+  per input tensor as ``stdevs``. The noise is drawn by NoiseTunnel's own
+  routine, from the global RNG in NoiseTunnel's order, so results equal
+  NoiseTunnel's under the same ``torch.manual_seed``.
+* the *kernel* path, for every other case: canonical noise from
+  :class:`~captum_smoothhess._sampling.NoiseStream`, addressed by sample index,
+  so the result does not depend on ``nt_samples_batch_size`` and is
+  reproducible from ``generator``. All features of one example (across the
+  tensors of a tuple input) form one point, which is what the radial Poisson
+  kernel needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from captum.attr import Attribution, NoiseTunnel
+from torch import Tensor
+
+from ._captum import log_usage
+from ._sampling import NoiseStream, seed_from
+from ._validation import (
+    StdevsType,
+    _check_generator,
+    _check_inputs,
+    _check_positive_int,
+    _format_stdevs,
+    _sizes,
+)
+from .kernels import Gaussian, Kernel, get_kernel
+
+__all__ = ["KernelNoiseTunnel"]
+
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+AttributionOutput = Union[
+    Tensor,
+    Tuple[Tensor, Tensor],
+    Tuple[Tensor, ...],
+    Tuple[Tuple[Tensor, ...], Tensor],
+]
+
+
+class _InputNoise:
+    """Kernel noise for the inputs of one ``attribute`` call, by sample index.
+
+    Successive calls of :meth:`add` take successive samples, so the noise of
+    sample ``j`` does not depend on how the samples are partitioned.
+    """
+
+    def __init__(
+        self, kernel: Kernel, inputs: Tuple[Tensor, ...], std: Tensor, seed: int
+    ) -> None:
+        dtype = inputs[0].dtype
+        for inp in inputs[1:]:
+            dtype = torch.promote_types(dtype, inp.dtype)
+        self.std = std.to(dtype)
+        self.sizes = _sizes(inputs)
+        self.stream = NoiseStream(
+            kernel, inputs[0].shape[0], sum(self.sizes), seed, inputs[0].device, dtype
+        )
+        self.offset = 0
+
+    def add(self, inputs: Tuple[Tensor, ...], n: int) -> Tuple[Tensor, ...]:
+        """Inputs repeated ``n`` times per example (Captum's repeat_interleave order) plus noise."""
+        u = self.stream.take(self.offset, self.offset + n)  # (B, n, d)
+        self.offset += n
+        noise = (u * self.std).reshape(-1, u.shape[-1])  # row b * n + j
+        parts = torch.split(noise, self.sizes, dim=1)
+        return tuple(
+            inp.detach().repeat_interleave(n, dim=0) + p.reshape(-1, *inp.shape[1:]).to(inp.dtype)
+            for inp, p in zip(inputs, parts)
+        )
+
+
+@dataclass
+class _CallState:
+    """What one ``attribute`` call needs inside NoiseTunnel's hooks."""
+
+    input_noise: Optional[_InputNoise] = None
+    captum_stdevs: Optional[Tuple[float, ...]] = None
+    generator: Optional[torch.Generator] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+# Per-call state, keyed by the id of the tunnel object. A context variable
+# (rather than attributes on the object) keeps concurrent calls in different
+# threads apart and leaves nothing on the object after a call.
+_CALLS: contextvars.ContextVar[Dict[int, _CallState]] = contextvars.ContextVar(
+    "captum_smoothhess_noise_tunnel_calls"
+)
+
+
+@contextlib.contextmanager
+def _call_state(owner: object, state: _CallState) -> Iterator[_CallState]:
+    token = _CALLS.set({**_CALLS.get({}), id(owner): state})
+    try:
+        yield state
+    finally:
+        _CALLS.reset(token)
+
+
+def _current_state(owner: object) -> _CallState:
+    state = _CALLS.get({}).get(id(owner))
+    if state is None:
+        raise RuntimeError(
+            f"{type(owner).__name__}: noise can only be drawn inside attribute()"
+        )
+    return state
+
+
+def _check_nt_args(
+    nt_type: object, nt_samples: object, nt_samples_batch_size: object
+) -> None:
+    if nt_type not in NT_TYPES:
+        raise ValueError(f"nt_type: must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
+    _check_positive_int(nt_samples, "nt_samples")
+    if nt_samples_batch_size is not None:
+        _check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
+
+
+def _plain_stdevs(stdevs: object, n_inputs: int) -> Optional[Tuple[float, ...]]:
+    """``stdevs`` as one float per input when it is numbers only, else ``None``."""
+    values = stdevs if isinstance(stdevs, (tuple, list)) else (stdevs,) * n_inputs
+    if all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in values):
+        return tuple(float(s) for s in values)  # type: ignore[arg-type]
+    return None
+
+
+@contextlib.contextmanager
+def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
+    """Seed numpy's global RNG from ``generator`` for the block, then restore it.
+
+    Captum draws baselines from a distribution with ``np.random.choice``;
+    this makes those draws reproducible from the user's generator too.
+    """
+    if generator is None:
+        yield
+        return
+    saved = np.random.get_state()  # noqa: NPY002 - Captum draws from numpy's global RNG
+    np.random.seed(seed_from(generator) % (1 << 32))  # noqa: NPY002
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+
+
+class KernelNoiseTunnel(NoiseTunnel):
+    """NoiseTunnel with any smoothing kernel: SmoothGrad, SmoothGrad² and VarGrad.
+
+    For an attribution method ``A`` (Saliency, IntegratedGradients, ...), a
+    kernel ``k`` and bandwidth ``eps`` (``stdevs``), ``nt_type="smoothgrad"``
+    estimates ``E_u[A(x + eps u)]``, ``u ~ k``, from ``nt_samples`` draws per
+    example; ``"smoothgrad_sq"`` the mean of ``A^2``; ``"vargrad"`` the
+    variance. With Saliency (``abs=False``) this is the gradient of the
+    network convolved with the kernel.
+
+    It is a drop-in replacement for :class:`captum.attr.NoiseTunnel`: with the
+    default Gaussian kernel and ``generator=None`` it draws the same noise as
+    NoiseTunnel from the global RNG and returns the same numbers under the
+    same ``torch.manual_seed``. Only the noise hook of NoiseTunnel is
+    replaced; everything else is Captum's code.
+
+    Args:
+        attribution_method: Any Captum attribution method NoiseTunnel wraps.
+        kernel: A :class:`~captum_smoothhess.kernels.Kernel` or its name
+            (``"gaussian"``, ``"poisson"``, ``"hyperbolic"``, ``"sigmoid"``,
+            ``"rect"``). The radial Poisson kernel treats all features of one
+            example, across the tensors of a tuple input, as one point.
+
+    Raises:
+        TypeError: ``attribution_method`` is not a Captum ``Attribution``.
+        ValueError: ``kernel`` is unknown.
+
+    Examples:
+        >>> import torch
+        >>> from captum.attr import Saliency
+        >>> from captum_smoothhess.noise_tunnel import KernelNoiseTunnel
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(8, 3))
+        >>> nt = KernelNoiseTunnel(Saliency(net), kernel="poisson")
+        >>> x = torch.randn(2, 4)
+        >>> attr = nt.attribute(x, nt_samples=8, stdevs=0.1, target=0, abs=False,
+        ...                     generator=torch.Generator().manual_seed(0))
+        >>> attr.shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self, attribution_method: Attribution, kernel: Union[Kernel, str] = Gaussian()
+    ) -> None:
+        if not isinstance(attribution_method, Attribution):
+            raise TypeError(
+                "attribution_method: expected a Captum Attribution instance (e.g. "
+                f"Saliency(model)), got {type(attribution_method).__name__}"
+            )
+        super().__init__(attribution_method)
+        self.kernel = get_kernel(kernel)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        nt_type: str = "smoothgrad",
+        nt_samples: int = 5,
+        nt_samples_batch_size: Optional[int] = None,
+        stdevs: StdevsType = 1.0,
+        draw_baseline_from_distrib: bool = False,
+        generator: Optional[torch.Generator] = None,
+        **kwargs: Any,
+    ) -> AttributionOutput:
+        """Average the wrapped attribution over kernel noise added to the inputs.
+
+        Args:
+            inputs: Tensor or tuple of tensors, batch dimension first.
+            nt_type: ``"smoothgrad"`` (mean), ``"smoothgrad_sq"`` (mean of
+                squares) or ``"vargrad"`` (variance) of the sampled attributions.
+            nt_samples: Noisy samples per example. Default: 5.
+            nt_samples_batch_size: Samples evaluated together; ``None`` means
+                all. With the kernel path the result does not depend on it.
+            stdevs: Bandwidth ``eps``: a number, one per input tensor, or
+                per-feature tensors broadcastable to one example (kernel
+                path). 0 means no noise. Default: 1.0, as NoiseTunnel.
+            draw_baseline_from_distrib: Draw each sample's baseline from the
+                given ``baselines`` (as NoiseTunnel); with a ``generator`` the
+                draws are reproducible from it.
+            generator: ``torch.Generator`` for the noise; ``None`` uses the
+                global RNG.
+            **kwargs: Passed to the wrapped method's ``attribute``
+                (``target``, ``additional_forward_args``, ``baselines``,
+                ``return_convergence_delta``, ...).
+
+        Returns:
+            The smoothed attributions, shaped like the wrapped method's
+            (tensor in, tensor out; tuple in, tuple out), and the per-example
+            mean convergence delta when ``return_convergence_delta=True`` and
+            the wrapped method supports it.
+
+        Raises:
+            ValueError: ``nt_type`` unknown, ``nt_samples`` or
+                ``nt_samples_batch_size`` < 1, ``stdevs`` negative or not
+                finite or of the wrong length, ``inputs`` with NaN/Inf.
+            TypeError: ``generator`` is not a ``torch.Generator``.
+        """
+        _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
+        _check_generator(generator)
+        tupled = inputs if isinstance(inputs, tuple) else (inputs,)
+        _check_inputs(tupled)
+        std = _format_stdevs(stdevs, tupled, allow_zero=True)
+        state = _CallState(generator=generator)
+        plain = _plain_stdevs(stdevs, len(tupled))
+        if isinstance(self.kernel, Gaussian) and generator is None and plain is not None:
+            state.captum_stdevs = plain
+        else:
+            state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator))
+        with _call_state(self, state):
+            return NoiseTunnel.attribute.__wrapped__(
+                self,
+                inputs,
+                nt_type=nt_type,
+                nt_samples=nt_samples,
+                nt_samples_batch_size=nt_samples_batch_size,
+                stdevs=stdevs,
+                draw_baseline_from_distrib=draw_baseline_from_distrib,
+                **kwargs,
+            )
+
+    def _add_noise_to_inputs(
+        self,
+        nt_samples_partition: int,
+        inputs: Tuple[Tensor, ...],
+        stdevs: Any,
+    ) -> Tuple[Tensor, ...]:
+        state = _current_state(self)
+        if state.input_noise is None:
+            # Drop-in path: NoiseTunnel's own draws, in its order.
+            return super()._add_noise_to_inputs(
+                nt_samples_partition, inputs, state.captum_stdevs
+            )
+        noisy = state.input_noise.add(inputs, nt_samples_partition)
+        if self.is_gradient_method:
+            return tuple(t.requires_grad_() for t in noisy)
+        return noisy
+
+    def _expand_partial(
+        self,
+        nt_samples_partition: int,
+        kwargs_partial: Dict[str, Any],
+        inputs: Tuple[Tensor, ...],
+        draw_baseline_from_distrib: bool,
+    ) -> None:
+        generator = _current_state(self).generator if draw_baseline_from_distrib else None
+        with _numpy_rng_from(generator):
+            NoiseTunnel._expand_partial(
+                nt_samples_partition, kwargs_partial, inputs, draw_baseline_from_distrib
+            )
+
+
+def _format_attributions(
+    attributions: Any, delta_supported: bool, return_convergence_delta: bool
+) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor]]:
+    """Split ``(attributions, delta)`` and tuple-ise as NoiseTunnel does."""
+    delta = None
+    if delta_supported and return_convergence_delta:
+        attributions, delta = attributions
+    is_tuple = isinstance(attributions, tuple)
+    attrs: Tuple[Tensor, ...] = attributions if is_tuple else (attributions,)
+    return attrs, is_tuple, delta
+

@@ -1,0 +1,351 @@
+"""Tests of NoiseGrad and FusionGrad: oracles, plain-loop equivalence, model safety, errors."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import torch
+from captum.attr import (
+    GradientAttribution,
+    InputXGradient,
+    IntegratedGradients,
+    LayerIntegratedGradients,
+    Saliency,
+)
+from captum.log import log_usage
+from captum.metrics import infidelity, sensitivity_max
+from torch import Tensor, nn
+
+from captum_smoothhess._sampling import seed_from
+from captum_smoothhess.kernels import Gaussian, Hyperbolic, Rect, Sigmoid
+from captum_smoothhess.noise_tunnel import _CALLS
+from captum_smoothhess.noisegrad import FusionGrad, NoiseGrad, _WeightNoise
+
+
+def _mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).to(dtype)
+
+
+class _Scaled(nn.Module):
+    """Two inputs and a per-example additional forward arg."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = nn.Linear(3, 8).double()
+        self.b = nn.Linear(2, 8).double()
+        self.head = nn.Linear(8, 2).double()
+
+    def forward(self, x: Tensor, y: Tensor, scale: Tensor) -> Tensor:
+        return self.head(torch.relu(self.a(x) + self.b(y))) * scale
+
+
+def _snapshot(model: nn.Module) -> Dict[str, Any]:
+    return {
+        "params": {n: (p, p.detach().clone(), p.requires_grad, p.grad) for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
+        "training": [m.training for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def _assert_untouched(model: nn.Module, snap: Dict[str, Any]) -> None:
+    now = dict(model.named_parameters())
+    assert now.keys() == snap["params"].keys()
+    for n, (obj, val, rg, grad) in snap["params"].items():
+        assert now[n] is obj, n  # the very same Parameter object
+        assert torch.equal(now[n].detach(), val) and now[n].requires_grad == rg and now[n].grad is grad
+    for n, b in model.named_buffers():
+        assert torch.equal(b, snap["buffers"][n]), n
+    assert [m.training for m in model.modules()] == snap["training"]
+    assert [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for m in model.modules()
+    ] == snap["hooks"]
+    assert _CALLS.get({}) == {}
+
+
+def _loop_draws(model: nn.Module, names: List[str], kernel: Any, eps: float, mult: bool,
+                seed: int, n: int) -> List[nn.Module]:
+    """Deep-copied models carrying exactly the weight draws NoiseGrad uses."""
+    draws = _WeightNoise(model, names, kernel, eps, mult, seed).take(n)
+    models = []
+    for k in range(n):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name in draws:
+                    p.copy_(draws[name][k])
+        models.append(m)
+    return models
+
+
+# -- oracles -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [Saliency, InputXGradient, IntegratedGradients])
+def test_zero_stdevs_equals_wrapped_method(method: Any) -> None:
+    net = _mlp()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    expected = method(net).attribute(x, target=1)
+    for cls in (NoiseGrad, FusionGrad):
+        extra = {"input_stdevs": 0.0} if cls is FusionGrad else {}
+        got = cls(method(net)).attribute(x, nt_samples=4, stdevs=0.0, target=1, **extra)
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("kernel", [Gaussian(), Sigmoid(), Hyperbolic(), Rect()], ids=repr)
+@pytest.mark.parametrize("noise", ["multiplicative", "additive"])
+def test_vargrad_closed_form_linear_model(kernel: Any, noise: str) -> None:
+    # f(x) = w^T x: the saliency is the perturbed w itself, so VarGrad is
+    # eps^2 w^2 (multiplicative) or eps^2 (additive) for unit-variance kernels.
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 1, bias=False).double()
+    x = torch.randn(2, 5, dtype=torch.float64)
+    eps, n = 0.3, 4000
+    ng = NoiseGrad(Saliency(lin), kernel, noise=noise)
+    kw = dict(nt_samples=n, stdevs=eps, abs=False, generator=torch.Generator().manual_seed(0))
+    var = ng.attribute(x, nt_type="vargrad", **kw)
+    mean = ng.attribute(x, nt_type="smoothgrad", **kw)
+    w = lin.weight.detach()[0]
+    expected = (eps * w) ** 2 if noise == "multiplicative" else torch.full_like(w, eps**2)
+    torch.testing.assert_close(var, expected.expand(2, 5), rtol=0.12, atol=0)
+    sd = eps * (float(w.abs().max()) if noise == "multiplicative" else 1.0)
+    torch.testing.assert_close(mean, w.expand(2, 5), rtol=0, atol=6 * sd / n**0.5)
+
+
+# -- equivalence with a plain loop over deep-copied, perturbed models ------------
+
+
+@pytest.mark.parametrize("method", [Saliency, IntegratedGradients])
+@pytest.mark.parametrize("noise", ["multiplicative", "additive"])
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "vargrad"])
+def test_same_draws_as_plain_loop(method: Any, noise: str, nt_type: str) -> None:
+    model = _Scaled()
+    x, y = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    scale = torch.rand(3, 1, dtype=torch.float64) + 0.5
+    target = torch.tensor([0, 1, 1])
+    n, eps = 7, 0.25
+    ng = NoiseGrad(method(model), Hyperbolic(), noise=noise, param_filter=r"^(a|head)\.")
+    got = ng.attribute(
+        (x, y), nt_type=nt_type, nt_samples=n, nt_samples_batch_size=3, stdevs=eps, target=target,
+        additional_forward_args=(scale,), generator=torch.Generator().manual_seed(9),
+    )
+    names = ["a.weight", "a.bias", "head.weight", "head.bias"]
+    seed = seed_from(torch.Generator().manual_seed(9))
+    outs = [
+        method(m).attribute((x, y), target=target, additional_forward_args=(scale,))
+        for m in _loop_draws(model, names, Hyperbolic(), eps, noise == "multiplicative", seed, n)
+    ]
+    for i in range(2):
+        stack = torch.stack([o[i] for o in outs])
+        expected = stack.mean(0) if nt_type == "smoothgrad" else (stack**2).mean(0) - stack.mean(0) ** 2
+        torch.testing.assert_close(got[i], expected)
+
+
+def test_monte_carlo_agreement_with_independent_loop() -> None:
+    # NoiseGrad and FusionGrad against a plain loop with its own torch.randn draws.
+    net = _mlp(3)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    n, eps, in_eps = 1500, 0.2, 0.3
+    torch.manual_seed(123)
+    rows_ng, rows_fg = [], []
+    for _ in range(n):
+        m = copy.deepcopy(net)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(1 + eps * torch.randn_like(p))
+        rows_ng.append(Saliency(m).attribute(x.clone().requires_grad_(), target=0, abs=False))
+        xn = (x + in_eps * torch.randn_like(x)).requires_grad_()
+        rows_fg.append(Saliency(m).attribute(xn, target=0, abs=False))
+    for cls, rows, extra in (
+        (NoiseGrad, rows_ng, {}),
+        (FusionGrad, rows_fg, {"input_stdevs": in_eps}),
+    ):
+        stack = torch.stack(rows)
+        got = cls(Saliency(net)).attribute(
+            x, nt_samples=n, stdevs=eps, target=0, abs=False,
+            generator=torch.Generator().manual_seed(1), **extra,
+        )
+        se = (2 * stack.var(0) / n).sqrt()
+        assert bool(((got - stack.mean(0)).abs() <= 5 * se + 1e-9).all()), cls.__name__
+
+
+def test_batch_size_invariant_and_reproducible() -> None:
+    net = _mlp()
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def run(bs: Any, seed: int = 0) -> Tensor:
+        return FusionGrad(IntegratedGradients(net), "poisson", "poisson").attribute(
+            x, nt_samples=6, nt_samples_batch_size=bs, target=2, n_steps=8,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    a = run(None)
+    assert torch.equal(run(None), a)
+    torch.testing.assert_close(run(4), a)
+    torch.testing.assert_close(run(1), a)
+    assert not torch.equal(run(None, 1), a)
+    torch.manual_seed(5)
+    b = NoiseGrad(Saliency(net)).attribute(x, target=0)
+    torch.manual_seed(5)
+    assert torch.equal(NoiseGrad(Saliency(net)).attribute(x, target=0), b)
+
+
+def test_param_filter_variants() -> None:
+    net = _mlp()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    plain = Saliency(net).attribute(x, target=0)
+    # Noise on the last bias only cannot change the input gradient.
+    for f in (r"^2\.bias$", lambda name: name == "2.bias", ["2.bias"]):
+        got = NoiseGrad(Saliency(net), param_filter=f).attribute(x, stdevs=0.5, target=0)
+        torch.testing.assert_close(got, plain)
+    changed = NoiseGrad(Saliency(net), param_filter=["0.weight"]).attribute(x, stdevs=0.5, target=0)
+    assert not torch.allclose(changed, plain)
+    with pytest.raises(ValueError, match="param_filter"):
+        NoiseGrad(Saliency(net), param_filter=["nope"]).attribute(x, target=0)
+    with pytest.raises(ValueError, match="param_filter"):
+        NoiseGrad(Saliency(net), param_filter="conv").attribute(x, target=0)
+
+
+# -- the model is left exactly as found ------------------------------------------------
+
+
+def test_model_untouched_batchnorm_dropout_train_mode_and_no_grad() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
+    net.train()
+    snap = _snapshot(net)
+    x = torch.randn(5, 4, requires_grad=True)
+    with torch.no_grad():
+        out = FusionGrad(IntegratedGradients(net)).attribute(
+            x, nt_samples=3, target=1, n_steps=4, generator=torch.Generator().manual_seed(0)
+        )
+    assert out.shape == x.shape and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    assert x.requires_grad and x.grad is None
+    _assert_untouched(net, snap)
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_model_untouched_after_planted_exception(fail_at: int) -> None:
+    calls = {"n": 0}
+
+    class Flaky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            calls["n"] += 1
+            if calls["n"] >= fail_at:  # the model breaks midway and stays broken
+                raise RuntimeError("planted failure")
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    net = Flaky()
+    net.lin.weight.grad = torch.ones_like(net.lin.weight)
+    snap = _snapshot(net)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        NoiseGrad(Saliency(net)).attribute(torch.randn(2, 4), nt_samples=6, nt_samples_batch_size=2, target=0)
+    _assert_untouched(net, snap)
+    assert isinstance(net.lin.weight, nn.Parameter)
+
+
+def test_model_untouched_when_wrapped_method_raises_midway() -> None:
+    class Breaks(Saliency):
+        count = 0
+
+        @log_usage()
+        def attribute(self, inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            Breaks.count += 1
+            out = Saliency.attribute.__wrapped__(self, inputs, **kwargs)  # type: ignore[attr-defined]
+            if Breaks.count == 2:
+                raise ValueError("planted in the method")
+            return out
+
+    net = _mlp()
+    snap = _snapshot(net)
+    with pytest.raises(ValueError, match="planted in the method"):
+        FusionGrad(Breaks(net)).attribute(
+            torch.randn(2, 4, dtype=torch.float64), nt_samples=6, nt_samples_batch_size=2, target=0
+        )
+    _assert_untouched(net, snap)
+
+
+# -- Captum metrics ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [NoiseGrad, FusionGrad])
+def test_captum_metrics_run(cls: Any) -> None:
+    net = _mlp(dtype=torch.float32)
+    x = torch.randn(3, 4)
+    expl = cls(Saliency(net))
+    kw = dict(nt_samples=4, target=1, generator=torch.Generator().manual_seed(0))
+    attr = expl.attribute(x, **kw)
+
+    def perturb(inputs: Tensor) -> Tuple[Tensor, Tensor]:
+        noise = 0.05 * torch.randn_like(inputs)
+        return noise, inputs - noise
+
+    inf = infidelity(net, perturb, x, attr, target=1, n_perturb_samples=4)
+    sens = sensitivity_max(expl.attribute, x, n_perturb_samples=2, **kw)
+    assert inf.shape == (3,) and bool(torch.isfinite(inf).all())
+    assert sens.shape == (3,) and bool(torch.isfinite(sens).all())
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+class _NoForward(GradientAttribution):
+    @log_usage()
+    def attribute(self, inputs: Tensor, **kwargs: Any) -> Tensor:  # type: ignore[override]
+        return torch.zeros_like(inputs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "name"),
+    [
+        (dict(stdevs=-0.2), ValueError, "stdevs"),
+        (dict(stdevs=float("inf")), ValueError, "stdevs"),
+        (dict(input_stdevs=-1.0), ValueError, "input_stdevs"),
+        (dict(input_stdevs=(0.1, 0.1)), ValueError, "input_stdevs"),
+        (dict(nt_type="x"), ValueError, "nt_type"),
+        (dict(nt_samples=0), ValueError, "nt_samples"),
+        (dict(nt_samples_batch_size=-1), ValueError, "nt_samples_batch_size"),
+        (dict(generator="seed"), TypeError, "generator"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, exc: type, name: str) -> None:
+    fg = FusionGrad(Saliency(_mlp()))
+    with pytest.raises(exc, match=name):
+        fg.attribute(torch.randn(2, 4, dtype=torch.float64), **{"target": 0, **kwargs})
+
+
+def test_bad_constructor_and_inputs() -> None:
+    with pytest.raises(TypeError, match="attribution_method"):
+        NoiseGrad(Saliency(lambda x: x.sum(1)))
+    with pytest.raises(TypeError, match="attribution_method"):
+        NoiseGrad(_mlp())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="noise"):
+        NoiseGrad(Saliency(_mlp()), noise="gaussian")
+    net0 = _mlp()
+    with pytest.raises(TypeError, match="layer and neuron"):
+        NoiseGrad(LayerIntegratedGradients(net0, net0[0]))
+    with pytest.raises(ValueError, match="input_kernel"):
+        FusionGrad(Saliency(_mlp()), input_kernel="laplace")
+    with pytest.raises(ValueError, match="inputs"):
+        NoiseGrad(Saliency(_mlp())).attribute(torch.full((1, 4), float("nan")), target=0)
+    net = _mlp()
+    with pytest.raises(RuntimeError, match="never called"):
+        NoiseGrad(_NoForward(net)).attribute(torch.randn(2, 4, dtype=torch.float64))
+    # The bound forward of a module is accepted as well.
+    x = torch.randn(2, 4, dtype=torch.float64)
+    a = NoiseGrad(Saliency(net.forward)).attribute(x, target=0, generator=torch.Generator().manual_seed(0))
+    b = NoiseGrad(Saliency(net)).attribute(x, target=0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)

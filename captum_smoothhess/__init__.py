@@ -3,24 +3,39 @@
 Public API:
 
 * :class:`SmoothHess`: pairwise feature interactions of ReLU networks, the
-  Hessian of the kernel-smoothed network estimated from gradient calls.
+  Hessian of the kernel-smoothed network estimated from gradient calls
+  (:class:`SmoothHessFactors` is its factored form).
 * :mod:`captum_smoothhess.kernels`: the smoothing kernels (Gaussian, Poisson,
   Hyperbolic, Sigmoid, Rect) and their base class.
+* :class:`KernelNoiseTunnel`, :class:`NoiseGrad`, :class:`FusionGrad`: gradient
+  smoothing with any kernel in input space, weight space, or both.
+* :class:`CASO`, :class:`CAFO`: second- and first-order sparse saliency.
 """
 
+from .caso import CAFO, CASO
+from .factors import SmoothHessFactors, TopPairs
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
+from .noise_tunnel import KernelNoiseTunnel
+from .noisegrad import FusionGrad, NoiseGrad
 from .smoothhess import SmoothHess
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAFO",
+    "CASO",
+    "FusionGrad",
     "Gaussian",
     "Hyperbolic",
     "Kernel",
+    "KernelNoiseTunnel",
+    "NoiseGrad",
     "Poisson",
     "Rect",
     "Sigmoid",
     "SmoothHess",
+    "SmoothHessFactors",
+    "TopPairs",
     "__version__",
     "get_kernel",
 ]

@@ -1,0 +1,32 @@
+"""Smoke runs of the benchmark scripts, so they do not rot (timings are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_smoothhess_benchmark_quick() -> None:
+    out = _run([str(BENCH / "smoothhess.py"), "--quick"])
+    assert "ratio" in out and "antithetic pairs" in out
+
+
+@pytest.mark.parametrize("cases", ["floor_mlp,dense_vs_factors,image_groups", "softplus_exact,distributed"])
+def test_suite_quick(tmp_path: Path, cases: str) -> None:
+    md = tmp_path / "bench.md"
+    out = _run([str(BENCH / "run.py"), "--quick", "--cases", cases, "--out", str(md)])
+    text = md.read_text()
+    assert text.strip() == out.strip()
+    # One row per case at least, each with a finite ratio or an explicit memory figure.
+    assert text.count("\n| ") >= len(cases.split(",")) + 1

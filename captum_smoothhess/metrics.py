@@ -1,0 +1,232 @@
+"""Perturbation mean-squared error: how well a Taylor model predicts the network.
+
+The SmoothHess paper measures the local fidelity of a (gradient, Hessian) pair
+by the error of the second-order Taylor model it defines, averaged over random
+perturbations of the input,
+
+    PMSE(x) = mean_j [ f(x + delta_j) - f(x) - g^T delta_j - 1/2 delta_j^T H delta_j ]^2 ,
+
+with ``delta_j = rho_j v_j``, ``v_j`` uniform on the unit sphere of all features
+of one example and ``rho_j`` uniform on ``[0, r]`` (the paper's choice) or
+distributed so that ``delta_j`` is uniform in the ball of radius ``r``. Without
+a Hessian the first-order error is measured. ``f(x)`` is the network's own
+value, not a smoothed one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._captum import (
+    ExpansionTypes,
+    TargetType,
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+    _format_tensor_into_tuples,
+)
+from ._sampling import NoiseStream, chunks, default_chunk, seed_from, selected_outputs
+from ._validation import (
+    _check_generator,
+    _check_inputs,
+    _check_number,
+    _check_positive_int,
+    _flatten,
+    _sizes,
+    _unflatten,
+)
+from .kernels import Gaussian
+
+__all__ = ["perturbation_mse"]
+
+HessianLike = Union[Tensor, Sequence[Sequence[Tensor]]]
+GradientLike = Union[Tensor, Sequence[Tensor]]
+
+_RADIUS_DISTRIBUTIONS = ("uniform", "ball")
+
+
+def _flat_gradient(gradient: GradientLike, inputs: Tuple[Tensor, ...], argument: str = "gradient") -> Tensor:
+    """A gradient shaped like ``inputs`` (tensor or tuple) as a ``(B, d)`` tensor."""
+    grads = _format_tensor_into_tuples(gradient)
+    if len(grads) != len(inputs):
+        raise ValueError(f"{argument}: got {len(grads)} tensor(s) for {len(inputs)} input tensor(s)")
+    for i, (g, inp) in enumerate(zip(grads, inputs)):
+        if not isinstance(g, Tensor) or g.shape != inp.shape:
+            shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(
+                f"{argument}: tensor {i} has shape {shape}, expected the input's shape {tuple(inp.shape)}"
+            )
+    flat = _flatten(grads).to(dtype=inputs[0].dtype)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(f"{argument}: contains NaN or Inf values")
+    return flat
+
+
+def _flat_hessian(hessian: HessianLike, inputs: Tuple[Tensor, ...], argument: str = "hessian") -> Tensor:
+    """A Hessian in SmoothHess's output layout as a ``(B, d, d)`` tensor.
+
+    Accepts a tensor ``(B, *S, *S)`` (or already ``(B, d, d)``) for one input,
+    or the ``k x k`` nested tuple of blocks ``(B, *S_i, *S_j)`` for ``k`` inputs.
+    """
+    batch = inputs[0].shape[0]
+    sizes = _sizes(inputs)
+    dim = sum(sizes)
+    if isinstance(hessian, Tensor):
+        if hessian.numel() != batch * dim * dim or hessian.shape[0] != batch:
+            raise ValueError(
+                f"{argument}: shape {tuple(hessian.shape)} does not fit inputs with {batch} example(s) "
+                f"of {dim} feature(s); expected (B, *S, *S) as SmoothHess returns (a grouped "
+                "(B, G, G) Hessian from feature_mask cannot be used here)"
+            )
+        flat = hessian.reshape(batch, dim, dim)
+    else:
+        rows = list(hessian)
+        if len(rows) != len(inputs) or any(len(list(r)) != len(inputs) for r in rows):
+            raise ValueError(
+                f"{argument}: expected a {len(inputs)} x {len(inputs)} nested tuple of blocks, one per "
+                "pair of input tensors"
+            )
+        blocks = []
+        for i, row in enumerate(rows):
+            line = []
+            for j, blk in enumerate(row):
+                if not isinstance(blk, Tensor) or blk.numel() != batch * sizes[i] * sizes[j]:
+                    raise ValueError(
+                        f"{argument}: block [{i}][{j}] does not have shape (B, *S_{i}, *S_{j}) = "
+                        f"({batch}, {tuple(inputs[i].shape[1:])}, {tuple(inputs[j].shape[1:])})"
+                    )
+                line.append(blk.reshape(batch, sizes[i], sizes[j]))
+            blocks.append(torch.cat(line, dim=2))
+        flat = torch.cat(blocks, dim=1)
+    flat = flat.detach().to(dtype=inputs[0].dtype)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(f"{argument}: contains NaN or Inf values")
+    return flat
+
+
+def perturbation_mse(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    gradient: GradientLike,
+    hessian: Optional[HessianLike] = None,
+    radius: float = 1.0,
+    n_perturbations: int = 1000,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    radius_distribution: str = "uniform",
+    n_perturbations_batch_size: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    r"""Mean squared error of the Taylor model ``(gradient, hessian)`` around ``inputs``.
+
+    For each example, draws ``n_perturbations`` perturbations
+    ``delta = rho v`` (``v`` uniform on the unit sphere over all features of the
+    example, across the tensors of a tuple input) and returns
+
+    ``mean_j [f(x + delta_j) - f(x) - g^T delta_j - 1/2 delta_j^T H delta_j]^2``,
+
+    ``f`` the output of ``forward_func`` selected by ``target``. Perturbed
+    points are evaluated in batched forward passes, chunked so that memory
+    does not grow with ``n_perturbations``.
+
+    Args:
+        forward_func: The model or function, as given to the attribution method.
+        inputs: A tensor ``(B, *S)`` or a tuple of tensors ``(B, *S_i)``.
+        gradient: The gradient at ``inputs``, shaped like ``inputs`` (e.g. the
+            smoothed gradient SmoothHess returns with ``return_gradient=True``).
+        hessian: The Hessian at ``inputs`` in SmoothHess's layout: a tensor
+            ``(B, *S, *S)``, or for tuple inputs the nested tuple of blocks
+            ``(B, *S_i, *S_j)``. ``None`` measures the first-order model.
+        radius: Largest perturbation norm ``r`` > 0. Default: 1.0.
+        n_perturbations: Perturbations per example (at least 1). Default: 1000.
+        target: Captum target selecting one scalar output per example.
+        additional_forward_args: Extra arguments for ``forward_func``; tensors
+            whose first dimension is the batch are expanded per perturbation.
+        radius_distribution: ``"uniform"`` for ``rho ~ U[0, r]`` (the
+            SmoothHess paper's choice) or ``"ball"`` for ``delta`` uniform in
+            the ball of radius ``r`` (``rho = r U^(1/d)``).
+        n_perturbations_batch_size: Perturbations evaluated per forward pass
+            (per example); ``None`` picks as many as fit a fixed budget. The
+            result does not depend on it.
+        generator: ``torch.Generator`` for the perturbations; the same seed
+            gives the same perturbations, so two Taylor models compared with
+            the same seed are evaluated on the same points.
+
+    Returns:
+        Tensor ``(B,)``: the perturbation MSE of each example.
+
+    Raises:
+        ValueError: ``radius`` not positive and finite, ``n_perturbations`` < 1,
+            an unknown ``radius_distribution``, a ``gradient`` or ``hessian``
+            that does not fit ``inputs``, NaN/Inf values, or a ``target`` that
+            does not select one output per example.
+        TypeError: Arguments of the wrong type.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.metrics import perturbation_mse
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, -1.0]])
+        >>> f = lambda x: 0.5 * ((x @ A) * x).sum(1)
+        >>> x = torch.zeros(1, 2)
+        >>> grad, hess = torch.zeros(1, 2), A[None]
+        >>> float(perturbation_mse(f, x, grad, hess, radius=0.5, n_perturbations=100)) < 1e-12
+        True
+        >>> perturbation_mse(f, x, grad, radius=0.5, n_perturbations=100,
+        ...                  generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([1])
+    """
+    inps = _format_tensor_into_tuples(inputs)
+    _check_inputs(inps)
+    r = _check_number(radius, "radius", allow_zero=False)
+    n = _check_positive_int(n_perturbations, "n_perturbations")
+    if radius_distribution not in _RADIUS_DISTRIBUTIONS:
+        raise ValueError(
+            f"radius_distribution: expected one of {_RADIUS_DISTRIBUTIONS}, got {radius_distribution!r}"
+        )
+    _check_generator(generator)
+    x = _flatten(inps)
+    batch, dim = x.shape
+    g = _flat_gradient(gradient, inps).to(x.device)
+    h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device)
+
+    afa = _format_additional_forward_args(additional_forward_args)
+    with torch.no_grad():
+        f0 = selected_outputs(forward_func, inps, target, afa).to(x.dtype)
+        if n_perturbations_batch_size is None:
+            chunk = default_chunk(n, batch, dim)
+        else:
+            chunk = _check_positive_int(n_perturbations_batch_size, "n_perturbations_batch_size")
+        # One Gaussian vector of d + 1 coordinates per perturbation: the first d
+        # give the direction, the last (through the normal CDF) the radius.
+        # Drawing from the shared stream makes the points independent of `chunk`.
+        stream = NoiseStream(Gaussian(), batch, dim + 1, seed_from(generator), x.device, x.dtype)
+        total = torch.zeros(batch, device=x.device, dtype=x.dtype)
+        expanded: dict[int, Tuple[TargetType, Any]] = {}
+        for start, stop in chunks(n, chunk):
+            c = stop - start
+            z = stream.take(start, stop)
+            u = torch.special.ndtr(z[..., -1])
+            rho = r * (u if radius_distribution == "uniform" else u.pow(1.0 / dim))
+            v = z[..., :dim]
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+            delta = rho[..., None] * v  # (B, c, d)
+            if c not in expanded:
+                kind = ExpansionTypes.repeat_interleave
+                expanded[c] = (_expand_target(target, c, kind), _expand_additional_forward_args(afa, c, kind))
+            tgt, args = expanded[c]
+            points = _unflatten((x[:, None, :] + delta).reshape(batch * c, dim), inps)
+            f = selected_outputs(forward_func, points, tgt, args).to(x.dtype).reshape(batch, c)
+            model = f0[:, None] + torch.einsum("bcd,bd->bc", delta, g)
+            if h is not None:
+                model = model + 0.5 * torch.einsum("bcd,bde,bce->bc", delta, h, delta)
+            total += (f - model).pow(2).sum(1)
+    out = total / n
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            "forward_func: produced NaN or Inf at perturbed points; the perturbation MSE is undefined"
+        )
+    return out
+

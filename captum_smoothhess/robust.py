@@ -1,0 +1,375 @@
+"""Second-order adversarial attacks from a quadratic model of the class probability.
+
+Given the gradient ``g`` and Hessian ``H`` of the predicted class's probability
+at ``x`` (SmoothHess by default, or any source with the same interface), the
+second-order attack takes the step that minimises the quadratic model
+
+    m(d) = g^T d + 1/2 d^T H d   subject to   |d|_2 <= r ,
+
+a trust-region subproblem. :func:`solve_trust_region` solves it exactly,
+batched: an eigendecomposition ``H = Q diag(lam) Q^T`` and a safeguarded
+Newton solve of the secular equation ``1/|d(mu)| = 1/r`` for the multiplier
+``mu >= max(0, -lam_min)``, with ``d(mu) = -(H + mu I)^{-1} g``, including the
+"hard case" in which ``g`` is orthogonal to the eigenspace of ``lam_min`` and
+the solution is completed along an eigenvector of ``lam_min``. The first-order
+attack ``x - r g / |g|`` is the special case ``H = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple
+from ._sampling import selected_outputs
+from ._validation import _check_inputs, _check_positive_int, _flatten, _unflatten
+from .metrics import _flat_gradient, _flat_hessian
+from .smoothhess import SmoothHess
+
+__all__ = ["ClassProbability", "SecondOrderAttack", "solve_trust_region"]
+
+RadiusType = Union[float, Tensor]
+
+
+def _check_radius(radius: RadiusType, batch: int, like: Tensor, argument: str = "radius") -> Tensor:
+    """Radius as a ``(B,)`` tensor of positive finite values."""
+    if isinstance(radius, bool):
+        raise TypeError(f"{argument}: expected a number or a tensor, got {radius!r}")
+    if isinstance(radius, Tensor):
+        r = radius.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
+        if r.numel() == 1:
+            r = r.expand(batch)
+        elif r.numel() != batch:
+            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {r.numel()}")
+    elif isinstance(radius, (int, float)):
+        r = torch.full((batch,), float(radius), device=like.device, dtype=like.dtype)
+    else:
+        raise TypeError(f"{argument}: expected a number or a tensor, got {type(radius).__name__}")
+    if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+        raise ValueError(f"{argument}: must be finite and > 0")
+    return r
+
+
+def solve_trust_region(
+    gradient: Tensor,
+    hessian: Tensor,
+    radius: RadiusType,
+    max_iter: int = 100,
+    rtol: Optional[float] = None,
+) -> Tensor:
+    r"""Exact minimiser of ``g^T d + 1/2 d^T H d`` over the ball ``|d|_2 <= r``, batched.
+
+    The global minimiser ``d*`` satisfies ``(H + mu I) d* = -g``,
+    ``H + mu I`` positive semi-definite, ``mu >= 0`` and ``mu (|d*| - r) = 0``
+    (Moré and Sorensen). With ``H = Q diag(lam) Q^T``:
+
+    * if ``H`` is positive definite and ``|H^{-1} g| <= r``, ``d* = -H^{-1} g``
+      (interior; ``mu = 0``); a singular positive semi-definite ``H`` with
+      ``g`` in its range gives the minimum-norm interior solution;
+    * otherwise ``mu > max(0, -lam_min)`` solves ``1/|d(mu)| = 1/r``, found
+      by Newton's method on this concave, increasing function, safeguarded by
+      bisection on a bracket that always contains the root;
+    * in the hard case (``g`` orthogonal to the eigenspace of ``lam_min < 0``
+      and ``|d(-lam_min)| <= r``) ``mu = -lam_min`` and
+      ``d* = d(-lam_min) + tau q_min`` with ``tau`` bringing ``d*`` to the
+      boundary.
+
+    Computed in float64 (cast back to the input dtype). The Hessian is
+    symmetrised first.
+
+    Args:
+        gradient: ``(B, d)`` (or ``(d,)`` for one problem).
+        hessian: ``(B, d, d)`` (or ``(d, d)``).
+        radius: ``r`` > 0: a number, or a tensor with one value per problem.
+        max_iter: Iteration cap of the secular-equation solve (each iteration
+            at least halves the bracket, so 100 reaches float64 resolution).
+        rtol: Relative tolerance on ``|d*| = r``; default ``1e-10``. It also
+            decides the hard case: ``g``'s component on the ``lam_min``
+            eigenspace counts as zero below ``sqrt(rtol) * |g|``.
+
+    Returns:
+        The minimisers ``d*``, shaped like ``gradient``.
+
+    Raises:
+        ValueError: Shapes that do not match, NaN/Inf values, or a ``radius``
+            that is not positive and finite.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.robust import solve_trust_region
+        >>> H = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> solve_trust_region(torch.tensor([3.0, 0.0]), H, 0.5)  # Newton step (-3, 0) is outside
+        tensor([-0.5000,  0.0000])
+        >>> H = torch.tensor([[1.0, 0.0], [0.0, -2.0]])
+        >>> solve_trust_region(torch.tensor([1.0, 0.0]), H, 0.5).abs()  # hard case: mu = 2
+        tensor([0.3333, 0.3727])
+    """
+    if not isinstance(gradient, Tensor) or not isinstance(hessian, Tensor):
+        raise TypeError("gradient, hessian: expected tensors")
+    single = gradient.dim() == 1
+    g = gradient[None] if single else gradient
+    h = hessian[None] if hessian.dim() == 2 else hessian
+    if g.dim() != 2 or h.dim() != 3 or h.shape != (g.shape[0], g.shape[1], g.shape[1]):
+        raise ValueError(
+            f"hessian: shape {tuple(hessian.shape)} does not match gradient of shape "
+            f"{tuple(gradient.shape)}; expected (B, d, d) for gradient (B, d)"
+        )
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("gradient: contains NaN or Inf values")
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("hessian: contains NaN or Inf values")
+    max_iter = _check_positive_int(max_iter, "max_iter")
+    tol = 1e-10 if rtol is None else float(rtol)
+    if not 0 < tol < 1:
+        raise ValueError(f"rtol: must be in (0, 1), got {rtol}")
+    out_dtype = g.dtype
+    g = g.detach().to(torch.float64)
+    h = h.detach().to(torch.float64)
+    r = _check_radius(radius, g.shape[0], g)
+
+    h = 0.5 * (h + h.transpose(1, 2))
+    lam, q = torch.linalg.eigh(h)  # ascending
+    gt = torch.einsum("bji,bj->bi", q, g)  # Q^T g
+    gnorm = g.norm(dim=1)
+    lam_min = lam[:, 0]
+    scale = lam.abs().amax(dim=1).clamp_min(1.0)
+    eig_tol = 1e3 * torch.finfo(torch.float64).eps * scale
+    mu_lo = (-lam_min).clamp_min(0.0)
+
+    # Solution at mu = mu_lo, ignoring the (numerically) singular directions.
+    shifted = lam + mu_lo[:, None]
+    singular = shifted <= eig_tol[:, None]
+    coef_lo = torch.where(singular, torch.zeros_like(gt), -gt / torch.where(singular, 1.0, shifted))
+    norm_lo = coef_lo.norm(dim=1)
+    g_sing = torch.where(singular, gt, torch.zeros_like(gt)).norm(dim=1)
+    at_lo = (g_sing <= tol**0.5 * gnorm) & (norm_lo <= r * (1 + tol))
+    coef = coef_lo.clone()
+    hard = at_lo & (lam_min < 0)
+    if bool(hard.any()):
+        tau = (r.pow(2) - norm_lo.pow(2)).clamp_min(0.0).sqrt()
+        coef[:, 0] = torch.where(hard, coef[:, 0] + tau, coef[:, 0])
+
+    easy = ~at_lo
+    if bool(easy.any()):
+        # The root of phi(mu) = 1/|d(mu)| - 1/r lies in (mu_lo, mu_hi]:
+        # |d(mu)| <= |g| / (mu + lam_min) <= r for mu >= mu_hi.
+        lo = mu_lo.clone()
+        hi = torch.maximum(mu_lo, gnorm / r - lam_min) * (1 + tol) + tol
+        mu = hi.clone()
+        for _ in range(max_iter):
+            den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
+            norm = (gt / den).norm(dim=1)
+            phi = 1.0 / norm.clamp_min(torch.finfo(torch.float64).tiny) - 1.0 / r
+            done = (norm - r).abs() <= tol * r
+            if bool((done | ~easy).all()):
+                break
+            low_side = phi < 0  # |d| > r: mu too small
+            lo = torch.where(low_side, torch.maximum(lo, mu), lo)
+            hi = torch.where(low_side, hi, torch.minimum(hi, mu))
+            dphi = (gt.pow(2) / den.pow(3)).sum(1) / norm.pow(3)
+            newton = mu - phi / dphi.clamp_min(torch.finfo(torch.float64).tiny)
+            inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
+            mu = torch.where(done, mu, torch.where(inside, newton, 0.5 * (lo + hi)))
+        den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
+        coef = torch.where(easy[:, None], -gt / den, coef)
+    d = torch.einsum("bij,bj->bi", q, coef).to(out_dtype)
+    return d[0] if single else d
+
+
+class ClassProbability(nn.Module):
+    """Wrap a classifier so that it returns softmax probabilities.
+
+    The second-order attack lowers the probability of the predicted class, so
+    its gradient/Hessian source must differentiate the probability, not the
+    logit. ``ClassProbability(model)`` holds a reference to ``model`` (nothing
+    is copied or modified) and returns ``softmax(model(*args), dim)``.
+
+    Args:
+        model: A callable returning logits, classes along ``dim``.
+        dim: The class dimension. Default: 1.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.robust import ClassProbability
+        >>> prob = ClassProbability(torch.nn.Linear(3, 4))
+        >>> p = prob(torch.randn(2, 3))
+        >>> p.shape, bool(torch.allclose(p.sum(1), torch.ones(2)))
+        (torch.Size([2, 4]), True)
+    """
+
+    def __init__(self, model: Callable[..., Any], dim: int = 1) -> None:
+        super().__init__()
+        # Stored outside the module registry: wrapping must not change `model`
+        # (no re-parenting, no shared `train()`/`eval()` switches).
+        object.__setattr__(self, "model", model)
+        self.dim = dim
+
+    def forward(self, *args: Any) -> Tensor:
+        return torch.softmax(self.model(*args), dim=self.dim)  # type: ignore[operator]
+
+
+class SecondOrderAttack:
+    r"""Adversarial step from a quadratic model of the predicted class's probability.
+
+    For each example, with ``p`` the probability of class ``target`` (default:
+    the class the model predicts), ``g`` and ``H`` its gradient and Hessian
+    from ``source``, :meth:`perturb` returns ``x + d*`` with ``d*`` the exact
+    minimiser of ``g^T d + 1/2 d^T H d`` over ``|d|_2 <= radius``
+    (:func:`solve_trust_region`). With ``order=1`` it returns the first-order
+    attack ``x - radius g / |g|`` from the same source, for comparison.
+
+    For large inputs, ``top_k`` restricts the step to the span of the
+    gradient and the ``k`` eigenvectors of ``H`` of largest absolute
+    eigenvalue (the best rank-``k`` approximation of ``H``). The gradient is
+    kept in the subspace, so the model's predicted decrease is never worse than
+    the first-order step's.
+
+    Args:
+        forward_func: The classifier, returning logits ``(B, C)`` (or
+            probabilities with ``apply_softmax=False``).
+        source: Where ``(hessian, gradient)`` come from: any object with
+            ``attribute(inputs, target=..., additional_forward_args=...,
+            return_gradient=True, **kwargs)`` returning them in SmoothHess's
+            layout and built on the *probability* (e.g.
+            ``SmoothHess(ClassProbability(model))`` or
+            ``ExactHessian(ClassProbability(softplus_surrogate(model, beta)))``).
+            Default: ``SmoothHess`` with a Gaussian kernel on the softmax of
+            ``forward_func``.
+        apply_softmax: Whether ``forward_func`` returns logits to be turned
+            into probabilities (for choosing the default target and the
+            default source). Default: ``True``.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.robust import SecondOrderAttack
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        >>> attack = SecondOrderAttack(net)
+        >>> x = torch.randn(5, 4)
+        >>> adv = attack.perturb(x, radius=0.5, stdevs=0.2, n_samples=200,
+        ...                      generator=torch.Generator().manual_seed(0))
+        >>> bool(((adv - x).norm(dim=1) <= 0.5 + 1e-5).all())
+        True
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        source: Optional[Any] = None,
+        apply_softmax: bool = True,
+    ) -> None:
+        self.forward_func = forward_func
+        self.probability: Callable[..., Any] = (
+            ClassProbability(forward_func) if apply_softmax else forward_func
+        )
+        self.source = SmoothHess(self.probability) if source is None else source
+        if not callable(getattr(self.source, "attribute", None)):
+            raise TypeError("source: expected an object with an `attribute` method, such as SmoothHess")
+
+    def perturb(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        radius: RadiusType,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        order: int = 2,
+        top_k: Optional[int] = None,
+        **source_kwargs: Any,
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
+        """Perturbed inputs ``x + d`` with ``|d|_2 <= radius`` lowering the class probability.
+
+        Args:
+            inputs: A tensor ``(B, *S)`` or a tuple of tensors ``(B, *S_i)``;
+                the ball is over all features of one example.
+            radius: ``r`` > 0: a number, or a tensor with one value per example.
+            target: The class whose probability is lowered; default (``None``)
+                the class ``forward_func`` predicts at ``inputs``.
+            additional_forward_args: Extra arguments for ``forward_func``.
+            order: 2 for the trust-region step (default), 1 for the
+                normalised-gradient step ``-r g / |g|`` (no Hessian is
+                computed when the source accepts ``return_gradient`` only;
+                it is still requested, so prefer a cheap source).
+            top_k: Solve within the span of the gradient and the top-``k``
+                eigenvectors of ``H`` (by absolute eigenvalue); ``None`` uses
+                the full space.
+            **source_kwargs: Passed to ``source.attribute`` (e.g. ``stdevs``,
+                ``n_samples``, ``generator`` for SmoothHess).
+
+        Returns:
+            The perturbed inputs, shaped like ``inputs`` and detached. An
+            example whose gradient and Hessian are both zero is left in place.
+
+        Raises:
+            ValueError: ``radius`` not positive and finite, ``order`` not 1 or
+                2, ``top_k`` < 1, NaN/Inf inputs, or a bad ``target``.
+
+        Examples:
+            >>> import torch
+            >>> from captum_smoothhess.robust import SecondOrderAttack
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            >>> attack = SecondOrderAttack(net)
+            >>> adv = attack.perturb(torch.randn(3, 4), radius=0.1, order=1, n_samples=20)
+            >>> adv.shape
+            torch.Size([3, 4])
+        """
+        is_tuple = _is_tuple(inputs)
+        inps = _format_tensor_into_tuples(inputs)
+        _check_inputs(inps)
+        if order not in (1, 2) or isinstance(order, bool):
+            raise ValueError(f"order: expected 1 or 2, got {order!r}")
+        if top_k is not None:
+            top_k = _check_positive_int(top_k, "top_k")
+        x = _flatten(inps)
+        batch, dim = x.shape
+        r = _check_radius(radius, batch, x)
+        if target is None:
+            with torch.no_grad():
+                out = self.forward_func(*inps, *_extra(additional_forward_args))
+            if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != batch:
+                raise ValueError(
+                    "target: None needs forward_func to return scores (B, C) to take the predicted class"
+                )
+            target = out.argmax(dim=1)
+        else:
+            with torch.no_grad():
+                selected_outputs(self.probability, inps, target, additional_forward_args)
+        hess, grad = self.source.attribute(
+            inputs,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            return_gradient=True,
+            **source_kwargs,
+        )
+        g = _flat_gradient(grad, inps)
+        if order == 1:
+            step = -r[:, None] * g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+        else:
+            h = _flat_hessian(hess, inps)
+            if top_k is not None and top_k + 1 < dim:
+                step = _subspace_step(g, h, r, top_k)
+            else:
+                step = solve_trust_region(g, h, r)
+        parts = _unflatten(x + step.to(x.dtype), inps)
+        return parts if is_tuple else parts[0]
+
+
+def _extra(additional_forward_args: Any) -> Tuple[Any, ...]:
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def _subspace_step(g: Tensor, h: Tensor, r: Tensor, k: int) -> Tensor:
+    """Trust-region step within span(g, top-k |eigen| vectors of h)."""
+    hs = 0.5 * (h + h.transpose(1, 2)).to(torch.float64)
+    lam, vec = torch.linalg.eigh(hs)
+    idx = lam.abs().topk(k, dim=1).indices  # (B, k)
+    top = torch.gather(vec, 2, idx[:, None, :].expand(-1, vec.shape[1], -1))
+    basis, _ = torch.linalg.qr(torch.cat([g.to(torch.float64)[:, :, None], top], dim=2))  # (B, d, k+1)
+    g_red = torch.einsum("bdk,bd->bk", basis, g.to(torch.float64))
+    h_red = basis.transpose(1, 2) @ hs @ basis
+    d_red = solve_trust_region(g_red, h_red, r.to(torch.float64))
+    return torch.einsum("bdk,bk->bd", basis, d_red).to(g.dtype)

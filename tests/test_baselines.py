@@ -1,0 +1,123 @@
+"""SoftPlus surrogate and exact Hessians via torch.func."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from captum_smoothhess.baselines import ExactHessian, exact_hessian, softplus_surrogate
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), _Block(), nn.Linear(4, 2), nn.BatchNorm1d(2)).eval()
+
+
+def test_surrogate_replaces_every_relu_and_leaves_model_untouched() -> None:
+    net = _net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    smooth = softplus_surrogate(net, beta=4.0)
+    assert not any(isinstance(m, nn.ReLU) for m in smooth.modules())
+    assert sum(isinstance(m, nn.Softplus) for m in smooth.modules()) == 2
+    assert sum(isinstance(m, nn.ReLU) for m in net.modules()) == 2
+    assert smooth.training is False and net.training is False
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])
+        assert torch.equal(smooth.state_dict()[k], v)
+        assert smooth.state_dict()[k].data_ptr() != v.data_ptr()  # a copy, not shared storage
+    x = torch.randn(8, 3)
+    with torch.no_grad():
+        gap = [float((softplus_surrogate(net, b)(x) - net(x)).abs().max()) for b in (1.0, 10.0, 1000.0)]
+    assert gap[0] > gap[1] > gap[2] and gap[2] < 1e-2
+
+
+def test_surrogate_warns_without_relu_modules_and_rejects_bad_beta() -> None:
+    with pytest.warns(UserWarning, match="no nn.ReLU"):
+        softplus_surrogate(nn.Linear(2, 2), beta=1.0)
+    assert isinstance(softplus_surrogate(nn.ReLU(), beta=2.0), nn.Softplus)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="beta"):
+            softplus_surrogate(_net(), beta=bad)
+    with pytest.raises(TypeError, match="model"):
+        softplus_surrogate(lambda x: x, beta=1.0)  # type: ignore[arg-type]
+
+
+def _known(x: torch.Tensor) -> torch.Tensor:
+    # f = x0^2 x1 + sin(x2) + x0 x2  ->  H = [[2 x1, 2 x0, 1], [2 x0, 0, 0], [1, 0, -sin x2]]
+    return x[:, 0] ** 2 * x[:, 1] + torch.sin(x[:, 2]) + x[:, 0] * x[:, 2]
+
+
+def _known_hessian(x: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(x[:, 0])
+    one = torch.ones_like(z)
+    return torch.stack([
+        torch.stack([2 * x[:, 1], 2 * x[:, 0], one], -1),
+        torch.stack([2 * x[:, 0], z, z], -1),
+        torch.stack([one, z, -torch.sin(x[:, 2])], -1),
+    ], -2)
+
+
+def test_exact_hessian_of_known_function_float64_and_no_grad() -> None:
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        hess, grad = exact_hessian(_known, x, return_gradient=True)
+    torch.testing.assert_close(hess, _known_hessian(x.detach()))
+    expected_grad = torch.stack(
+        [2 * x[:, 0] * x[:, 1] + x[:, 2], x[:, 0] ** 2, torch.cos(x[:, 2]) + x[:, 0]], 1
+    )
+    torch.testing.assert_close(grad, expected_grad.detach())
+    assert x.requires_grad and x.grad is None
+    torch.testing.assert_close(exact_hessian(_known, x, chunk_size=2), hess)
+
+
+def test_exact_hessian_tuple_inputs_target_and_args() -> None:
+    def fwd(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([a, b.reshape(b.shape[0], -1)], 1)
+        return torch.stack([_known(x), -_known(x)], 1) * scale
+
+    x = torch.randn(3, 3)
+    scale = torch.tensor([[1.0], [2.0], [3.0]])
+    blocks = exact_hessian(fwd, (x[:, :1], x[:, 1:].reshape(3, 2, 1)), target=[0, 1, 1],
+                           additional_forward_args=scale)
+    assert isinstance(blocks, tuple) and blocks[0][1].shape == (3, 1, 2, 1)
+    assert blocks[1][1].shape == (3, 2, 1, 2, 1)
+    full = torch.cat([torch.cat([blocks[0][0].reshape(3, 1, 1), blocks[0][1].reshape(3, 1, 2)], 2),
+                      torch.cat([blocks[1][0].reshape(3, 2, 1), blocks[1][1].reshape(3, 2, 2)], 2)], 1)
+    sign = torch.tensor([1.0, -1.0, -1.0]) * scale[:, 0]
+    torch.testing.assert_close(full, sign[:, None, None] * _known_hessian(x))
+
+
+def test_exact_hessian_class_on_softplus_network_matches_autograd() -> None:
+    smooth = softplus_surrogate(_net(), beta=3.0)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    smooth = smooth.double()
+    hess = ExactHessian(smooth).attribute(x, target=1)
+    hess_fn = torch.autograd.functional.hessian
+    ref = torch.stack([hess_fn(lambda z: smooth(z[None])[0, 1], x[i]) for i in range(5)])
+    torch.testing.assert_close(hess, ref)
+    assert float(hess.abs().max()) > 0
+
+
+def test_exact_hessian_bad_arguments() -> None:
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="target"):
+        exact_hessian(lambda z: torch.stack([_known(z)] * 2, 1), x)
+    with pytest.raises(ValueError, match="target"):
+        exact_hessian(lambda z: torch.stack([_known(z)] * 2, 1), x, target=5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        exact_hessian(_known, x, chunk_size=0)
+    with pytest.raises(ValueError, match="inputs"):
+        exact_hessian(_known, torch.full((2, 3), math.nan))

@@ -10,8 +10,14 @@ Public API:
 * :class:`KernelNoiseTunnel`, :class:`NoiseGrad`, :class:`FusionGrad`: gradient
   smoothing with any kernel in input space, weight space, or both.
 * :class:`CASO`, :class:`CAFO`: second- and first-order sparse saliency.
+* Submodules :mod:`~captum_smoothhess.metrics` (perturbation MSE),
+  :mod:`~captum_smoothhess.baselines` (SoftPlus surrogate, exact Hessian),
+  :mod:`~captum_smoothhess.robust` (trust-region step, second-order attack),
+  :mod:`~captum_smoothhess.datasets` (Four Quadrant, digits) and
+  :mod:`~captum_smoothhess.visualization` (interaction plots).
 """
 
+from . import baselines, datasets, metrics, robust, visualization
 from .caso import CAFO, CASO
 from .factors import SmoothHessFactors, TopPairs
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
@@ -37,5 +43,10 @@ __all__ = [
     "SmoothHessFactors",
     "TopPairs",
     "__version__",
+    "baselines",
+    "datasets",
     "get_kernel",
+    "metrics",
+    "robust",
+    "visualization",
 ]

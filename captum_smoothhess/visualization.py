@@ -1,0 +1,837 @@
+"""Plots and tables for interactions and kernels, in the style of Captum.
+
+Every plotting function takes a tensor or a NumPy array, draws on a new
+figure (or on the ``(figure, axis)`` given as ``plt_fig_axis``) and returns
+``(figure, axis)``, as :mod:`captum.attr.visualization` does. With
+``use_pyplot=True`` (the default, as in Captum) the figure is created through
+``matplotlib.pyplot`` and shown; with ``use_pyplot=False`` a bare
+:class:`matplotlib.figure.Figure` is used and nothing is shown, which suits
+scripts and servers. Images are drawn by Captum's own
+:func:`captum.attr.visualization.visualize_image_attr`.
+
+- :func:`visualize_interactions`: heatmap of a ``d x d`` (or group ``G x G``)
+  interaction matrix, colours centred at zero;
+- :func:`visualize_image_interactions`: the interactions of one pixel feature
+  with every other feature, over the image (:func:`image_interaction_map`
+  computes the map drawn);
+- :func:`top_interactions`: the strongest pairs as a table;
+- :func:`visualize_kernels`: the 1-D densities of the smoothing kernels at a
+  bandwidth (:func:`kernel_densities` computes the curves drawn).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import matplotlib.patheffects as path_effects
+import numpy as np
+import numpy.typing as npt
+import torch
+from captum.attr import visualization as captum_viz
+from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
+
+__all__ = [
+    "Interaction",
+    "InteractionTable",
+    "image_interaction_map",
+    "kernel_densities",
+    "top_interactions",
+    "visualize_image_interactions",
+    "visualize_interactions",
+    "visualize_kernels",
+]
+
+ArrayLike = Union[Tensor, npt.NDArray[Any]]
+FigAxis = Tuple[Figure, Axes]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_numpy(value: ArrayLike, argument: str) -> npt.NDArray[np.float64]:
+    """A float64 NumPy copy of a tensor or array, finite, or a clear error."""
+    if isinstance(value, Tensor):
+        arr = value.detach().cpu().to(torch.float64).numpy()
+    elif isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise TypeError(f"{argument}: expected a numeric array, got dtype {value.dtype}")
+        arr = value.astype(np.float64)
+    else:
+        raise TypeError(f"{argument}: expected a torch.Tensor or a numpy.ndarray, got {type(value).__name__}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{argument}: contains NaN or Inf values")
+    return arr
+
+
+def _split_square(arr: npt.NDArray[np.float64], argument: str) -> Tuple[int, ...]:
+    """Feature shape ``S`` of an array shaped ``(*S, *S)`` or ``(1, *S, *S)``."""
+    shape = arr.shape
+    if arr.ndim % 2 == 1 and arr.ndim > 1:
+        if shape[0] != 1:
+            raise ValueError(
+                f"{argument}: expected the interactions of one example, shaped (d, d) or "
+                f"(*S, *S), optionally with a leading batch dimension of 1; got shape "
+                f"{tuple(shape)} (batch of {shape[0]}: select one example first)"
+            )
+        shape = shape[1:]
+    half = len(shape) // 2
+    if len(shape) < 2 or len(shape) % 2 or shape[:half] != shape[half:]:
+        raise ValueError(
+            f"{argument}: expected a square interaction matrix shaped (d, d) or (*S, *S) "
+            f"(optionally with a leading batch dimension of 1), got shape {tuple(arr.shape)}"
+        )
+    return tuple(int(s) for s in shape[:half])
+
+
+def _as_matrix(
+    interactions: ArrayLike, argument: str = "interactions"
+) -> Tuple[npt.NDArray[np.float64], Tuple[int, ...]]:
+    """``(d, d)`` matrix and feature shape ``S`` from ``(*S, *S)`` or ``(1, *S, *S)``."""
+    arr = _to_numpy(interactions, argument)
+    feat_shape = _split_square(arr, argument)
+    d = math.prod(feat_shape)
+    return arr.reshape(d, d), feat_shape
+
+
+def _feature_names(
+    feature_names: Optional[Sequence[str]], feat_shape: Tuple[int, ...], argument: str = "feature_names"
+) -> List[str]:
+    """Given names (checked against the number of features) or default ones.
+
+    Default names are the flat index for a vector of features, and the index
+    tuple, e.g. ``(0, 3, 4)``, for features shaped like an image.
+    """
+    d = math.prod(feat_shape)
+    if feature_names is None:
+        if len(feat_shape) == 1:
+            return [str(i) for i in range(d)]
+        return [str(tuple(int(v) for v in idx)) for idx in np.ndindex(*feat_shape)]
+    if isinstance(feature_names, str):
+        raise TypeError(f"{argument}: expected a sequence of names, got a single string")
+    names = [str(n) for n in feature_names]
+    if len(names) != d:
+        raise ValueError(f"{argument}: expected {d} names (one per feature), got {len(names)}")
+    return names
+
+
+def _create_figure(
+    plt_fig_axis: Optional[FigAxis], use_pyplot: bool, fig_size: Tuple[float, float]
+) -> FigAxis:
+    """The given ``(figure, axis)`` or a new one (through pyplot or not)."""
+    if plt_fig_axis is not None:
+        if not (isinstance(plt_fig_axis, tuple) and len(plt_fig_axis) == 2):
+            raise TypeError("plt_fig_axis: expected a (figure, axis) tuple")
+        return plt_fig_axis
+    if use_pyplot:
+        fig, ax = plt.subplots(figsize=fig_size)
+        return fig, ax
+    fig = Figure(figsize=fig_size)
+    return fig, fig.subplots()
+
+
+def _check_positive(value: float, argument: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{argument}: expected a number, got {type(value).__name__}") from None
+    if not math.isfinite(out) or out <= 0:
+        raise ValueError(f"{argument}: expected a positive finite number, got {value!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- table
+
+
+class Interaction(NamedTuple):
+    """One pair of features and their interaction, a row of :class:`InteractionTable`.
+
+    Attributes:
+        i: Flat index of the first feature (``i < j``).
+        j: Flat index of the second feature.
+        name_i: Name of feature ``i``.
+        name_j: Name of feature ``j``.
+        value: The (symmetrised) interaction ``(H[i, j] + H[j, i]) / 2``.
+    """
+
+    i: int
+    j: int
+    name_i: str
+    name_j: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.name_i} x {self.name_j}: {self.value:+.4g}"
+
+
+class InteractionTable(List[Interaction]):
+    """A list of :class:`Interaction` rows that prints as a table.
+
+    ``str(table)`` is a plain-text table; :meth:`format` also writes Markdown
+    (for reports).
+    """
+
+    def format(self, style: str = "text", precision: int = 4) -> str:
+        """Render the rows as a table.
+
+        Args:
+            style: ``"text"`` (aligned columns) or ``"markdown"``.
+            precision: Significant digits of the values.
+
+        Returns:
+            The table, one line per row after the header.
+
+        Raises:
+            ValueError: Unknown ``style`` or negative ``precision``.
+        """
+        if style not in ("text", "markdown"):
+            raise ValueError(f"style: expected 'text' or 'markdown', got {style!r}")
+        if int(precision) < 1:
+            raise ValueError(f"precision: expected a positive integer, got {precision!r}")
+        header = ["rank", "i", "j", "feature i", "feature j", "interaction"]
+        body = [
+            [str(r + 1), str(row.i), str(row.j), row.name_i, row.name_j, f"{row.value:+.{precision}g}"]
+            for r, row in enumerate(self)
+        ]
+        if style == "markdown":
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in body]
+            return "\n".join(lines)
+        widths = [max(len(c) for c in col) for col in zip(header, *body)]
+        numeric = {0, 1, 2, 5}
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if k in numeric else c.ljust(w) for k, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        return "\n".join([line(header), rule, *(line(cells) for cells in body)])
+
+    def __str__(self) -> str:
+        return self.format("text")
+
+
+def _ranked_pairs(
+    matrix: npt.NDArray[np.float64],
+) -> Tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """Upper-triangle pairs ``i < j`` of the symmetrised matrix, strongest first.
+
+    Ties in ``|value|`` keep row-major order of ``(i, j)``.
+    """
+    sym = 0.5 * (matrix + matrix.T)
+    rows, cols = np.triu_indices(sym.shape[0], k=1)
+    vals = sym[rows, cols]
+    order = np.argsort(-np.abs(vals), kind="stable")
+    return rows[order], cols[order], vals[order]
+
+
+def top_interactions(
+    interactions: ArrayLike, k: int = 10, feature_names: Optional[Sequence[str]] = None
+) -> InteractionTable:
+    """The ``k`` strongest pairwise interactions ``(i < j)``, by absolute value.
+
+    The matrix is symmetrised first, ``(H + H^T) / 2`` (SmoothHess already
+    returns symmetric matrices), and the diagonal (a feature with itself) is
+    left out. Ties keep the row-major order of the pairs.
+
+    Args:
+        interactions: Interactions of one example: a ``(d, d)`` or group
+            ``(G, G)`` matrix, or SmoothHess's ``(*S, *S)`` for features shaped
+            ``S`` (flattened in row-major order), optionally with a leading
+            batch dimension of 1. Tensor or array.
+        k: Number of pairs; if larger than the ``d (d - 1) / 2`` pairs there
+            are, all of them are returned.
+        feature_names: Optional ``d`` names. Default: the flat index, or the
+            index tuple such as ``(0, 3, 4)`` for features shaped ``S``.
+
+    Returns:
+        An :class:`InteractionTable` (a list of :class:`Interaction` rows
+        ``(i, j, name_i, name_j, value)``, strongest first); ``str()`` of it is
+        a text table.
+
+    Raises:
+        ValueError: ``interactions`` is not square, is a batch of several
+            examples or holds NaN/Inf; ``k`` < 1; ``feature_names`` has the
+            wrong length.
+        TypeError: ``interactions`` is neither a tensor nor an array.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import top_interactions
+        >>> h = torch.tensor([[1.0, -3.0, 0.5], [-3.0, 2.0, 1.0], [0.5, 1.0, 0.0]])
+        >>> table = top_interactions(h, k=2, feature_names=["age", "dose", "bmi"])
+        >>> [(row.name_i, row.name_j, row.value) for row in table]
+        [('age', 'dose', -3.0), ('dose', 'bmi', 1.0)]
+        >>> print(table)
+        rank  i  j  feature i  feature j  interaction
+        ----  -  -  ---------  ---------  -----------
+           1  0  1  age        dose                -3
+           2  1  2  dose       bmi                 +1
+    """
+    matrix, feat_shape = _as_matrix(interactions)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k: expected an integer, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k: expected at least 1 pair, got {k}")
+    names = _feature_names(feature_names, feat_shape)
+    rows, cols, vals = _ranked_pairs(matrix)
+    table = InteractionTable()
+    for i, j, v in zip(rows[:k], cols[:k], vals[:k]):
+        table.append(Interaction(int(i), int(j), names[i], names[j], float(v)))
+    return table
+
+
+# --------------------------------------------------------------------------- matrix heatmap
+
+
+def visualize_interactions(
+    interactions: ArrayLike,
+    feature_names: Optional[Sequence[str]] = None,
+    *,
+    clip_percentile: Optional[float] = None,
+    show_diagonal: bool = True,
+    top_k: int = 0,
+    cmap: Union[str, Colormap] = "RdBu_r",
+    show_colorbar: bool = True,
+    colorbar_label: str = "interaction",
+    title: Optional[str] = "Feature interactions",
+    axis_label: str = "feature",
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Tuple[float, float] = (7.0, 6.0),
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """Heatmap of an interaction matrix, with colours centred at zero.
+
+    Positive interactions are red, negative blue, zero white (with the
+    default ``cmap``): the colour limits are always symmetric, ``[-v, v]``.
+    Without clipping ``v`` is the largest absolute value shown; with
+    ``clip_percentile=p`` it is the ``p``-th percentile of the absolute
+    values shown, and stronger entries saturate (useful when a few entries,
+    often on the diagonal, dwarf the rest).
+
+    Args:
+        interactions: Interactions of one example: ``(d, d)``, group
+            ``(G, G)``, or ``(*S, *S)`` as SmoothHess returns them (flattened
+            row-major), optionally with a leading batch dimension of 1.
+            Tensor or array.
+        feature_names: Optional names of the ``d`` features, used as tick
+            labels. Default: indices.
+        clip_percentile: Optional percentile in ``(0, 100]`` of ``|values|``
+            at which the colour scale saturates. Default: no clipping.
+        show_diagonal: If ``False``, the diagonal (each feature with itself)
+            is greyed out and does not set the colour scale.
+        top_k: Outline and label the ``top_k`` strongest off-diagonal pairs
+            (see :func:`top_interactions`); 0 for none.
+        cmap: A diverging colour map.
+        show_colorbar: Draw a colour bar.
+        colorbar_label: Label of the colour bar.
+        title: Title, or ``None`` for none.
+        axis_label: Label of both axes (the names are on the ticks).
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches.
+        use_pyplot: Create the figure through pyplot and show it (Captum's
+            convention); ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``interactions`` is not square, is a batch of several
+            examples or holds NaN/Inf; ``feature_names`` has the wrong
+            length; ``clip_percentile`` is outside ``(0, 100]``; ``top_k`` < 0.
+        TypeError: ``interactions`` is neither a tensor nor an array.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import visualize_interactions
+        >>> h = torch.tensor([[0.5, -2.0, 0.1], [-2.0, 0.0, 1.0], [0.1, 1.0, -0.3]])
+        >>> fig, ax = visualize_interactions(h, ["a", "b", "c"], top_k=2, use_pyplot=False)
+        >>> ax.images[0].norm.vmin, ax.images[0].norm.vmax
+        (-2.0, 2.0)
+    """
+    matrix, feat_shape = _as_matrix(interactions)
+    d = matrix.shape[0]
+    names = _feature_names(feature_names, feat_shape)
+    if clip_percentile is not None:
+        clip_percentile = _check_positive(clip_percentile, "clip_percentile")
+        if clip_percentile > 100:
+            raise ValueError(f"clip_percentile: expected a percentile in (0, 100], got {clip_percentile}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise TypeError(f"top_k: expected an integer, got {type(top_k).__name__}")
+    if top_k < 0:
+        raise ValueError(f"top_k: expected a non-negative integer, got {top_k}")
+
+    hidden = np.zeros((d, d), dtype=bool)
+    if not show_diagonal:
+        hidden[np.diag_indices(d)] = True
+    shown = np.ma.masked_array(matrix, mask=hidden)
+    visible = np.abs(shown.compressed())
+    if visible.size == 0:
+        limit = 0.0
+    elif clip_percentile is None:
+        limit = float(visible.max())
+    else:
+        limit = float(np.percentile(visible, clip_percentile))
+    if limit <= 0:
+        limit = 1.0  # all zero: any symmetric scale shows white
+    norm = Normalize(vmin=-limit, vmax=limit, clip=False)
+
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
+    colour_map = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
+    colour_map = colour_map.with_extremes(bad="0.8")
+    image = ax.imshow(shown, cmap=colour_map, norm=norm, interpolation="nearest")
+
+    if feature_names is not None or d <= 30:
+        font = 10 if d <= 12 else max(4.0, 10 - 0.15 * (d - 12))
+        ax.set_xticks(np.arange(d))
+        ax.set_yticks(np.arange(d))
+        ax.set_xticklabels(
+            names, rotation=45 if d > 4 else 0, ha="right" if d > 4 else "center", fontsize=font
+        )
+        ax.set_yticklabels(names, fontsize=font)
+    ax.set_xlabel(axis_label)
+    ax.set_ylabel(axis_label)
+    if title:
+        ax.set_title(title)
+
+    if top_k:
+        rows, cols, vals = _ranked_pairs(matrix)
+        text_size = max(6.0, min(10.0, 100.0 / d))
+        outline = [path_effects.withStroke(linewidth=2.5, foreground="white")]
+        for rank, (i, j, v) in enumerate(zip(rows[:top_k], cols[:top_k], vals[:top_k])):
+            for r, c in ((i, j), (j, i)):
+                ax.add_patch(
+                    Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
+                )
+            ax.text(
+                j,
+                i,
+                f"{v:.2g}" if d <= 20 else f"#{rank + 1}",
+                ha="center",
+                va="center",
+                fontsize=text_size,
+                color="black",
+                path_effects=outline,
+            )
+    if show_colorbar:
+        extend = "neither"
+        if visible.size and clip_percentile is not None and float(visible.max()) > limit:
+            extend = "both"
+        cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, extend=extend)
+        cbar.set_label(colorbar_label)
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax
+
+
+# --------------------------------------------------------------------------- image interactions
+
+
+def _image_to_hwc(original_image: ArrayLike) -> Tuple[npt.NDArray[np.float64], Tuple[int, ...]]:
+    """``(C, H, W)`` or ``(H, W)`` image (optionally batch 1) -> HWC array and its feature shape."""
+    img = _to_numpy(original_image, "original_image")
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim == 2:
+        return img[:, :, None], tuple(img.shape)
+    if img.ndim != 3:
+        raise ValueError(
+            f"original_image: expected one example shaped (C, H, W) or (H, W) "
+            f"(optionally with a leading batch dimension of 1), got shape {tuple(np.shape(original_image))}"
+        )
+    return np.transpose(img, (1, 2, 0)), tuple(img.shape)
+
+
+def _display_image(hwc: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Image values Captum draws correctly: [0, 1] floats or 0..255 integers, else min-max scaled."""
+    lo, hi = float(hwc.min()), float(hwc.max())
+    if lo >= 0 and hi <= 1:
+        return hwc
+    if lo >= 0 and hi <= 255 and np.all(hwc == np.round(hwc)):
+        return hwc
+    return (hwc - lo) / (hi - lo) if hi > lo else np.zeros_like(hwc)
+
+
+def _flat_feature_index(
+    feature_index: Union[int, Sequence[int]], feat_shape: Tuple[int, ...]
+) -> Tuple[int, Tuple[int, ...]]:
+    """Flat index and index tuple of ``feature_index`` in ``feat_shape`` (negatives as in NumPy)."""
+    if isinstance(feature_index, (int, np.integer)) and not isinstance(feature_index, bool):
+        idx = [int(feature_index)]
+        n = math.prod(feat_shape)
+        if not -n <= idx[0] < n:
+            raise IndexError(f"feature_index: flat index {idx[0]} is out of range for {n} features")
+        flat = idx[0] % n
+        return flat, tuple(int(v) for v in np.unravel_index(flat, feat_shape))
+    if isinstance(feature_index, Tensor):
+        feature_index = [int(v) for v in feature_index.reshape(-1).tolist()]
+    try:
+        if isinstance(feature_index, bool):
+            raise TypeError
+        idx = [int(v) for v in feature_index]
+    except TypeError:
+        raise TypeError(
+            f"feature_index: expected an int or a tuple of {len(feat_shape)} ints, "
+            f"got {type(feature_index).__name__}"
+        ) from None
+    if len(idx) != len(feat_shape):
+        raise ValueError(
+            f"feature_index: expected {len(feat_shape)} indices for features shaped {feat_shape}, "
+            f"got {tuple(idx)}"
+        )
+    for axis, (v, size) in enumerate(zip(idx, feat_shape)):
+        if not -size <= v < size:
+            raise IndexError(
+                f"feature_index: index {v} is out of range for dimension {axis} of size {size} "
+                f"(features shaped {feat_shape})"
+            )
+    norm = tuple(v % size for v, size in zip(idx, feat_shape))
+    return int(np.ravel_multi_index(norm, feat_shape)), norm
+
+
+def image_interaction_map(
+    interactions: ArrayLike,
+    feature_index: Union[int, Sequence[int]],
+    image_shape: Optional[Sequence[int]] = None,
+    *,
+    exclude_self: bool = True,
+) -> npt.NDArray[np.float64]:
+    """The ``(H, W)`` map of one feature's interactions with every other feature.
+
+    For the chosen feature ``i = (c, h, w)`` this is its row of the Hessian,
+    ``H[c, h, w, :, :, :]``, shaped ``(C, H, W)``, summed over channels:
+    ``map[y, x] = sum_k H[i, (k, y, x)]``. The sum keeps the sign and equals
+    the interaction of feature ``i`` with a joint change of all channels of
+    pixel ``(y, x)``. With ``exclude_self`` the entry ``H[i, i]`` (the
+    curvature of the feature with itself) is left out of the sum; the other
+    channels of the same pixel still count.
+
+    Args:
+        interactions: SmoothHess interactions of one example, ``(*S, *S)``
+            with ``S = (C, H, W)`` or ``(H, W)``, optionally with a leading
+            batch dimension of 1. Tensor or array.
+        feature_index: The feature, as an index tuple into ``S`` (e.g.
+            ``(channel, row, col)``) or a flat row-major index.
+        image_shape: Optional shape ``S`` of one example, checked against
+            ``interactions``.
+        exclude_self: Leave out the feature's interaction with itself.
+
+    Returns:
+        Array of shape ``(H, W)``.
+
+    Raises:
+        ValueError: ``interactions`` is not ``(*S, *S)`` with ``S`` of 2 or 3
+            dimensions, or does not match ``image_shape``; ``feature_index``
+            has the wrong number of indices.
+        IndexError: ``feature_index`` is out of range.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import image_interaction_map
+        >>> h = torch.zeros(2, 3, 3, 2, 3, 3)
+        >>> h[1, 0, 2, 0, 1, 1] = 5.0
+        >>> h[1, 0, 2, 1, 1, 1] = -1.0
+        >>> float(image_interaction_map(h, (1, 0, 2))[1, 1])
+        4.0
+    """
+    matrix, feat_shape = _as_matrix(interactions)
+    if image_shape is not None and tuple(int(s) for s in image_shape) != feat_shape:
+        raise ValueError(
+            f"original_image: shape {tuple(int(s) for s in image_shape)} does not match the feature "
+            f"shape {feat_shape} of interactions (expected interactions shaped (*S, *S) with S the "
+            "shape of one example)"
+        )
+    if len(feat_shape) not in (2, 3):
+        raise ValueError(
+            f"interactions: expected features shaped like an image, (C, H, W) or (H, W), got "
+            f"feature shape {feat_shape}"
+        )
+    flat, _ = _flat_feature_index(feature_index, feat_shape)
+    row = matrix[flat].copy()
+    if exclude_self:
+        row[flat] = 0.0
+    row = row.reshape(feat_shape)
+    return row.sum(axis=0) if len(feat_shape) == 3 else row
+
+
+def visualize_image_interactions(
+    interactions: ArrayLike,
+    original_image: ArrayLike,
+    feature_index: Union[int, Sequence[int]],
+    *,
+    method: str = "blended_heat_map",
+    sign: str = "all",
+    exclude_self: bool = True,
+    outlier_perc: Union[int, float] = 2,
+    cmap: Optional[Union[str, Colormap]] = "RdBu_r",
+    alpha_overlay: float = 0.5,
+    show_colorbar: bool = True,
+    mark_color: str = "lime",
+    title: Optional[str] = None,
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Tuple[float, float] = (6.0, 6.0),
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """Interactions of one feature with every other feature, over the image.
+
+    The map drawn is :func:`image_interaction_map` (the feature's Hessian row,
+    summed over channels, its own entry left out by default), handed to
+    Captum's :func:`~captum.attr.visualization.visualize_image_attr`, which
+    scales it by its ``outlier_perc`` rule; with ``sign="all"`` the colours
+    run from ``-1`` to ``1`` and zero sits in the middle of the colour map. The
+    chosen pixel is outlined in ``mark_color``. The image is shown as Captum
+    shows it (grey-scale under a blended heat map); values outside
+    ``[0, 1]`` that are not 0..255 integers (e.g. normalised inputs) are
+    min-max scaled to ``[0, 1]`` first.
+
+    Args:
+        interactions: SmoothHess interactions of one example, ``(*S, *S)``
+            with ``S = (C, H, W)`` (or ``(H, W)``), optionally with a leading
+            batch dimension of 1. Tensor or array.
+        original_image: The example, shaped ``S`` (channels first, as the
+            model takes it; optionally with a leading batch dimension of 1).
+        feature_index: The feature, as ``(channel, row, col)`` (``(row, col)``
+            without channels) or a flat row-major index.
+        method: Captum's visualisation method, e.g. ``"blended_heat_map"``
+            or ``"heat_map"``.
+        sign: Captum's sign option; ``"all"`` shows both signs.
+        exclude_self: Leave out the feature's interaction with itself.
+        outlier_perc: Captum's outlier percentage for the colour scale.
+        cmap: Colour map (``None``: Captum's default for ``sign``).
+        alpha_overlay: Opacity of the heat map over the image.
+        show_colorbar: Draw Captum's colour bar below the image.
+        mark_color: Colour of the outline of the chosen pixel.
+        title: Title; default names the feature.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches.
+        use_pyplot: Create the figure through pyplot and show it;
+            ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``interactions`` is not ``(*S, *S)`` for the shape ``S`` of
+            ``original_image``, or either holds NaN/Inf; ``feature_index`` has
+            the wrong number of indices.
+        IndexError: ``feature_index`` is out of range.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import visualize_image_interactions
+        >>> image = torch.rand(1, 4, 4)
+        >>> h = torch.randn(16, 16)
+        >>> h = (h + h.T).reshape(1, 4, 4, 1, 4, 4)
+        >>> fig, ax = visualize_image_interactions(h, image, (0, 1, 2), use_pyplot=False)
+        >>> ax.get_title()
+        'Interactions of feature (0, 1, 2)'
+    """
+    hwc, image_shape = _image_to_hwc(original_image)
+    heat = image_interaction_map(interactions, feature_index, image_shape, exclude_self=exclude_self)
+    _, index = _flat_feature_index(feature_index, image_shape)
+    row, col = index[-2], index[-1]
+
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
+    shown_image = _display_image(hwc)
+    if np.any(heat != 0):
+        axes_before = list(fig.axes)
+        captum_viz.visualize_image_attr(
+            heat,
+            shown_image,
+            method=method,
+            sign=sign,
+            plt_fig_axis=(fig, ax),
+            outlier_perc=outlier_perc,
+            cmap=cmap,
+            alpha_overlay=alpha_overlay,
+            show_colorbar=show_colorbar,
+            use_pyplot=False,
+        )
+        added = [a for a in fig.axes if a not in axes_before]
+        if show_colorbar and added:
+            added[-1].set_xlabel("interaction (scaled by Captum to [-1, 1])")
+    else:
+        # Captum cannot scale an all-zero map; show the image and say so.
+        warnings.warn(
+            f"interactions: feature {index} has no nonzero interaction with the others; "
+            "drawing the image only",
+            stacklevel=2,
+        )
+        ax.imshow(np.mean(shown_image, axis=2), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor=mark_color, linewidth=2.5))
+    size = max(hwc.shape[0], hwc.shape[1])
+    if size > 16:
+        # A one-pixel box is hard to see on a large image: add a ring around it.
+        ax.plot(
+            [col],
+            [row],
+            marker="o",
+            markersize=14,
+            markerfacecolor="none",
+            markeredgecolor=mark_color,
+            markeredgewidth=2,
+        )
+    ax.set_xlim(-0.5, hwc.shape[1] - 0.5)
+    ax.set_ylim(hwc.shape[0] - 0.5, -0.5)
+    ax.set_title(title if title is not None else f"Interactions of feature {index}")
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _default_kernels() -> List[Kernel]:
+    return [Gaussian(), Poisson(), Hyperbolic(), Sigmoid(), Rect()]
+
+
+def kernel_densities(
+    kernels: Optional[Sequence[Union[Kernel, str]]] = None,
+    stdevs: float = 1.0,
+    points: Optional[ArrayLike] = None,
+) -> Tuple[npt.NDArray[np.float64], List[Tuple[Kernel, npt.NDArray[np.float64]]]]:
+    """1-D densities ``k_eps(t) = k(t / eps) / eps`` of kernels at bandwidth ``eps``.
+
+    The density of a kernel is its ``log_prob`` on points of shape ``(n, 1)``,
+    i.e. the kernel on R^1: a coordinate's marginal for the product kernels
+    and, for the Poisson kernel, the standard Cauchy density (which is also
+    the 1-D marginal of the multivariate Cauchy). A kernel without
+    ``log_prob`` falls back to the numerical derivative of its
+    ``marginal_cdf``.
+
+    Args:
+        kernels: Kernels or their names. Default: ``Gaussian()``,
+            ``Poisson()``, ``Hyperbolic()``, ``Sigmoid()``, ``Rect()``.
+        stdevs: The bandwidth ``eps``, positive.
+        points: Optional 1-D grid of ``t``. Default: 1001 points on
+            ``[-4 eps, 4 eps]``.
+
+    Returns:
+        ``(t, [(kernel, density), ...])``, NumPy arrays of the grid's length.
+
+    Raises:
+        ValueError: ``stdevs`` is not positive; ``points`` is not 1-D; a
+            kernel is unknown or defines neither ``log_prob`` nor
+            ``marginal_cdf``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from captum_smoothhess.visualization import kernel_densities
+        >>> t, curves = kernel_densities(["gaussian"], stdevs=2.0, points=np.array([0.0]))
+        >>> round(float(curves[0][1][0]), 4)  # 1 / (2 sqrt(2 pi))
+        0.1995
+    """
+    eps = _check_positive(stdevs, "stdevs")
+    if points is None:
+        t = np.linspace(-4 * eps, 4 * eps, 1001)
+    else:
+        t = _to_numpy(points, "points")
+        if t.ndim != 1 or t.size == 0:
+            raise ValueError(f"points: expected a non-empty 1-D grid, got shape {t.shape}")
+    chosen = _default_kernels() if kernels is None else [get_kernel(k, "kernels") for k in kernels]
+    u = torch.from_numpy(t / eps).to(torch.float64)
+    curves: List[Tuple[Kernel, npt.NDArray[np.float64]]] = []
+    for kernel in chosen:
+        try:
+            dens = kernel.log_prob(u.reshape(-1, 1)).exp().numpy() / eps
+        except NotImplementedError:
+            if t.size < 2:
+                raise ValueError(
+                    f"kernels: {kernel!r} has no log_prob, and its density cannot be derived from "
+                    "marginal_cdf on a single point"
+                ) from None
+            try:
+                cdf = kernel.marginal_cdf(u).numpy()
+            except NotImplementedError:
+                raise ValueError(
+                    f"kernels: {kernel!r} defines neither log_prob nor marginal_cdf, so its density "
+                    "cannot be drawn"
+                ) from None
+            dens = np.gradient(cdf, t)
+        curves.append((kernel, np.asarray(dens, dtype=np.float64)))
+    return t, curves
+
+
+def visualize_kernels(
+    kernels: Optional[Sequence[Union[Kernel, str]]] = None,
+    stdevs: float = 1.0,
+    *,
+    x_range: Optional[Tuple[float, float]] = None,
+    n_points: int = 1001,
+    title: Optional[str] = None,
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Tuple[float, float] = (7.0, 4.5),
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """The 1-D densities of smoothing kernels at one bandwidth, one line each.
+
+    At equal ``stdevs`` the unit-variance kernels (all but Poisson, whose
+    variance is infinite and which has unit scale instead) add the same noise
+    energy and differ only in shape: compare the Gaussian's light tails, the
+    Cauchy tails of the Poisson kernel and the flat top of ``Rect``. The
+    curves are those of :func:`kernel_densities`.
+
+    Args:
+        kernels: Kernels or their names. Default: all five, ``Gaussian()``,
+            ``Poisson()``, ``Hyperbolic()``, ``Sigmoid()``, ``Rect()``.
+        stdevs: The bandwidth ``eps``, positive.
+        x_range: ``(low, high)`` of the plot. Default: ``(-4 eps, 4 eps)``.
+        n_points: Number of grid points (at least 2).
+        title: Title; default states the bandwidth.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches.
+        use_pyplot: Create the figure through pyplot and show it;
+            ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``stdevs`` is not positive, ``x_range`` is not an
+            increasing pair, ``n_points`` < 2, or a kernel is unknown.
+
+    Examples:
+        >>> from captum_smoothhess.visualization import visualize_kernels
+        >>> fig, ax = visualize_kernels(stdevs=0.5, use_pyplot=False)
+        >>> [line.get_label() for line in ax.get_lines()]
+        ['Gaussian()', 'Poisson()', 'Hyperbolic(alpha=1.0)', 'Sigmoid()', 'Rect()']
+    """
+    eps = _check_positive(stdevs, "stdevs")
+    if x_range is None:
+        low, high = -4 * eps, 4 * eps
+    else:
+        try:
+            low, high = (float(v) for v in x_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"x_range: expected a (low, high) pair of numbers, got {x_range!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"x_range: expected finite low < high, got {x_range!r}")
+    if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or n_points < 2:
+        raise ValueError(f"n_points: expected an integer of at least 2, got {n_points!r}")
+    t, curves = kernel_densities(kernels, eps, np.linspace(low, high, int(n_points)))
+
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
+    for kernel, dens in curves:
+        ax.plot(t, dens, label=repr(kernel), linewidth=1.8)
+    ax.set_xlim(low, high)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("t (one coordinate of the noise)")
+    ax.set_ylabel(r"density $k_\varepsilon(t) = k(t/\varepsilon)/\varepsilon$")
+    ax.set_title(title if title is not None else f"Smoothing kernels, stdevs = {eps:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=9)
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax

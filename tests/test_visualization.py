@@ -1,0 +1,381 @@
+"""Visualisation: the data drawn, the colour scales, the tables and the errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from captum_smoothhess.kernels import Gaussian, Hyperbolic, Poisson, Rect, Sigmoid
+from captum_smoothhess.visualization import (
+    Interaction,
+    InteractionTable,
+    image_interaction_map,
+    kernel_densities,
+    top_interactions,
+    visualize_image_interactions,
+    visualize_interactions,
+    visualize_kernels,
+)
+
+
+def _sym(d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, d))
+    return a + a.T
+
+
+def _hand_matrix() -> torch.Tensor:
+    # Off-diagonal pairs: (0,1)=-5, (0,2)=1, (0,3)=0.5, (1,2)=3, (1,3)=-0.1, (2,3)=4; big diagonal.
+    h = torch.tensor(
+        [
+            [9.0, -5.0, 1.0, 0.5],
+            [-5.0, -8.0, 3.0, -0.1],
+            [1.0, 3.0, 7.0, 4.0],
+            [0.5, -0.1, 4.0, 0.0],
+        ]
+    )
+    return h
+
+
+# ---------------------------------------------------------------- top_interactions
+
+
+def test_top_interactions_hand_matrix() -> None:
+    table = top_interactions(_hand_matrix(), k=3, feature_names=["a", "b", "c", "d"])
+    assert isinstance(table, InteractionTable)
+    assert all(isinstance(row, Interaction) for row in table)
+    assert [(r.i, r.j, r.name_i, r.name_j, r.value) for r in table] == [
+        (0, 1, "a", "b", -5.0),
+        (2, 3, "c", "d", 4.0),
+        (1, 2, "b", "c", 3.0),
+    ]
+
+
+def test_top_interactions_k_larger_than_pairs_and_default_names() -> None:
+    table = top_interactions(_hand_matrix().numpy(), k=100)
+    assert len(table) == 6  # 4 * 3 / 2 pairs, diagonal never listed
+    assert all(r.i < r.j for r in table)
+    assert [abs(r.value) for r in table] == sorted((abs(r.value) for r in table), reverse=True)
+    assert table[-1].name_i == "1" and table[-1].name_j == "3" and table[-1].value == pytest.approx(-0.1)
+
+
+def test_top_interactions_symmetrises_and_accepts_batch_of_one() -> None:
+    h = torch.zeros(1, 3, 3)
+    h[0, 0, 2], h[0, 2, 0] = 2.0, 0.0  # asymmetric: average is 1
+    h[0, 1, 2] = h[0, 2, 1] = -0.5
+    table = top_interactions(h, k=1)
+    assert (table[0].i, table[0].j, table[0].value) == (0, 2, 1.0)
+
+
+def test_top_interactions_image_shaped_names() -> None:
+    h = torch.zeros(1, 2, 2, 1, 2, 2)
+    h[0, 0, 1, 0, 1, 0] = h[0, 1, 0, 0, 0, 1] = 3.0
+    row = top_interactions(h, k=1)[0]
+    assert (row.i, row.j) == (1, 2)
+    assert (row.name_i, row.name_j) == ("(0, 0, 1)", "(0, 1, 0)")
+
+
+def test_interaction_table_formats() -> None:
+    table = top_interactions(_hand_matrix(), k=2, feature_names=["age", "dose", "c", "d"])
+    text = str(table)
+    lines = text.splitlines()
+    assert len(lines) == 4 and "feature i" in lines[0]
+    assert "age" in lines[2] and "dose" in lines[2] and "-5" in lines[2]
+    md = table.format("markdown")
+    assert md.splitlines()[1].startswith("|---")
+    assert md.count("\n") == 3
+    assert str(table[0]) == "age x dose: -5"
+    with pytest.raises(ValueError, match="style"):
+        table.format("html")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match", "exc"),
+    [
+        ({"interactions": torch.zeros(3, 4)}, "interactions", ValueError),
+        ({"interactions": torch.zeros(2, 3, 3)}, "interactions", ValueError),
+        ({"interactions": torch.full((2, 2), math.nan)}, "interactions", ValueError),
+        ({"interactions": [[1.0, 0.0], [0.0, 1.0]]}, "interactions", TypeError),
+        ({"interactions": torch.zeros(3, 3), "k": 0}, "k", ValueError),
+        ({"interactions": torch.zeros(3, 3), "feature_names": ["a", "b"]}, "feature_names", ValueError),
+    ],
+)
+def test_top_interactions_errors(kwargs: dict, match: str, exc: type) -> None:
+    kwargs.setdefault("k", 2)
+    with pytest.raises(exc, match=match):
+        top_interactions(**kwargs)
+
+
+# ---------------------------------------------------------------- matrix heatmap
+
+
+def test_visualize_interactions_types_and_centred_norm() -> None:
+    h = _sym(5) + 3.0  # mostly positive: the scale must still be centred at zero
+    fig, ax = visualize_interactions(h, use_pyplot=False)
+    assert isinstance(fig, Figure) and isinstance(ax, Axes)
+    norm = ax.images[0].norm
+    assert norm.vmin == pytest.approx(-norm.vmax)
+    assert norm.vmax == pytest.approx(np.abs(h).max())
+    assert norm(0.0) == pytest.approx(0.5)
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), h)
+
+
+def test_visualize_interactions_clipping_sets_limits() -> None:
+    h = _sym(8, seed=1)
+    h[0, 1] = h[1, 0] = 100.0  # an outlier
+    _, ax_full = visualize_interactions(h, use_pyplot=False)
+    _, ax_clip = visualize_interactions(h, clip_percentile=90, use_pyplot=False)
+    expected = np.percentile(np.abs(h), 90)
+    assert ax_full.images[0].norm.vmax == pytest.approx(100.0)
+    assert ax_clip.images[0].norm.vmax == pytest.approx(expected)
+    assert ax_clip.images[0].norm.vmin == pytest.approx(-expected)
+    assert expected < 100.0
+
+
+def test_visualize_interactions_hidden_diagonal_sets_scale_off_diagonal() -> None:
+    h = _hand_matrix()
+    _, ax = visualize_interactions(h, show_diagonal=False, use_pyplot=False)
+    assert ax.images[0].norm.vmax == pytest.approx(5.0)  # not the diagonal's 9
+    data = ax.images[0].get_array()
+    assert bool(np.all(np.ma.getmaskarray(data)[np.diag_indices(4)]))
+
+
+def test_visualize_interactions_labels_and_top_k() -> None:
+    names = ["a", "b", "c", "d"]
+    fig, ax = visualize_interactions(_hand_matrix()[None], names, top_k=2, title="T", use_pyplot=False)
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert ax.get_title() == "T" and ax.get_xlabel() == "feature" and ax.get_ylabel() == "feature"
+    texts = {(t.get_position(), t.get_text()) for t in ax.texts}
+    assert texts == {((1, 0), "-5"), ((3, 2), "4")}  # (x=j, y=i) of the two strongest pairs
+    assert len(ax.patches) == 4  # both symmetric cells of each pair outlined
+    assert len(fig.axes) == 2  # the colour bar
+    assert fig.axes[1].get_ylabel() == "interaction"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"interactions": torch.zeros(3, 4)}, "interactions"),
+        ({"interactions": torch.zeros(2, 3, 3)}, "interactions"),
+        ({"interactions": torch.zeros(3, 3), "feature_names": ["a"]}, "feature_names"),
+        ({"interactions": torch.zeros(3, 3), "clip_percentile": 0}, "clip_percentile"),
+        ({"interactions": torch.zeros(3, 3), "clip_percentile": 101}, "clip_percentile"),
+        ({"interactions": torch.zeros(3, 3), "top_k": -1}, "top_k"),
+    ],
+)
+def test_visualize_interactions_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        visualize_interactions(**kwargs, use_pyplot=False)
+
+
+def test_visualize_interactions_all_zero_is_drawn() -> None:
+    _, ax = visualize_interactions(torch.zeros(3, 3), use_pyplot=False)
+    assert ax.images[0].norm.vmin == -ax.images[0].norm.vmax > -math.inf
+
+
+def test_plt_fig_axis_is_used() -> None:
+    fig = Figure()
+    ax = fig.subplots()
+    out = visualize_interactions(_hand_matrix(), plt_fig_axis=(fig, ax), use_pyplot=False)
+    assert out[0] is fig and out[1] is ax
+
+
+# ---------------------------------------------------------------- image interactions
+
+
+def _image_hessian(c: int = 2, hgt: int = 3, wid: int = 4) -> torch.Tensor:
+    """H[i, j] = 1000 * flat(i) + flat(j): every row is recognisable."""
+    d = c * hgt * wid
+    i = torch.arange(d, dtype=torch.float64)
+    return (1000 * i[:, None] + i[None, :]).reshape(c, hgt, wid, c, hgt, wid)
+
+
+def test_image_interaction_map_picks_row_and_sums_channels() -> None:
+    h = _image_hessian()
+    index = (1, 2, 3)
+    flat = 1 * 12 + 2 * 4 + 3
+    row = (1000 * flat + np.arange(24, dtype=np.float64)).reshape(2, 3, 4)
+    expected = row.sum(axis=0)
+    got_all = image_interaction_map(h, index, exclude_self=False)
+    np.testing.assert_allclose(got_all, expected)
+    # Flat index and negative indices name the same feature.
+    np.testing.assert_allclose(image_interaction_map(h, flat, exclude_self=False), expected)
+    np.testing.assert_allclose(image_interaction_map(h, (-1, -1, -1), exclude_self=False), expected)
+    # Without self: only the feature's own entry (channel 1 of pixel (2, 3)) drops out.
+    got = image_interaction_map(h, index)
+    diff = expected - got
+    assert diff[2, 3] == pytest.approx(1000 * flat + flat)
+    diff[2, 3] = 0
+    assert np.all(diff == 0)
+
+
+def test_image_interaction_map_batch_and_grayscale() -> None:
+    h = _image_hessian(1, 3, 4)
+    np.testing.assert_allclose(
+        image_interaction_map(h[None], (0, 1, 2)), image_interaction_map(h.reshape(3, 4, 3, 4), (1, 2))
+    )
+
+
+def test_visualize_image_interactions_draws_the_map() -> None:
+    h = _image_hessian()
+    image = torch.rand(2, 3, 4)
+    fig, ax = visualize_image_interactions(
+        h[None], image, (0, 1, 2), method="heat_map", outlier_perc=0, use_pyplot=False
+    )
+    assert isinstance(fig, Figure) and isinstance(ax, Axes)
+    drawn = np.asarray(ax.images[-1].get_array())
+    heat = image_interaction_map(h, (0, 1, 2))
+    # With no outliers Captum divides by the largest |value|: the map itself, scaled.
+    np.testing.assert_allclose(drawn, heat / np.abs(heat).max())
+    assert ax.images[-1].norm.vmin == -1 and ax.images[-1].norm.vmax == 1
+    # The chosen pixel (row 1, col 2) is outlined.
+    marks = [p for p in ax.patches if p.get_xy() == (1.5, 0.5)]
+    assert len(marks) == 1
+    assert "(0, 1, 2)" in ax.get_title()
+
+
+def test_visualize_image_interactions_all_zero_warns() -> None:
+    with pytest.warns(UserWarning, match="no nonzero interaction"):
+        _, ax = visualize_image_interactions(
+            torch.zeros(1, 2, 2, 1, 2, 2), torch.rand(1, 2, 2), (0, 0, 0), use_pyplot=False
+        )
+    assert isinstance(ax, Axes)
+
+
+@pytest.mark.parametrize(
+    ("h_shape", "image_shape", "index", "match", "exc"),
+    [
+        ((2, 3, 4, 2, 3, 4), (3, 3, 4), (0, 0, 0), "original_image", ValueError),
+        ((2, 3, 4, 2, 3, 4), (2, 3, 4), (2, 0, 0), "feature_index", IndexError),
+        ((2, 3, 4, 2, 3, 4), (2, 3, 4), (0, 0, 4), "feature_index", IndexError),
+        ((2, 3, 4, 2, 3, 4), (2, 3, 4), 24, "feature_index", IndexError),
+        ((2, 3, 4, 2, 3, 4), (2, 3, 4), (0, 0), "feature_index", ValueError),
+        ((2, 3, 4, 2, 3, 5), (2, 3, 4), (0, 0, 0), "interactions", ValueError),
+        ((2, 2, 3, 4, 2, 3, 4), (2, 3, 4), (0, 0, 0), "interactions", ValueError),
+        ((2, 3, 4, 2, 3, 4), (5, 2, 3, 4), (0, 0, 0), "original_image", ValueError),
+    ],
+)
+def test_visualize_image_interactions_errors(
+    h_shape: tuple, image_shape: tuple, index: object, match: str, exc: type
+) -> None:
+    with pytest.raises(exc, match=match):
+        visualize_image_interactions(torch.zeros(h_shape), torch.zeros(image_shape), index, use_pyplot=False)
+
+
+# ---------------------------------------------------------------- kernels
+
+
+def test_kernel_densities_integrate_to_one() -> None:
+    eps = 0.7
+    t = np.linspace(-60 * eps, 60 * eps, 240001)
+    _, curves = kernel_densities(stdevs=eps, points=t)
+    assert [type(k) for k, _ in curves] == [Gaussian, Poisson, Hyperbolic, Sigmoid, Rect]
+    for kernel, dens in curves:
+        mass = np.trapezoid(dens, t)
+        tail = 1 - 2 / math.pi * math.atan(60) if isinstance(kernel, Poisson) else 0.0
+        assert mass == pytest.approx(1 - tail, abs=2e-3), kernel
+        # Unit variance for all but the Cauchy, at bandwidth eps: variance eps^2.
+        if not isinstance(kernel, Poisson):
+            assert np.trapezoid(dens * t**2, t) == pytest.approx(eps**2, rel=5e-3), kernel
+
+
+def test_kernel_densities_values() -> None:
+    t, curves = kernel_densities(
+        ["gaussian", "poisson", "rect"], stdevs=2.0, points=np.array([0.0, 2.0, 4.0])
+    )
+    g, p, r = (c[1] for c in curves)
+    np.testing.assert_allclose(g, np.exp(-0.5 * (t / 2) ** 2) / (2 * math.sqrt(2 * math.pi)))
+    np.testing.assert_allclose(p, 1 / (math.pi * 2 * (1 + (t / 2) ** 2)))
+    np.testing.assert_allclose(r, [1 / (4 * math.sqrt(3)), 1 / (4 * math.sqrt(3)), 0.0])
+
+
+def test_visualize_kernels_lines_integrate_to_one() -> None:
+    eps = 1.5
+    fig, ax = visualize_kernels(stdevs=eps, use_pyplot=False)
+    assert isinstance(fig, Figure) and isinstance(ax, Axes)
+    lines = ax.get_lines()
+    assert len(lines) == 5
+    for line in lines:
+        x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+        assert x[0] == pytest.approx(-4 * eps) and x[-1] == pytest.approx(4 * eps)
+        mass = np.trapezoid(y, x)
+        if line.get_label() == "Poisson()":
+            # Standard Cauchy over [-4, 4] in units of eps.
+            assert mass == pytest.approx(2 / math.pi * math.atan(4), abs=1e-3)
+        else:
+            assert mass == pytest.approx(1.0, abs=5e-3), line.get_label()
+    assert ax.get_legend() is not None
+    assert ax.get_xlabel() and ax.get_ylabel() and "1.5" in ax.get_title()
+
+
+def test_visualize_kernels_custom_kernel_without_log_prob() -> None:
+    class Half(Rect):
+        """A Rect that only knows its CDF."""
+
+        def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+            raise NotImplementedError
+
+    t, curves = kernel_densities([Half()], points=np.linspace(-3, 3, 6001))
+    assert np.trapezoid(curves[0][1], t) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stdevs": 0.0}, "stdevs"),
+        ({"stdevs": -1.0}, "stdevs"),
+        ({"kernels": ["nope"]}, "kernels"),
+        ({"x_range": (1.0, -1.0)}, "x_range"),
+        ({"n_points": 1}, "n_points"),
+    ],
+)
+def test_visualize_kernels_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        visualize_kernels(**kwargs, use_pyplot=False)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_render_all_to_png(tmp_path: os.PathLike) -> None:
+    out = os.fspath(tmp_path)
+    rng = np.random.default_rng(0)
+    h = _sym(6)
+    figures = {
+        "matrix": visualize_interactions(
+            h, [f"x{i}" for i in range(6)], top_k=3, clip_percentile=95, use_pyplot=False
+        )[0],
+        "image": visualize_image_interactions(
+            _sym(3 * 8 * 8).reshape(3, 8, 8, 3, 8, 8), rng.random((3, 8, 8)), (1, 4, 5), use_pyplot=False
+        )[0],
+        "kernels": visualize_kernels(use_pyplot=False)[0],
+    }
+    for name, fig in figures.items():
+        path = os.path.join(out, f"{name}.png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. tight-layout or glyph warnings
+            fig.savefig(path, dpi=60)
+        assert os.path.getsize(path) > 1000
+
+
+def test_use_pyplot_registers_figure() -> None:
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    fig, _ = visualize_kernels(["gaussian"])
+    try:
+        assert fig.number in set(plt.get_fignums()) - before
+    finally:
+        plt.close(fig)

@@ -49,29 +49,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _best(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _alternate(fns: List[Callable[[], object]], repeats: int, device: torch.device) -> List[float]:
-    for fn in fns:  # warm-up
-        fn()
-    best = [math.inf] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], _best(fn, 1, device))
-    return best
-
-
 def _cnn32() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -91,35 +68,12 @@ def _cnn32() -> nn.Module:
 def _floor_vs_smoothhess(
     net: nn.Module, x: Tensor, n: int, batch_size: int, repeats: int, device: torch.device, name: str
 ) -> Row:
-    from captum_smoothhess import SmoothHess
+    from smoothhess import floor_and_smoothhess
 
-    net, x = net.to(device), x.to(device)
-    sh = SmoothHess(net)
-    target, eps = 3, 0.1
-    chunks = []
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        chunks.append((x + eps * torch.randn(rows, *x.shape[1:], device=device)).requires_grad_())
-
-    def floor() -> None:
-        for pts in chunks:
-            torch.autograd.grad(net(pts)[:, target].sum(), pts)
-
-    def smoothhess() -> None:
-        sh.attribute(
-            x,
-            target=target,
-            stdevs=eps,
-            n_samples=n,
-            n_samples_batch_size=batch_size,
-            generator=torch.Generator(device=device).manual_seed(0),
-        )
-
-    t_floor, t_sh = _alternate([floor, smoothhess], repeats, device)
-    d = x[0].numel()
+    t_floor, t_sh = floor_and_smoothhess(net, x, n, batch_size, repeats, device)
     return dict(
         case=name,
-        setting=f"d={d}, n={n}, batch={batch_size}",
+        setting=f"d={x[0].numel()}, n={n}, batch={batch_size}",
         baseline="gradient floor",
         t_base=t_floor,
         t_ours=t_sh,

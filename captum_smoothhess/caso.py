@@ -501,7 +501,17 @@ def _info(sol: _Solution, lam1: Tensor) -> Dict[str, Tensor]:
     }
 
 
-class CASO(GradientAttribution):
+class _LossSaliency(GradientAttribution):
+    """Shared constructor of CASO and CAFO: a model and an optional per-example loss."""
+
+    def __init__(self, forward_func: Callable[..., Any], loss_func: Optional[LossFunc] = None) -> None:
+        super().__init__(forward_func)
+        if loss_func is not None and not callable(loss_func):
+            raise TypeError(f"loss_func: expected a callable or None, got {type(loss_func).__name__}")
+        self.loss_func = loss_func
+
+
+class CASO(_LossSaliency):
     r"""Second-order, sparse saliency: the loss-maximising perturbation of a quadratic model.
 
     CASO solves, per example,
@@ -550,12 +560,6 @@ class CASO(GradientAttribution):
         >>> bool((info["residual"] <= 1e-4).all())
         True
     """
-
-    def __init__(self, forward_func: Callable[..., Any], loss_func: Optional[LossFunc] = None) -> None:
-        super().__init__(forward_func)
-        if loss_func is not None and not callable(loss_func):
-            raise TypeError(f"loss_func: expected a callable or None, got {type(loss_func).__name__}")
-        self.loss_func = loss_func
 
     @log_usage()
     def attribute(
@@ -685,7 +689,7 @@ class CASO(GradientAttribution):
         return (delta, _info(sol, lam1)) if return_info else delta
 
 
-class CAFO(GradientAttribution):
+class CAFO(_LossSaliency):
     r"""First-order, sparse saliency: CASO with ``H = 0``, in closed form.
 
     .. math::
@@ -711,12 +715,6 @@ class CAFO(GradientAttribution):
         >>> (delta == 0).sum(1)
         tensor([8, 8])
     """
-
-    def __init__(self, forward_func: Callable[..., Any], loss_func: Optional[LossFunc] = None) -> None:
-        super().__init__(forward_func)
-        if loss_func is not None and not callable(loss_func):
-            raise TypeError(f"loss_func: expected a callable or None, got {type(loss_func).__name__}")
-        self.loss_func = loss_func
 
     @log_usage()
     def attribute(

@@ -164,7 +164,25 @@ def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
         np.random.set_state(saved)  # noqa: NPY002
 
 
-class KernelNoiseTunnel(NoiseTunnel):
+class _GeneratorNoiseTunnel(NoiseTunnel):
+    """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``."""
+
+    def _expand_partial(
+        self,
+        nt_samples_partition: int,
+        kwargs_partial: Dict[str, Any],
+        inputs: Tuple[Tensor, ...],
+        draw_baseline_from_distrib: bool,
+    ) -> None:
+        generator = _current_state(self).generator if draw_baseline_from_distrib else None
+        with _numpy_rng_from(generator):
+            NoiseTunnel._expand_partial(
+                nt_samples_partition, kwargs_partial, inputs, draw_baseline_from_distrib
+            )
+
+
+
+class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     """NoiseTunnel with any smoothing kernel: SmoothGrad, SmoothGrad² and VarGrad.
 
     For an attribution method ``A`` (Saliency, IntegratedGradients, ...), a
@@ -300,19 +318,6 @@ class KernelNoiseTunnel(NoiseTunnel):
         if self.is_gradient_method:
             return tuple(t.requires_grad_() for t in noisy)
         return noisy
-
-    def _expand_partial(
-        self,
-        nt_samples_partition: int,
-        kwargs_partial: Dict[str, Any],
-        inputs: Tuple[Tensor, ...],
-        draw_baseline_from_distrib: bool,
-    ) -> None:
-        generator = _current_state(self).generator if draw_baseline_from_distrib else None
-        with _numpy_rng_from(generator):
-            NoiseTunnel._expand_partial(
-                nt_samples_partition, kwargs_partial, inputs, draw_baseline_from_distrib
-            )
 
 
 def _format_attributions(

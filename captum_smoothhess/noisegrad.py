@@ -58,8 +58,8 @@ from .noise_tunnel import (
     _CallState,
     _check_nt_args,
     _current_state,
+    _GeneratorNoiseTunnel,
     _InputNoise,
-    _numpy_rng_from,
 )
 
 __all__ = ["FusionGrad", "NoiseGrad"]
@@ -144,7 +144,7 @@ class _WeightNoise:
         return out
 
 
-class NoiseGrad(NoiseTunnel):
+class NoiseGrad(_GeneratorNoiseTunnel):
     """Attributions averaged over kernel noise on the model's weights (NoiseGrad).
 
     For an attribution method ``A`` of a model with weights ``theta``,
@@ -346,19 +346,6 @@ class NoiseGrad(NoiseTunnel):
         if self.is_gradient_method:
             return tuple(t.requires_grad_() for t in rows)
         return rows
-
-    def _expand_partial(
-        self,
-        nt_samples_partition: int,
-        kwargs_partial: Dict[str, Any],
-        inputs: Tuple[Tensor, ...],
-        draw_baseline_from_distrib: bool,
-    ) -> None:
-        generator = _current_state(self).generator if draw_baseline_from_distrib else None
-        with _numpy_rng_from(generator):
-            NoiseTunnel._expand_partial(
-                nt_samples_partition, kwargs_partial, inputs, draw_baseline_from_distrib
-            )
 
     def _compute_partial_attribution(
         self,

@@ -75,10 +75,8 @@ class _HessianSums:
 
     def result(self, count: int) -> Tensor:
         """The symmetrised mean ``sym(diag(1/eps) sum) / count``."""
-        h = self.total / count
-        if self.mask is None:
-            h = h * self.row_scale[:, None]
-        return 0.5 * (h + h.transpose(1, 2))
+        h = self.total * (self.row_scale[:, None] / count) if self.mask is None else self.total / count
+        return (h + h.transpose(1, 2)).mul_(0.5)
 
 
 def _split_hessian(hess: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> HessianType:
@@ -186,13 +184,15 @@ class SmoothHessFactors:
 
     def matvec(self, v: TensorOrTuple) -> TensorOrTuple:
         """``H v`` per example, ``v`` shaped like the inputs; ``O(n d)`` work."""
-        x = self._flat(v, "v")[:, :, None]
-        r = self._row_scale[:, None]
+        # Row-vector products (1 x m)(m x d) stream the factors in memory order,
+        # several times faster than (m x d)(d x 1) batched products on CPUs.
+        x = self._flat(v, "v")[:, None, :]
+        rx = x * self._row_scale
         left, right = torch.zeros_like(x), torch.zeros_like(x)
         for s, d in zip(self._scores, self._diffs):
-            left += s.transpose(1, 2) @ (d @ x)
-            right += d.transpose(1, 2) @ (s @ (r * x))
-        return self._format((r * left + right)[..., 0] / (2 * self.count))
+            left += (x @ d.transpose(1, 2)) @ s
+            right += (rx @ s.transpose(1, 2)) @ d
+        return self._format((left * self._row_scale + right)[:, 0] / (2 * self.count))
 
     def diagonal(self) -> TensorOrTuple:
         """The diagonal of ``H``, shaped like the inputs."""

@@ -95,7 +95,9 @@ class NoiseStream:
         self.device = device
         self.dtype = dtype
         cap = 256 if total is None else total
-        self.block = max(1, min(cap, _BLOCK_ELEMENTS // max(1, batch * dim)))
+        # A power of two, so that chunks of power-of-two sizes are views of one block.
+        fit = max(1, _BLOCK_ELEMENTS // max(1, batch * dim))
+        self.block = max(1, min(cap, 1 << (fit.bit_length() - 1)))
         self._cache: Dict[int, Tensor] = {}
 
     def _draw_block(self, k: int) -> Tensor:

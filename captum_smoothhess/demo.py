@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from captum.attr import Saliency
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 from torch import Tensor, nn
 
 from .baselines import exact_hessian, softplus_surrogate
@@ -59,8 +60,8 @@ class _Settings:
     digits_epochs: int = 60
     fq_steps: int = 1500
     fq_points: int = 3000
-    interaction_samples: int = 6000
-    group_samples: int = 4000
+    interaction_samples: int = 40000
+    group_samples: int = 20000
     fq_samples: int = 20000
     fq_stdevs: Tuple[float, ...] = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
     fq_betas: Tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -80,8 +81,8 @@ _QUICK = _Settings(
     digits_epochs=20,
     fq_steps=300,
     fq_points=1000,
-    interaction_samples=1000,
-    group_samples=1000,
+    interaction_samples=4000,
+    group_samples=2000,
     fq_samples=2000,
     fq_stdevs=(0.05, 0.2, 0.5),
     fq_betas=(2.0, 10.0, 50.0),
@@ -216,15 +217,22 @@ def _interactions_section(
     row, col = divmod(pixel, 8)
     names = [f"({r},{c})" for r in range(8) for c in range(8)]
 
-    fig = Figure(figsize=(12.5, 5.2))
-    ax_heat, ax_img = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
+    fig = Figure(figsize=(16.5, 5.2))
+    ax_digit, ax_heat, ax_img = fig.subplots(1, 3, gridspec_kw={"width_ratios": [0.8, 1.35, 1]})
+    ax_digit.imshow(_image(data, data.x_test[0])[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    ax_digit.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="lime", linewidth=2.5))
+    ax_digit.set_xticks(range(8))
+    ax_digit.set_yticks(range(8))
+    ax_digit.set_xlabel("col")
+    ax_digit.set_ylabel("row")
+    ax_digit.set_title(f"Test digit (class {label}), pixel ({row}, {col}) boxed")
     visualize_interactions(
         h,
         clip_percentile=99,
         show_diagonal=False,
         top_k=3,
-        title=f"SmoothHess interactions, all 64x64 pixel pairs (class {label})",
-        axis_label="pixel index (row-major: 8 row + col)",
+        title="SmoothHess, all 64x64 pixel pairs",
+        axis_label="pixel index (8 row + col)",
         plt_fig_axis=(fig, ax_heat),
         use_pyplot=False,
     )
@@ -288,9 +296,10 @@ def _interactions_section(
         "pixels act together: a positive entry means that raising both pixels raises the logit by "
         "more than the sum of raising each alone.",
         "",
-        f"Left: all pixel pairs (diagonal hidden, colours clipped at the 99th percentile, the three "
-        f"strongest pairs outlined). Right: the row of the most interacting pixel ({row}, {col}) "
-        "over the image (green box), drawn by Captum's `visualize_image_attr`.",
+        f"Middle: all pixel pairs (diagonal hidden, colours clipped at the 99th percentile, the three "
+        f"strongest pairs outlined, numbered by rank). Right: the row of the most interacting pixel "
+        f"({row}, {col}) over the image (green box), drawn by Captum's `visualize_image_attr`: red pixels "
+        "strengthen its effect on the logit, blue ones weaken it.",
         "",
         f"![pixel interactions]({pixels_png})",
         "",
@@ -331,14 +340,27 @@ def _four_quadrant_section(out: str, s: _Settings, gen: torch.Generator) -> List
     fig = Figure(figsize=(11.5, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     grid = np.geomspace(min(s.fq_stdevs) * 0.9, max(s.fq_stdevs) * 1.1, 100)
-    ax1.loglog(grid, [four_quadrant_interaction(float(e)) for e in grid], "k--", label="smoothed target, 2/(pi stdevs^2)")
-    ax1.loglog([r[0] for r in rows], [abs(r[1]) for r in rows], "o-", color="tab:red", label="SmoothHess of the network")
+    ax1.loglog(
+        grid,
+        [four_quadrant_interaction(float(e)) for e in grid],
+        "k--",
+        label="smoothed target, 2/(pi stdevs^2)",
+    )
+    ax1.loglog(
+        [r[0] for r in rows],
+        [abs(r[1]) for r in rows],
+        "o-",
+        color="tab:red",
+        label="SmoothHess of the network",
+    )
     ax1.set_xlabel("stdevs (Gaussian bandwidth, input units)")
     ax1.set_ylabel("|interaction H12| at the origin")
     ax1.set_title("SmoothHess: stdevs sets the scale")
     ax1.legend()
     ax1.grid(True, which="both", alpha=0.3)
-    ax2.loglog([b for b, _ in soft], [abs(v) for _, v in soft], "s-", color="tab:blue", label="SoftPlus Hessian H12")
+    ax2.loglog(
+        [b for b, _ in soft], [abs(v) for _, v in soft], "s-", color="tab:blue", label="SoftPlus Hessian H12"
+    )
     ax2.set_xlabel("beta (SoftPlus sharpness, per neuron)")
     ax2.set_ylabel("|interaction H12| at the origin")
     ax2.set_title("SoftPlus baseline: beta has no input-space scale")
@@ -373,7 +395,7 @@ def _four_quadrant_section(out: str, s: _Settings, gen: torch.Generator) -> List
 def _kernels_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: int) -> List[str]:
     """Kernel shapes and the smoothed gradients of the five kernels."""
     _log("Kernel-smoothed gradients (KernelNoiseTunnel over Saliency), one per kernel")
-    stdevs = 0.5
+    stdevs = 1.0
     fig = Figure(figsize=(7.0, 4.2))
     ax = fig.subplots()
     visualize_kernels([k for _, k in _KERNELS], stdevs=stdevs, plt_fig_axis=(fig, ax), use_pyplot=False)
@@ -424,9 +446,9 @@ def _kernels_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed:
     base = maps["Gaussian"].flatten(1)
     sims = []
     for name in names:
-        m = maps[name].flatten(1)
-        cos = torch.nn.functional.cosine_similarity(m, base, dim=1).mean()
-        sims.append(f"| {name} | {_fmt(float(m.norm(dim=1).mean()))} | {float(cos):.3f} |")
+        flat = maps[name].flatten(1)
+        cos = torch.nn.functional.cosine_similarity(flat, base, dim=1).mean()
+        sims.append(f"| {name} | {_fmt(float(flat.norm(dim=1).mean()))} | {float(cos):.3f} |")
     return [
         "## 3. Five kernels, five smoothed gradients",
         "",
@@ -456,8 +478,17 @@ def _caso_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
     _log("CASO vs CAFO sparse saliency")
     n_digits = 3
     sparsity = 0.8
-    x = data.x_test[:n_digits].reshape(-1, 1, 8, 8)
-    labels = data.y_test[:n_digits]
+    # A confident classifier has a vanishing loss gradient (and curvature) on most digits; take
+    # the first correctly classified test digits it is least sure about (probability < 0.95).
+    x_all = data.x_test.reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        prob = net(x_all).softmax(1)
+    unsure = (prob.argmax(1) == data.y_test) & (prob.max(1).values < 0.95)
+    chosen = torch.nonzero(unsure).flatten()[:n_digits]
+    if len(chosen) < n_digits:  # pragma: no cover - depends on the trained model
+        chosen = torch.arange(n_digits)
+    x = x_all[chosen]
+    labels = data.y_test[chosen]
     cafo = CAFO(net).attribute(x, target=labels, sparsity=sparsity)
     caso, info = CASO(net).attribute(x, target=labels, sparsity=sparsity, return_info=True)
     caso_sh = CASO(net).attribute(
@@ -470,22 +501,25 @@ def _caso_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
         generator=torch.Generator().manual_seed(seed),
     )
     assert isinstance(cafo, Tensor) and isinstance(caso, Tensor) and isinstance(caso_sh, Tensor)
-    maps = {"CAFO (first order)": cafo, "CASO, autograd Hessian": caso, "CASO, SmoothHess curvature": caso_sh}
+    maps = {"CAFO": cafo, "CASO (autograd H)": caso, "CASO (SmoothHess H)": caso_sh}
 
-    fig = Figure(figsize=(2.6 * (len(maps) + 1), 2.5 * n_digits + 0.5))
+    fig = Figure(figsize=(2.7 * (len(maps) + 1) + 0.8, 2.6 * n_digits + 0.6))
     axes = fig.subplots(n_digits, len(maps) + 1, squeeze=False)
+    im = None
     for r in range(n_digits):
-        axes[r, 0].imshow(_image(data, data.x_test[r])[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(f"digit (class {int(labels[r])})", fontsize=10)
+        p_true = float(prob[chosen[r], labels[r]])
+        axes[r, 0].imshow(_image(data, data.x_test[chosen[r]])[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(f"digit (class {int(labels[r])}, p={p_true:.2f})", fontsize=10)
         for c, (name, d) in enumerate(maps.items()):
             m = d[r, 0].detach().numpy()
             v = float(np.abs(m).max()) or 1.0
-            im = axes[r, c + 1].imshow(m, cmap="RdBu_r", vmin=-v, vmax=v)
+            im = axes[r, c + 1].imshow(m / v, cmap="RdBu_r", vmin=-1, vmax=1)
             axes[r, c + 1].set_title(name, fontsize=10)
-            fig.colorbar(im, ax=axes[r, c + 1], fraction=0.046, pad=0.03)
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
+    assert im is not None
+    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), fraction=0.03, pad=0.02, label="delta / max |delta|")
     fig.suptitle(
         f"Sparse loss-increasing perturbations, {int(sparsity * 100)}% of pixels exactly zero "
         "(red: raise the pixel, blue: lower it)",
@@ -511,7 +545,9 @@ def _caso_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
     return [
         "## 4. CASO vs CAFO",
         "",
-        "CAFO is the sparse first-order saliency `soft(g, lambda1) / lambda2`; CASO adds the Hessian "
+        f"Three correctly classified test digits the model is least sure of (a confident classifier's "
+        "loss has almost no gradient or curvature). CAFO is the sparse first-order saliency "
+        "`soft(g, lambda1) / lambda2`; CASO adds the Hessian "
         "of the loss to the model it maximises, `g^T d + d^T H d / 2 - lambda1 |d|_1 - lambda2 |d|^2 / 2`, "
         f"solved by FISTA. `sparsity={sparsity}` picks `lambda1` so that {int(sparsity * 100)}% of the "
         "pixels are exactly zero. CASO's curvature comes either from exact Hessian-vector products "
@@ -588,7 +624,9 @@ def _pmse_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
         for k in knobs(method):
             cache[("val", method, k)] = taylor(x_val, t_val, method, k)
         for radius in s.pmse_radii:
-            val = {k: float(pmse(x_val, t_val, cache[("val", method, k)], radius).mean()) for k in knobs(method)}
+            val = {
+                k: float(pmse(x_val, t_val, cache[("val", method, k)], radius).mean()) for k in knobs(method)
+            }
             best = min(val, key=lambda k: val[k])
             key = ("test", method, best)
             if key not in cache:
@@ -604,9 +642,13 @@ def _pmse_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
         means = [results[m][radius][1] for m in methods]
         errs = [results[m][radius][2] for m in methods]
         pos = np.arange(len(methods)) + (j - (len(s.pmse_radii) - 1) / 2) * width
-        ax.bar(pos, means, width, yerr=errs, color=colors, alpha=1.0 - 0.4 * j, edgecolor="k", capsize=3)
-        for p, mval in zip(pos, means):
-            ax.text(p, mval, f"r={radius}", ha="center", va="bottom", fontsize=8)
+        hatch = None if j == 0 else "//"
+        ax.bar(pos, means, width, yerr=errs, color=colors, hatch=hatch, edgecolor="k", capsize=3)
+    handles = [
+        Patch(facecolor="white", edgecolor="k", hatch=None if j == 0 else "//", label=f"radius r = {radius}")
+        for j, radius in enumerate(s.pmse_radii)
+    ]
+    ax.legend(handles=handles, loc="upper left")
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(methods)))
     ax.set_xticklabels(["SmoothHess\n+ SmoothGrad", "SmoothGrad", "SoftPlus Hessian\n+ gradient", "Gradient"])
@@ -615,7 +657,9 @@ def _pmse_section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: in
     ax.grid(True, axis="y", which="both", alpha=0.3)
     png = _save(fig, out, "pmse.png")
 
-    header = "| method | " + " | ".join(f"r = {r}: PMSE (± s.e.)" for r in s.pmse_radii) + " | knob per radius |"
+    header = (
+        "| method | " + " | ".join(f"r = {r}: PMSE (± s.e.)" for r in s.pmse_radii) + " | knob per radius |"
+    )
     lines = [
         "## 5. Perturbation MSE",
         "",

@@ -1,0 +1,73 @@
+"""The one-command demo: ``demo --quick`` writes its figures and a report that embeds them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from captum_smoothhess.__main__ import main
+
+EXPECTED_FIGURES = {
+    "interactions_pixels.png",
+    "interactions_groups.png",
+    "four_quadrant.png",
+    "kernels.png",
+    "kernel_gradients.png",
+    "caso_vs_cafo.png",
+    "pmse.png",
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class DemoRun(NamedTuple):
+    out: Path
+    stdout: str
+    rng_unchanged: bool
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    state = torch.get_rng_state()
+    buffer = io.StringIO()
+    # Through the command line, as a user runs `python -m captum_smoothhess demo --quick`.
+    with contextlib.redirect_stdout(buffer):
+        assert main(["demo", "--out", str(out), "--quick"]) == 0
+    return DemoRun(out, buffer.getvalue(), bool(torch.equal(state, torch.get_rng_state())))
+
+
+def test_demo_writes_figures(demo_run: DemoRun) -> None:
+    pngs = {p.name for p in demo_run.out.glob("*.png")}
+    assert pngs >= EXPECTED_FIGURES
+    for name in EXPECTED_FIGURES:
+        data = (demo_run.out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 5_000, name  # a drawn figure, not an empty canvas
+
+
+def test_report_embeds_figures_and_tables(demo_run: DemoRun) -> None:
+    report = (demo_run.out / "report.md").read_text(encoding="utf-8")
+    links = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
+    assert links == EXPECTED_FIGURES  # relative links, one per figure
+    sections = ("SmoothHess pixel interactions", "Four Quadrant", "kernels", "CASO vs CAFO")
+    for heading in (*sections, "Perturbation MSE"):
+        assert heading in report
+    for method in ("SmoothHess + SmoothGrad", "SmoothGrad", "SoftPlus Hessian", "Gradient"):
+        assert f"\n| {method}" in report
+    assert not re.search(r"\bnan\b|\binf\b", report, flags=re.IGNORECASE)
+
+
+def test_demo_prints_where_it_wrote(demo_run: DemoRun) -> None:
+    assert str((demo_run.out / "report.md").resolve()) in demo_run.stdout
+
+
+def test_demo_leaves_global_rng_alone(demo_run: DemoRun) -> None:
+    assert demo_run.rng_unchanged

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import statistics
 import time
 from typing import Callable, List, Tuple
 
@@ -44,16 +43,21 @@ def _mlp(d_in: int, hidden: int, d_out: int, depth: int = 2) -> nn.Module:
 
 
 def _timed(fns: List[Callable[[], object]], repeats: int) -> List[float]:
-    """Median seconds of each function, calls interleaved, after one warm-up each."""
+    """Best seconds of each function, calls interleaved (order alternating), after one warm-up each.
+
+    The best of many interleaved runs is the least sensitive to load from other
+    processes; alternating the order removes the bias of a fixed position.
+    """
     for fn in fns:
         fn()
     times: List[List[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        order = list(enumerate(fns))
+        for i, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [min(t) for t in times]
 
 
 def _plain_noisegrad_loop(model: nn.Module, x: Tensor, target: int, n: int, eps: float) -> Tensor:

@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_smoothhess._training import _fit
 from captum_smoothhess.baselines import exact_hessian, softplus_surrogate
 from captum_smoothhess.datasets import four_quadrant, four_quadrant_interaction, load_digits_tensors
 from captum_smoothhess.metrics import perturbation_mse
@@ -101,29 +102,6 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _train(
-    net: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    epochs: int,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    lr: float = 1e-3,
-    batch: int = 256,
-    seed: int = 0,
-) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], batch):
-            idx = perm[i : i + batch]
-            opt.zero_grad()
-            loss_fn(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
 
 
 def _gradient(f: Callable[[Tensor], Tensor], x: Tensor, target: Tensor) -> Tensor:
@@ -241,7 +219,7 @@ def four_quadrant_experiment(s: Settings) -> Dict[str, List[Tuple[float, float]]
     torch.manual_seed(s.seed)
     x, y = four_quadrant(s.fq_n, generator=torch.Generator().manual_seed(s.seed))
     net = _mlp([2, s.fq_hidden, s.fq_hidden, 1])
-    _train(net, x, y[:, None], s.fq_epochs, nn.functional.mse_loss, lr=3e-3, seed=s.seed)
+    _fit(net, x, y[:, None], nn.functional.mse_loss, s.fq_epochs, lr=3e-3, seed=s.seed, weight_decay=1e-5)
     origin = torch.zeros(1, 2)
     sh = SmoothHess(net)
     res: Dict[str, List[Tuple[float, float]]] = {"smoothhess": [], "target": [], "softplus": []}
@@ -430,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     torch.manual_seed(s.seed)
     data = load_digits_tensors(seed=s.seed)
     net = _mlp([64, s.hidden, s.hidden, 10])
-    _train(net, data.x_train, data.y_train, s.epochs, nn.functional.cross_entropy, seed=s.seed)
+    loss = nn.functional.cross_entropy
+    _fit(net, data.x_train, data.y_train, loss, s.epochs, seed=s.seed, weight_decay=1e-5)
     for p in net.parameters():
         p.requires_grad_(False)
     with torch.no_grad():

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor, nn
 
+from ._training import _fit
 from .baselines import exact_hessian, softplus_surrogate
 from .caso import CAFO, CASO
 from .datasets import Digits, four_quadrant, four_quadrant_interaction, load_digits_tensors
@@ -131,32 +132,6 @@ def _fmt(value: float) -> str:
 # --------------------------------------------------------------------------- models
 
 
-def _train(
-    net: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    steps_or_epochs: int,
-    lr: float,
-    batch: int,
-    seed: int,
-) -> None:
-    """Adam on ``(x, y)``: ``steps_or_epochs`` epochs of minibatches of ``batch``, seeded."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(steps_or_epochs):
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for start in range(0, x.shape[0], batch):
-            idx = perm[start : start + batch]
-            opt.zero_grad()
-            loss_fn(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(True)
-
-
 def _digits_model(data: Digits, epochs: int) -> Tuple[nn.Sequential, float]:
     """A 64-128-128-10 ReLU MLP on ``(B, 1, 8, 8)`` digit images, and its test accuracy."""
     net = nn.Sequential(
@@ -168,7 +143,7 @@ def _digits_model(data: Digits, epochs: int) -> Tuple[nn.Sequential, float]:
         nn.Linear(128, 10),
     )
     x = data.x_train.reshape(-1, 1, 8, 8)
-    _train(net, x, data.y_train, nn.functional.cross_entropy, epochs, lr=1e-3, batch=128, seed=1)
+    _fit(net, x, data.y_train, nn.functional.cross_entropy, epochs, lr=1e-3, batch=128, seed=1)
     with torch.no_grad():
         acc = float((net(data.x_test.reshape(-1, 1, 8, 8)).argmax(1) == data.y_test).float().mean())
     return net, acc
@@ -178,7 +153,7 @@ def _four_quadrant_model(steps: int, n_points: int) -> Tuple[nn.Sequential, floa
     """A 2-64-64-1 ReLU MLP fitted to ``sign(x1 x2)`` by full-batch Adam, and its training MSE."""
     x, y = four_quadrant(n_points, generator=torch.Generator().manual_seed(2))
     net = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
-    _train(net, x, y[:, None], nn.functional.mse_loss, steps, lr=3e-3, batch=n_points, seed=3)
+    _fit(net, x, y[:, None], nn.functional.mse_loss, steps, lr=3e-3, batch=n_points, seed=3)
     with torch.no_grad():
         mse = float(nn.functional.mse_loss(net(x), y[:, None]))
     return net, mse

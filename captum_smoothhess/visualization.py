@@ -407,20 +407,36 @@ def visualize_interactions(
         rows, cols, vals = _ranked_pairs(matrix)
         text_size = max(6.0, min(10.0, 100.0 / d))
         outline = [path_effects.withStroke(linewidth=2.5, foreground="white")]
+        listing = []
         for rank, (i, j, v) in enumerate(zip(rows[:top_k], cols[:top_k], vals[:top_k])):
             for r, c in ((i, j), (j, i)):
                 ax.add_patch(
                     Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
                 )
+            if d <= 20:
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=text_size,
+                    color="black",
+                    path_effects=outline,
+                )
+            else:
+                listing.append(f"#{rank + 1} ({names[i]}, {names[j]}): {v:.2g}")
+        if listing:
+            # Cells are too small for labels: list the outlined pairs under the axes instead.
             ax.text(
-                j,
-                i,
-                f"{v:.2g}" if d <= 20 else f"#{rank + 1}",
-                ha="center",
-                va="center",
-                fontsize=text_size,
-                color="black",
-                path_effects=outline,
+                0.0,
+                -0.14,
+                "strongest pairs: " + ";  ".join(listing),
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=8,
+                wrap=True,
             )
     if show_colorbar:
         extend = "neither"

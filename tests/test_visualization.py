@@ -379,3 +379,13 @@ def test_use_pyplot_registers_figure() -> None:
         assert fig.number in set(plt.get_fignums()) - before
     finally:
         plt.close(fig)
+
+
+def test_top_k_on_many_features_lists_pairs_instead_of_cell_labels() -> None:
+    h = np.zeros((30, 30))
+    h[3, 17] = h[17, 3] = 5.0
+    h[4, 5] = h[5, 4] = -2.0
+    fig, ax = visualize_interactions(h, top_k=2, use_pyplot=False)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["strongest pairs: #1 (3, 17): 5;  #2 (4, 5): -2"]
+    fig.clf()

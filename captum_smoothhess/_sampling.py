@@ -7,7 +7,8 @@ Three pieces, each used by SmoothHess, the kernel noise tunnels and CASO:
   it is drawn in fixed blocks, each from its own generator seeded by
   ``hash(seed, block)``, so the result of a method does not depend on how the
   samples are split into chunks (``n_samples_batch_size``) or across
-  processes.
+  processes. On CPU, where a generator is sequential, independent blocks are
+  drawn by several threads at once.
 * :class:`GradientEvaluator` evaluates, with one forward and one backward
   pass, the gradient of the selected scalar output (Captum's ``target``) for
   every perturbed copy of a batch, expanding ``target`` and
@@ -19,6 +20,7 @@ Three pieces, each used by SmoothHess, the kernel noise tunnels and CASO:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -40,6 +42,8 @@ from .kernels import Kernel
 _MASK64 = (1 << 64) - 1
 # Elements of noise drawn per block; fixes the block length for a given (B, d, n).
 _BLOCK_ELEMENTS = 1 << 20
+# Most threads drawing noise blocks at once on CPU (bounds the look-ahead memory too).
+_MAX_WORKERS = 4
 # Default budget of perturbed input elements evaluated in one chunk.
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -98,25 +102,43 @@ class NoiseStream:
         # A power of two, so that chunks of power-of-two sizes are views of one block.
         fit = max(1, _BLOCK_ELEMENTS // max(1, batch * dim))
         self.block = max(1, min(cap, 1 << (fit.bit_length() - 1)))
+        self._n_blocks = None if total is None else -(-total // self.block)
+        # CPU generators are sequential; independent blocks are drawn by several threads.
+        self._workers = 1 if self.device.type != "cpu" else max(1, min(_MAX_WORKERS, torch.get_num_threads()))
         self._cache: Dict[int, Tensor] = {}
 
-    def _draw_block(self, k: int) -> Tensor:
-        if k not in self._cache:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(_mix(self.seed, k))
-            u = self.kernel.sample(
-                self.batch * self.block, self.dim, generator=gen, device=self.device, dtype=self.dtype
-            )
-            # Keep only the most recent blocks: chunks are visited in order.
-            if len(self._cache) >= 2:
-                self._cache.pop(min(self._cache))
-            self._cache[k] = u.reshape(self.batch, self.block, self.dim)
-        return self._cache[k]
+    def _draw(self, k: int) -> Tensor:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_mix(self.seed, k))
+        u = self.kernel.sample(
+            self.batch * self.block, self.dim, generator=gen, device=self.device, dtype=self.dtype
+        )
+        return u.reshape(self.batch, self.block, self.dim)
+
+    def _fill(self, first: int, last: int) -> None:
+        """Cache blocks ``first .. last`` and, on CPU, the next ones up to one per worker."""
+        end = last + 1
+        if self._n_blocks is not None:
+            end = max(end, min(first + self._workers, self._n_blocks))
+        missing = [k for k in range(first, end) if k not in self._cache]
+        if not missing:
+            return
+        if len(missing) == 1 or self._workers == 1:
+            drawn = [self._draw(k) for k in missing]
+        else:
+            with ThreadPoolExecutor(min(self._workers, len(missing))) as pool:
+                drawn = list(pool.map(self._draw, missing))
+        self._cache.update(zip(missing, drawn))
 
     def take(self, start: int, stop: int) -> Tensor:
         """Noise of samples ``start .. stop-1``: a tensor ``(B, stop-start, d)``."""
         first, last = start // self.block, (stop - 1) // self.block
-        parts = [self._draw_block(k) for k in range(first, last + 1)]
+        # Chunks are visited in order: earlier blocks are never needed again.
+        for k in [k for k in self._cache if k < first]:
+            del self._cache[k]
+        if any(k not in self._cache for k in range(first, last + 1)):
+            self._fill(first, last)
+        parts = [self._cache[k] for k in range(first, last + 1)]
         u = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         offset = start - first * self.block
         return u[:, offset : offset + (stop - start)]
@@ -132,9 +154,7 @@ def default_chunk(n: int, batch: int, dim: int, copies: int = 1) -> int:
     return max(1, min(n, _CHUNK_ELEMENTS // per_sample))
 
 
-def chunks(
-    n: int, size: int, show_progress: bool = False, desc: str = ""
-) -> Iterator[Tuple[int, int]]:
+def chunks(n: int, size: int, show_progress: bool = False, desc: str = "") -> Iterator[Tuple[int, int]]:
     """Consecutive ``(start, stop)`` ranges of at most ``size`` covering ``range(n)``."""
     bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
     if not show_progress:

@@ -135,6 +135,9 @@ def _sizes(inputs: Tuple[Tensor, ...]) -> list[int]:
 def _unflatten(flat: Tensor, inputs: Tuple[Tensor, ...], lead: int = 1) -> Tuple[Tensor, ...]:
     """Split the last dim of ``flat`` (..., d) back into the inputs' shapes."""
     head = flat.shape[:lead]
+    if len(inputs) == 1:
+        # A view: no split, so autograd does not copy the gradient back through a cat.
+        return (flat.reshape(*head, *inputs[0].shape[1:]),)
     parts = torch.split(flat, _sizes(inputs), dim=lead)
     return tuple(p.reshape(*head, *inp.shape[1:]) for p, inp in zip(parts, inputs))
 

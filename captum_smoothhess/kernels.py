@@ -325,23 +325,27 @@ class Hyperbolic(Kernel):
         count: int,
         generator: Optional[torch.Generator],
         device: Optional[Union[str, torch.device]],
-        dtype: Optional[torch.dtype],
+        dtype: torch.dtype,
     ) -> Tensor:
+        # Rejection runs in the requested precision (float64 for float64, else float32).
+        work = torch.float64 if dtype == torch.float64 else torch.float32
         out: list[Tensor] = []
         have = 0
+        p, a = self._p_centre, self._a
         while have < count:
             k = int((count - have) * 1.3) + 64
-            u = _uniform_open((4, k), generator, device, torch.float64)
-            centre = u[0] < self._p_centre
-            sign = torch.where(u[1] < 0.5, -1.0, 1.0).to(u)
-            tail = self._a - torch.log(u[2]) / self._rate
-            mag = torch.where(centre, self._a * (2 * u[1] - 1).abs(), tail)
-            log_env = torch.where(centre, torch.zeros_like(mag), -self._rate * (mag - self._a))
-            log_h = -self.alpha * (torch.sqrt(1 + mag * mag) - 1)
-            ok = torch.log(u[3]) <= log_h - log_env
-            acc = (sign * mag)[ok]
-            out.append(acc)
-            have += acc.numel()
+            u = _uniform_open((2, k), generator, device, work)
+            # One uniform gives the sign (which half of (0, 1)) and, folded, the magnitude by
+            # the inverse CDF of the envelope's |t|: uniform on [0, a] with mass p, then an
+            # exponential tail of the given rate. The other uniform accepts or rejects.
+            v = (2 * u[0] - 1).abs()
+            centre = v < p
+            log_env = torch.log1p(-v).sub_(math.log1p(-p)).masked_fill_(centre, 0.0)
+            mag = torch.where(centre, v * (a / p) if p > 0 else v, a - log_env / self._rate)
+            log_h = (torch.sqrt(1 + mag * mag) - 1).mul_(-self.alpha)
+            ok = torch.log(u[1]) <= log_h - log_env
+            out.append(mag.mul_(torch.sign(u[0] - 0.5))[ok])
+            have += out[-1].numel()
         return torch.cat(out)[:count]
 
     def sample(
@@ -498,6 +502,4 @@ def get_kernel(kernel: Union[str, Kernel], argument: str = "kernel") -> Kernel:
                 f"one of {sorted(KERNELS)}"
             )
         return KERNELS[key]()
-    raise TypeError(
-        f"{argument}: expected a Kernel instance or a kernel name, got {type(kernel).__name__}"
-    )
+    raise TypeError(f"{argument}: expected a Kernel instance or a kernel name, got {type(kernel).__name__}")

@@ -149,3 +149,13 @@ def test_user_subclass_is_usable_by_smoothhess() -> None:
     )
     # A linear function has zero Hessian; antithetic pairs make the estimate exactly 0.
     assert torch.count_nonzero(hess) == 0
+
+
+@pytest.mark.parametrize("alpha", [0.3, 3.0])
+def test_hyperbolic_float32_sampler_matches_cdf(alpha: float) -> None:
+    # The rejection step runs in float32 for float32 noise: check that precision too.
+    kernel, n = Hyperbolic(alpha), 40_000
+    u = kernel.sample(n // 4, 4, generator=gen(5), dtype=torch.float32)
+    assert u.dtype == torch.float32
+    s, _ = torch.sort(u.reshape(-1).to(torch.float64))
+    assert _ks(s, kernel.marginal_cdf(s)) < 1.95 / math.sqrt(n)

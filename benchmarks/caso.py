@@ -33,8 +33,9 @@ from captum_smoothhess.kernels import Gaussian
 
 def _mlp(d: int, hidden: int, classes: int, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                        nn.Linear(hidden, classes))
+    net = nn.Sequential(
+        nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+    )
     return net.to(device).eval()
 
 
@@ -95,14 +96,21 @@ def suite_rows(quick: bool, device: torch.device) -> List[Dict[str, object]]:
         net = _mlp(d, hidden, 10, device)
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(1)).to(device)
         for curvature in ("autograd", "smoothhess"):
-            r = min((_run(net, x, curvature, None, n_samples) for _ in range(1 if quick else 2)),
-                    key=lambda run: run["total"])
-            rows.append({
-                "case": f"CASO, {curvature} curvature", "setting": f"MLP {d}-{hidden}, B={batch}",
-                "baseline": "set-up (s)", "t_base": r["setup"], "t_ours": r["total"],
-                "ratio": r["ms_per_hvp"],
-                "goal": f"ratio = ms/HVP; {r['iters']:.1f} FISTA iters, {r['hvps']:.0f} HVPs",
-            })
+            r = min(
+                (_run(net, x, curvature, None, n_samples) for _ in range(1 if quick else 2)),
+                key=lambda run: run["total"],
+            )
+            rows.append(
+                {
+                    "case": f"CASO, {curvature} curvature",
+                    "setting": f"MLP {d}-{hidden}, B={batch}",
+                    "baseline": "set-up (s)",
+                    "t_base": r["setup"],
+                    "t_ours": r["total"],
+                    "ratio": r["ms_per_hvp"],
+                    "goal": f"ratio = ms/HVP; {r['iters']:.1f} FISTA iters, {r['hvps']:.0f} HVPs",
+                }
+            )
     return rows
 
 

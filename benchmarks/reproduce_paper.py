@@ -89,9 +89,22 @@ class Settings:
 
 
 QUICK = Settings(
-    hidden=32, epochs=60, n_val=6, n_test=8, n_samples=200, n_perturbations=200, n_attack_val=8,
-    n_attack_test=16, stdevs_grid=(0.2, 0.8), beta_grid=(1.0, 10.0), fq_hidden=16, fq_epochs=100,
-    fq_n=500, fq_stdevs=(0.1, 0.5), fq_betas=(1.0, 10.0), fq_samples=1000,
+    hidden=32,
+    epochs=60,
+    n_val=6,
+    n_test=8,
+    n_samples=200,
+    n_perturbations=200,
+    n_attack_val=8,
+    n_attack_test=16,
+    stdevs_grid=(0.2, 0.8),
+    beta_grid=(1.0, 10.0),
+    fq_hidden=16,
+    fq_epochs=100,
+    fq_n=500,
+    fq_stdevs=(0.1, 0.5),
+    fq_betas=(1.0, 10.0),
+    fq_samples=1000,
 )
 
 
@@ -121,7 +134,11 @@ def _taylor(
     """Gradient and Hessian (None for first-order methods) of ``f[target]`` at ``x``."""
     if method in ("SmoothHess + SmoothGrad", "SmoothGrad"):
         hess, grad = SmoothHess(f).attribute(
-            x, target=target, stdevs=knob, n_samples=n_samples, return_gradient=True,
+            x,
+            target=target,
+            stdevs=knob,
+            n_samples=n_samples,
+            return_gradient=True,
             generator=torch.Generator().manual_seed(seed),
         )
         assert isinstance(hess, Tensor) and isinstance(grad, Tensor)
@@ -152,12 +169,19 @@ def pmse_experiment(net: nn.Module, x_val: Tensor, x_test: Tensor, s: Settings) 
     for method in METHODS:
         results[method] = {}
         for radius in s.radii:
+
             def score(
                 x: Tensor, t: Tensor, knob: float, seed: int, method: str = method, radius: float = radius
             ) -> Tensor:
                 grad, hess = _taylor(method, knob, net, x, t, s.n_samples, seed)
                 return perturbation_mse(
-                    net, x, grad, hess, radius=radius, n_perturbations=s.n_perturbations, target=t,
+                    net,
+                    x,
+                    grad,
+                    hess,
+                    radius=radius,
+                    n_perturbations=s.n_perturbations,
+                    target=t,
                     generator=torch.Generator().manual_seed(seed + 1),
                 )
 
@@ -202,6 +226,7 @@ def attack_experiment(
     xt, yt = x_test[ok_test][: s.n_attack_test], y_test[ok_test][: s.n_attack_test]
     out: Dict[str, Tuple[float, float]] = {}
     for method in METHODS:
+
         def acc(x: Tensor, y: Tensor, knob: float, seed: int, method: str = method) -> float:
             step = _attack_step(method, knob, net, x, y, s.attack_radius, s.n_samples, seed)
             with torch.no_grad():
@@ -224,8 +249,13 @@ def four_quadrant_experiment(s: Settings) -> Dict[str, List[Tuple[float, float]]
     sh = SmoothHess(net)
     res: Dict[str, List[Tuple[float, float]]] = {"smoothhess": [], "target": [], "softplus": []}
     for eps in s.fq_stdevs:
-        h = sh.attribute(origin, target=0, stdevs=eps, n_samples=s.fq_samples,
-                         generator=torch.Generator().manual_seed(s.seed))
+        h = sh.attribute(
+            origin,
+            target=0,
+            stdevs=eps,
+            n_samples=s.fq_samples,
+            generator=torch.Generator().manual_seed(s.seed),
+        )
         assert isinstance(h, Tensor)
         res["smoothhess"].append((eps, float(h[0, 0, 1])))
         res["target"].append((eps, four_quadrant_interaction(eps)))
@@ -418,8 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     x_val, x_test = data.x_test[: s.n_val], data.x_test[s.n_val : s.n_val + s.n_test]
     pmse = pmse_experiment(net, x_val, x_test, s)
     n_half = data.x_test.shape[0] // 2
-    attack = attack_experiment(net, data.x_test[:n_half], data.y_test[:n_half], data.x_test[n_half:],
-                               data.y_test[n_half:], s)
+    attack = attack_experiment(
+        net, data.x_test[:n_half], data.y_test[:n_half], data.x_test[n_half:], data.y_test[n_half:], s
+    )
     fq = four_quadrant_experiment(s)
     os.makedirs(args.out, exist_ok=True)
     _plots(args.out, pmse, attack, fq, s.radii)

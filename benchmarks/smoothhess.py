@@ -6,8 +6,10 @@ Run ``python benchmarks/smoothhess.py`` (``--quick`` for a smoke run). Two table
    ``n`` samples over the time of the *gradient floor*: the same ``n``
    gradient evaluations of the target logit, in the same batches, on
    perturbed inputs prepared in advance (nothing else: no noise drawing, no
-   scores, no accumulation). Both are timed alternately, best of several
-   repeats, in one process, so the ratio is robust to machine load.
+   scores, no accumulation); and the bare ``d x d`` product of the estimate,
+   the one step beyond the floor that a dense estimate cannot skip. Timed by
+   ``_timing.interleaved`` in one process: ratios are medians of per-round
+   ratios.
 2. On a one-hidden-layer ReLU network with d = 10, whose smoothed Hessian has
    a closed form, the relative Frobenius error at fixed ``n`` with antithetic
    pairs and with plain sampling (mean over seeds).
@@ -18,10 +20,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import time
-from typing import Callable, List, NamedTuple
+from typing import List, NamedTuple
 
 import torch
+from _timing import interleaved
 from torch import Tensor, nn
 
 from captum_smoothhess import SmoothHess
@@ -36,38 +38,20 @@ def mlp784() -> nn.Module:
     return nn.Sequential(*layers[:-1]).eval()
 
 
-def alternate(fns: List[Callable[[], object]], repeats: int, device: torch.device) -> List[float]:
-    """Best time of each function, the functions timed alternately after one warm-up call."""
-
-    def once(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    for fn in fns:
-        fn()
-    best = [math.inf] * len(fns)
-    for _ in range(repeats):
-        best = [min(b, once(fn)) for b, fn in zip(best, fns)]
-    return best
-
-
 class FloorTimes(NamedTuple):
-    """Best times (s) of the floor, the bare d x d product, dense and factored SmoothHess."""
+    """Seconds (best round) and median per-round ratios to the floor.
+
+    ``bound_ratio`` is ``(floor + product) / floor``: the least dense/floor
+    ratio an exact dense estimate can reach.
+    """
 
     floor: float
     product: float
     dense: float
     factors: float
-
-    @property
-    def bound(self) -> float:
-        """Least dense/floor ratio any exact dense estimate can reach: (floor + product) / floor."""
-        return (self.floor + self.product) / self.floor
+    dense_ratio: float
+    factors_ratio: float
+    bound_ratio: float
 
 
 def floor_and_smoothhess(
@@ -110,11 +94,11 @@ def floor_and_smoothhess(
             output=output,
         )
 
-    return FloorTimes(
-        *alternate(
-            [floor, product, lambda: smoothhess("dense"), lambda: smoothhess("factors")], repeats, device
-        )
+    t = interleaved(
+        [floor, product, lambda: smoothhess("dense"), lambda: smoothhess("factors")], repeats, device
     )
+    floor_s, product_s, dense_s, factors_s = t.best
+    return FloorTimes(floor_s, product_s, dense_s, factors_s, t.ratio[2], t.ratio[3], 1 + t.ratio[1])
 
 
 def closed_form_errors(n: int, seeds: int) -> tuple[float, float]:
@@ -166,12 +150,12 @@ def main() -> None:
     print("\n| MLP 784-500-300-250-250-10 | n | batch | floor (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|---|")
     rows = [
-        ("dense SmoothHess, Gaussian", t.dense),
-        ("factored SmoothHess, Gaussian", t.factors),
-        ("floor + the d x d product alone (bound for dense)", t.floor + t.product),
+        ("dense SmoothHess, Gaussian", t.dense, t.dense_ratio),
+        ("factored SmoothHess, Gaussian", t.factors, t.factors_ratio),
+        ("floor + the d x d product alone (bound for dense)", t.floor + t.product, t.bound_ratio),
     ]
-    for label, sec in rows:
-        print(f"| {label} | {n} | {batch} | {t.floor:.3f} | {sec:.3f} | {sec / t.floor:.3f} |")
+    for label, sec, ratio in rows:
+        print(f"| {label} | {n} | {batch} | {t.floor:.3f} | {sec:.3f} | {ratio:.3f} |")
     n_err = 2000 if args.quick else 20000
     seeds = 2 if args.quick else 10
     anti, plain = closed_form_errors(n_err, seeds)

@@ -17,6 +17,7 @@ demo: install-demo
 
 lint:
 	$(PYTHON) -m ruff check --output-format concise captum_smoothhess tests benchmarks
+	$(PYTHON) -m ruff format --check captum_smoothhess tests benchmarks
 	$(PYTHON) -m mypy
 
 test: install-dev lint

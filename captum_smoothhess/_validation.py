@@ -54,8 +54,7 @@ def _check_n_samples(n_samples: object, antithetic: bool, argument: str = "n_sam
     n = _check_positive_int(n_samples, argument)
     if antithetic and n % 2:
         raise ValueError(
-            f"{argument}: must be even with antithetic=True (samples come in pairs u, -u), "
-            f"got {n}"
+            f"{argument}: must be even with antithetic=True (samples come in pairs u, -u), got {n}"
         )
     return n
 
@@ -109,8 +108,10 @@ def _format_stdevs(
                     f"{where}: per-feature bandwidths of shape {tuple(s.shape)} do not "
                     f"broadcast to one example's shape {tuple(shape)}"
                 ) from None
-            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or (
-                not allow_zero and bool((t == 0).any())
+            if (
+                not bool(torch.isfinite(t).all())
+                or bool((t < 0).any())
+                or (not allow_zero and bool((t == 0).any()))
             ):
                 bound = ">= 0" if allow_zero else "> 0"
                 raise ValueError(f"{where}: every bandwidth must be finite and {bound}")
@@ -155,9 +156,7 @@ def _format_feature_mask(
     """
     masks = (feature_mask,) if isinstance(feature_mask, Tensor) else tuple(feature_mask)
     if len(masks) != len(inputs):
-        raise ValueError(
-            f"{argument}: got {len(masks)} mask(s) for {len(inputs)} input tensor(s)"
-        )
+        raise ValueError(f"{argument}: got {len(masks)} mask(s) for {len(inputs)} input tensor(s)")
     batch = inputs[0].shape[0]
     flat = []
     lead = 1
@@ -178,16 +177,15 @@ def _format_feature_mask(
             m = m.expand(m.shape[0], *inp.shape[1:])
         except RuntimeError:
             raise ValueError(
-                f"{where}: shape {tuple(m.shape)} does not broadcast to input of shape "
-                f"{tuple(inp.shape)}"
+                f"{where}: shape {tuple(m.shape)} does not broadcast to input of shape {tuple(inp.shape)}"
             ) from None
         if m.numel() and int(m.min()) < 0:
             raise ValueError(f"{where}: group ids must be non-negative")
         lead = max(lead, m.shape[0])
         flat.append(m)
-    out = torch.cat(
-        [m.expand(lead, *m.shape[1:]).reshape(lead, -1) for m in flat], dim=1
-    ).to(device=inputs[0].device, dtype=torch.long)
+    out = torch.cat([m.expand(lead, *m.shape[1:]).reshape(lead, -1) for m in flat], dim=1).to(
+        device=inputs[0].device, dtype=torch.long
+    )
     return out, int(out.max()) + 1
 
 

@@ -183,12 +183,7 @@ def _residual(
 
 def _objective(quad: _Quadratic, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
     """``g^T x + 1/2 x^T H x - lambda1 |x|_1 - lambda2/2 |x|^2`` per example."""
-    return (
-        (quad.g * x).sum(1)
-        + 0.5 * (x * hx).sum(1)
-        - lam1 * x.abs().sum(1)
-        - 0.5 * lam2 * (x * x).sum(1)
-    )
+    return (quad.g * x).sum(1) + 0.5 * (x * hx).sum(1) - lam1 * x.abs().sum(1) - 0.5 * lam2 * (x * x).sum(1)
 
 
 def _checked_hvp(hvp: HVP, v: Tensor) -> Tensor:
@@ -334,9 +329,7 @@ def _fista(
 
 def _merge(keep: Tensor, new: _Solution, old: _Solution) -> _Solution:
     """Per example: ``new`` where ``keep``, else ``old``."""
-    return _Solution(
-        *(torch.where(keep[:, None] if a.dim() == 2 else keep, a, b) for a, b in zip(new, old))
-    )
+    return _Solution(*(torch.where(keep[:, None] if a.dim() == 2 else keep, a, b) for a, b in zip(new, old)))
 
 
 def _sparsity_solve(
@@ -483,9 +476,7 @@ class _LossModel:
         return _Quadratic(g, hvp)
 
 
-def _format_result(
-    delta: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool
-) -> TensorOrTuple:
+def _format_result(delta: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> TensorOrTuple:
     parts = _unflatten(delta, inputs)
     return parts if is_tuple else parts[0]
 
@@ -785,4 +776,3 @@ class CAFO(_LossSaliency):
         )
         result = _format_result(delta, inps, is_tuple)
         return (result, _info(sol, lam1)) if return_info else result
-

@@ -229,4 +229,3 @@ def perturbation_mse(
             "forward_func: produced NaN or Inf at perturbed points; the perturbation MSE is undefined"
         )
     return out
-

@@ -67,17 +67,13 @@ class _InputNoise:
     sample ``j`` does not depend on how the samples are partitioned.
     """
 
-    def __init__(
-        self, kernel: Kernel, inputs: Tuple[Tensor, ...], std: Tensor, seed: int
-    ) -> None:
+    def __init__(self, kernel: Kernel, inputs: Tuple[Tensor, ...], std: Tensor, seed: int) -> None:
         dtype = inputs[0].dtype
         for inp in inputs[1:]:
             dtype = torch.promote_types(dtype, inp.dtype)
         self.std = std.to(dtype)
         self.sizes = _sizes(inputs)
-        self.stream = NoiseStream(
-            kernel, inputs[0].shape[0], sum(self.sizes), seed, inputs[0].device, dtype
-        )
+        self.stream = NoiseStream(kernel, inputs[0].shape[0], sum(self.sizes), seed, inputs[0].device, dtype)
         self.offset = 0
 
     def add(self, inputs: Tuple[Tensor, ...], n: int) -> Tuple[Tensor, ...]:
@@ -122,15 +118,11 @@ def _call_state(owner: object, state: _CallState) -> Iterator[_CallState]:
 def _current_state(owner: object) -> _CallState:
     state = _CALLS.get({}).get(id(owner))
     if state is None:
-        raise RuntimeError(
-            f"{type(owner).__name__}: noise can only be drawn inside attribute()"
-        )
+        raise RuntimeError(f"{type(owner).__name__}: noise can only be drawn inside attribute()")
     return state
 
 
-def _check_nt_args(
-    nt_type: object, nt_samples: object, nt_samples_batch_size: object
-) -> None:
+def _check_nt_args(nt_type: object, nt_samples: object, nt_samples_batch_size: object) -> None:
     if nt_type not in NT_TYPES:
         raise ValueError(f"nt_type: must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
     _check_positive_int(nt_samples, "nt_samples")
@@ -181,7 +173,6 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
             )
 
 
-
 class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     """NoiseTunnel with any smoothing kernel: SmoothGrad, SmoothGrad² and VarGrad.
 
@@ -223,9 +214,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         torch.Size([2, 4])
     """
 
-    def __init__(
-        self, attribution_method: Attribution, kernel: Union[Kernel, str] = Gaussian()
-    ) -> None:
+    def __init__(self, attribution_method: Attribution, kernel: Union[Kernel, str] = Gaussian()) -> None:
         if not isinstance(attribution_method, Attribution):
             raise TypeError(
                 "attribution_method: expected a Captum Attribution instance (e.g. "
@@ -311,9 +300,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         state = _current_state(self)
         if state.input_noise is None:
             # Drop-in path: NoiseTunnel's own draws, in its order.
-            return super()._add_noise_to_inputs(
-                nt_samples_partition, inputs, state.captum_stdevs
-            )
+            return super()._add_noise_to_inputs(nt_samples_partition, inputs, state.captum_stdevs)
         noisy = state.input_noise.add(inputs, nt_samples_partition)
         if self.is_gradient_method:
             return tuple(t.requires_grad_() for t in noisy)
@@ -330,4 +317,3 @@ def _format_attributions(
     is_tuple = isinstance(attributions, tuple)
     attrs: Tuple[Tensor, ...] = attributions if is_tuple else (attributions,)
     return attrs, is_tuple, delta
-

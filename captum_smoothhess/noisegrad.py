@@ -98,14 +98,10 @@ def _select_names(module: nn.Module, param_filter: ParamFilter) -> List[str]:
         wanted = set(param_filter)
         unknown = sorted(wanted - set(names))
         if unknown:
-            raise ValueError(
-                f"param_filter: the model has no floating parameter(s) named {unknown}"
-            )
+            raise ValueError(f"param_filter: the model has no floating parameter(s) named {unknown}")
         chosen = [n for n in names if n in wanted]
     if not chosen:
-        raise ValueError(
-            f"param_filter: {param_filter!r} selects no floating parameter of the model"
-        )
+        raise ValueError(f"param_filter: {param_filter!r} selects no floating parameter of the model")
     return chosen
 
 
@@ -433,8 +429,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             return functional_call(model, (p, buffers), tuple(a))
 
         args = [
-            a.reshape(draws, a.shape[0] // draws, *a.shape[1:]) if b else a
-            for a, b in zip(grouped, batched)
+            a.reshape(draws, a.shape[0] // draws, *a.shape[1:]) if b else a for a, b in zip(grouped, batched)
         ]
         in_dims = (0, *[0 if b else None for b in batched])
         out = vmap(one, in_dims=in_dims, randomness="different")(params, *args)
@@ -456,9 +451,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             args = tuple(a[lo:hi] if b else a for a, b in zip(grouped, batched))
             out = functional_call(self.model, ({n: p[k] for n, p in params.items()}, buffers), args)
             if not isinstance(out, Tensor):
-                raise TypeError(
-                    f"forward_func: expected a Tensor output, got {type(out).__name__}"
-                )
+                raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
             outs.append(out)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -563,4 +556,3 @@ class FusionGrad(NoiseGrad):
             generator,
             kwargs,
         )
-

@@ -63,11 +63,14 @@ def _known(x: torch.Tensor) -> torch.Tensor:
 def _known_hessian(x: torch.Tensor) -> torch.Tensor:
     z = torch.zeros_like(x[:, 0])
     one = torch.ones_like(z)
-    return torch.stack([
-        torch.stack([2 * x[:, 1], 2 * x[:, 0], one], -1),
-        torch.stack([2 * x[:, 0], z, z], -1),
-        torch.stack([one, z, -torch.sin(x[:, 2])], -1),
-    ], -2)
+    return torch.stack(
+        [
+            torch.stack([2 * x[:, 1], 2 * x[:, 0], one], -1),
+            torch.stack([2 * x[:, 0], z, z], -1),
+            torch.stack([one, z, -torch.sin(x[:, 2])], -1),
+        ],
+        -2,
+    )
 
 
 def test_exact_hessian_of_known_function_float64_and_no_grad() -> None:
@@ -90,12 +93,18 @@ def test_exact_hessian_tuple_inputs_target_and_args() -> None:
 
     x = torch.randn(3, 3)
     scale = torch.tensor([[1.0], [2.0], [3.0]])
-    blocks = exact_hessian(fwd, (x[:, :1], x[:, 1:].reshape(3, 2, 1)), target=[0, 1, 1],
-                           additional_forward_args=scale)
+    blocks = exact_hessian(
+        fwd, (x[:, :1], x[:, 1:].reshape(3, 2, 1)), target=[0, 1, 1], additional_forward_args=scale
+    )
     assert isinstance(blocks, tuple) and blocks[0][1].shape == (3, 1, 2, 1)
     assert blocks[1][1].shape == (3, 2, 1, 2, 1)
-    full = torch.cat([torch.cat([blocks[0][0].reshape(3, 1, 1), blocks[0][1].reshape(3, 1, 2)], 2),
-                      torch.cat([blocks[1][0].reshape(3, 2, 1), blocks[1][1].reshape(3, 2, 2)], 2)], 1)
+    full = torch.cat(
+        [
+            torch.cat([blocks[0][0].reshape(3, 1, 1), blocks[0][1].reshape(3, 1, 2)], 2),
+            torch.cat([blocks[1][0].reshape(3, 2, 1), blocks[1][1].reshape(3, 2, 2)], 2),
+        ],
+        1,
+    )
     sign = torch.tensor([1.0, -1.0, -1.0]) * scale[:, 0]
     torch.testing.assert_close(full, sign[:, None, None] * _known_hessian(x))
 

@@ -256,8 +256,14 @@ def test_smoothhess_curvature_solves_the_estimated_problem() -> None:
     x = _inputs(3, 10, seed=20)
     kw = {"stdevs": 0.3, "n_samples": 400}
     delta, info = CASO(net).attribute(
-        x, curvature="smoothhess", lambda1=0.01, lambda2=0.05, tol=1e-8, return_info=True,
-        generator=torch.Generator().manual_seed(3), **kw,
+        x,
+        curvature="smoothhess",
+        lambda1=0.01,
+        lambda2=0.05,
+        tol=1e-8,
+        return_info=True,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
     )
     labels = net(x).argmax(1)
 
@@ -265,8 +271,11 @@ def test_smoothhess_curvature_solves_the_estimated_problem() -> None:
         return F.cross_entropy(net(inp), target, reduction="none")
 
     h, g = SmoothHess(loss_forward).attribute(
-        x, additional_forward_args=(labels,), return_gradient=True,
-        generator=torch.Generator().manual_seed(3), **kw,
+        x,
+        additional_forward_args=(labels,),
+        return_gradient=True,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
     )
     top = torch.linalg.eigvalsh(h)[:, -1].clamp_min(0)
     torch.testing.assert_close(info["lambda2_effective"], 0.05 + top, rtol=1e-4, atol=0)
@@ -280,8 +289,13 @@ def test_smoothhess_curvature_solves_the_estimated_problem() -> None:
     assert float((auto - delta).norm()) > 1e-3 * float(auto.norm())
     # Same seed, same result.
     again = CASO(net).attribute(
-        x, curvature="smoothhess", lambda1=0.01, lambda2=0.05, tol=1e-8,
-        generator=torch.Generator().manual_seed(3), **kw,
+        x,
+        curvature="smoothhess",
+        lambda1=0.01,
+        lambda2=0.05,
+        tol=1e-8,
+        generator=torch.Generator().manual_seed(3),
+        **kw,
     )
     torch.testing.assert_close(again, delta, rtol=0, atol=0)
 
@@ -295,8 +309,13 @@ def test_smoothhess_curvature_poisson_tuple_and_afa() -> None:
     x = _inputs(2, 6, seed=22)
     shift = _inputs(2, 6, seed=23)
     out = CASO(forward).attribute(
-        (x[:, :2], x[:, 2:]), additional_forward_args=(shift,), curvature="smoothhess",
-        kernel="poisson", stdevs=0.2, n_samples=100, generator=torch.Generator().manual_seed(0),
+        (x[:, :2], x[:, 2:]),
+        additional_forward_args=(shift,),
+        curvature="smoothhess",
+        kernel="poisson",
+        stdevs=0.2,
+        n_samples=100,
+        generator=torch.Generator().manual_seed(0),
     )
     assert isinstance(out, tuple) and out[0].shape == (2, 2) and out[1].shape == (2, 4)
     assert all(bool(torch.isfinite(o).all()) for o in out)
@@ -367,10 +386,17 @@ def test_cuda_matches_cpu(curvature: str) -> None:
     net = _mlp(20, 16, 5, nn.ReLU(), seed=30, scale=2.0)
     x = _inputs(3, 20, seed=31)
     kw = {"n_samples": 100} if curvature == "smoothhess" else {}
-    cpu = CASO(net).attribute(x, lambda1=0.01, curvature=curvature, tol=1e-8,
-                              generator=torch.Generator().manual_seed(0), **kw)
-    gpu = CASO(net.cuda()).attribute(x.cuda(), lambda1=0.01, curvature=curvature, tol=1e-8,
-                                     generator=torch.Generator("cuda").manual_seed(0), **kw)
+    cpu = CASO(net).attribute(
+        x, lambda1=0.01, curvature=curvature, tol=1e-8, generator=torch.Generator().manual_seed(0), **kw
+    )
+    gpu = CASO(net.cuda()).attribute(
+        x.cuda(),
+        lambda1=0.01,
+        curvature=curvature,
+        tol=1e-8,
+        generator=torch.Generator("cuda").manual_seed(0),
+        **kw,
+    )
     assert gpu.device.type == "cuda"
     if curvature == "autograd":  # the noise streams of the two devices differ
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-9)

@@ -36,8 +36,9 @@ def test_exact_second_order_model_has_zero_error() -> None:
     f, a, b, x = _problem()
     grad = x @ a + b
     hess = a.expand(x.shape[0], D, D)
-    out = perturbation_mse(f, x, grad, hess, radius=2.0, n_perturbations=500,
-                           generator=torch.Generator().manual_seed(1))
+    out = perturbation_mse(
+        f, x, grad, hess, radius=2.0, n_perturbations=500, generator=torch.Generator().manual_seed(1)
+    )
     assert out.shape == (3,)
     assert float(out.max()) < 1e-20
 
@@ -47,8 +48,15 @@ def test_first_order_error_matches_closed_form(distribution: str) -> None:
     f, a, b, x = _problem(batch=2)
     grad = x @ a + b
     n = 40_000
-    out = perturbation_mse(f, x, grad, radius=1.5, n_perturbations=n, radius_distribution=distribution,
-                           generator=torch.Generator().manual_seed(2))
+    out = perturbation_mse(
+        f,
+        x,
+        grad,
+        radius=1.5,
+        n_perturbations=n,
+        radius_distribution=distribution,
+        generator=torch.Generator().manual_seed(2),
+    )
     expected = _first_order_oracle(a, 1.5, distribution)
     # The per-sample error (rho^2 v^T A v / 2)^2 has a bounded relative spread; 4% is > 5 MC sd.
     assert torch.allclose(out, torch.full_like(out, expected), rtol=0.04)
@@ -58,10 +66,12 @@ def test_radius_distributions_differ_as_predicted() -> None:
     f, a, b, x = _problem(batch=1)
     grad = x @ a + b
     kw = dict(radius=1.0, n_perturbations=20_000, generator=None)
-    uni = perturbation_mse(f, x, grad, radius_distribution="uniform",
-                           **{**kw, "generator": torch.Generator().manual_seed(3)})
-    ball = perturbation_mse(f, x, grad, radius_distribution="ball",
-                            **{**kw, "generator": torch.Generator().manual_seed(3)})
+    uni = perturbation_mse(
+        f, x, grad, radius_distribution="uniform", **{**kw, "generator": torch.Generator().manual_seed(3)}
+    )
+    ball = perturbation_mse(
+        f, x, grad, radius_distribution="ball", **{**kw, "generator": torch.Generator().manual_seed(3)}
+    )
     ratio = float(ball / uni)
     assert ratio == pytest.approx((D / (D + 4)) / (1 / 5), rel=0.06)
 
@@ -84,10 +94,12 @@ def test_tuple_inputs_and_nested_hessian_blocks_match_flat() -> None:
         )
         for i, (i0, si) in enumerate(zip((0, 2), split))
     )
-    flat = perturbation_mse(f, x, grad, hess, radius=1.0, n_perturbations=300,
-                            generator=torch.Generator().manual_seed(4))
-    tup = perturbation_mse(f_tuple, xs, gs, blocks, radius=1.0, n_perturbations=300,
-                           generator=torch.Generator().manual_seed(4))
+    flat = perturbation_mse(
+        f, x, grad, hess, radius=1.0, n_perturbations=300, generator=torch.Generator().manual_seed(4)
+    )
+    tup = perturbation_mse(
+        f_tuple, xs, gs, blocks, radius=1.0, n_perturbations=300, generator=torch.Generator().manual_seed(4)
+    )
     assert float(flat.min()) > 0
     torch.testing.assert_close(flat, tup)
 
@@ -96,8 +108,14 @@ def test_chunking_and_seed() -> None:
     f, a, b, x = _problem()
     grad = x @ a + b
     run = lambda seed, bs: perturbation_mse(  # noqa: E731
-        f, x, grad, radius=1.0, n_perturbations=301, n_perturbations_batch_size=bs,
-        generator=torch.Generator().manual_seed(seed))
+        f,
+        x,
+        grad,
+        radius=1.0,
+        n_perturbations=301,
+        n_perturbations_batch_size=bs,
+        generator=torch.Generator().manual_seed(seed),
+    )
     torch.testing.assert_close(run(5, None), run(5, 7))
     assert not torch.allclose(run(5, None), run(6, None))
 
@@ -113,18 +131,31 @@ def test_target_additional_args_model_untouched_no_grad() -> None:
         return net(z) * s
 
     with torch.no_grad():
-        out = perturbation_mse(fwd, x, torch.zeros(2, 4), radius=0.1, n_perturbations=64,
-                               target=[0, 2], additional_forward_args=(scale,),
-                               generator=torch.Generator().manual_seed(0))
+        out = perturbation_mse(
+            fwd,
+            x,
+            torch.zeros(2, 4),
+            radius=0.1,
+            n_perturbations=64,
+            target=[0, 2],
+            additional_forward_args=(scale,),
+            generator=torch.Generator().manual_seed(0),
+        )
     # Reference by hand for the second example: zero gradient -> mean (f(x+d) - f(x))^2 > 0.
     assert out.shape == (2,) and bool((out > 0).all())
     assert x.requires_grad and x.grad is None
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
     # additional_forward_args are expanded per perturbation: scaling the output by 2 scales PMSE by 4
-    single = perturbation_mse(lambda z: fwd(z, torch.ones(1, 1).expand(z.shape[0], 1)), x[1:],
-                              torch.zeros(1, 4), radius=0.1, n_perturbations=64, target=2,
-                              generator=torch.Generator().manual_seed(0))
+    single = perturbation_mse(
+        lambda z: fwd(z, torch.ones(1, 1).expand(z.shape[0], 1)),
+        x[1:],
+        torch.zeros(1, 4),
+        radius=0.1,
+        n_perturbations=64,
+        target=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert float(single) > 0
 
 
@@ -133,17 +164,26 @@ def test_additional_args_scale_error() -> None:
     grad = x @ a + b
     g = lambda z, s: f(z) * s  # noqa: E731
     s = torch.tensor([1.0, 3.0], dtype=torch.float64)
-    out = perturbation_mse(g, x, grad * s[:, None], radius=1.0, n_perturbations=200,
-                           additional_forward_args=s, generator=torch.Generator().manual_seed(0))
-    base = perturbation_mse(f, x, grad, radius=1.0, n_perturbations=200,
-                            generator=torch.Generator().manual_seed(0))
+    out = perturbation_mse(
+        g,
+        x,
+        grad * s[:, None],
+        radius=1.0,
+        n_perturbations=200,
+        additional_forward_args=s,
+        generator=torch.Generator().manual_seed(0),
+    )
+    base = perturbation_mse(
+        f, x, grad, radius=1.0, n_perturbations=200, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out, base * s**2)
 
 
 def test_float32() -> None:
     f, a, b, x = _problem()
-    out = perturbation_mse(lambda z: f(z.double()).float(), x.float(), (x @ a + b).float(),
-                           radius=0.5, n_perturbations=50)
+    out = perturbation_mse(
+        lambda z: f(z.double()).float(), x.float(), (x @ a + b).float(), radius=0.5, n_perturbations=50
+    )
     assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
 
 

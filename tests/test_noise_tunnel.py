@@ -149,7 +149,11 @@ def test_smoothed_relu_derivative_is_kernel_cdf(kernel: Any) -> None:
     n = 4000
     nt = KernelNoiseTunnel(Saliency(lambda x: torch.relu(x).sum(1)), kernel)
     got = nt.attribute(
-        grid, nt_samples=n, nt_samples_batch_size=1500, stdevs=eps, abs=False,
+        grid,
+        nt_samples=n,
+        nt_samples_batch_size=1500,
+        stdevs=eps,
+        abs=False,
         generator=torch.Generator().manual_seed(1),
     )
     expected = kernel.marginal_cdf(grid / eps)
@@ -190,7 +194,10 @@ def test_per_feature_stdevs_and_tuple_stdevs() -> None:
     assert torch.equal(u[:, [0, 2]], torch.zeros(2, 2))
     assert bool((u[:, [1, 3]] != 0).all())
     gx, gy = KernelNoiseTunnel(Saliency(_half_square2), "rect").attribute(
-        (torch.zeros(2, 3), torch.zeros(2, 3)), nt_samples=1, stdevs=(0.0, 1.0), abs=False,
+        (torch.zeros(2, 3), torch.zeros(2, 3)),
+        nt_samples=1,
+        stdevs=(0.0, 1.0),
+        abs=False,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(gx, torch.zeros(2, 3))
@@ -204,8 +211,13 @@ def test_generator_reproducible_and_batch_size_invariant(kernel: Any) -> None:
 
     def run(bs: Any, seed: int = 0) -> Tensor:
         return KernelNoiseTunnel(Saliency(net), kernel).attribute(
-            x, nt_samples=9, nt_samples_batch_size=bs, stdevs=0.3, target=0,
-            nt_type="vargrad", generator=torch.Generator().manual_seed(seed),
+            x,
+            nt_samples=9,
+            nt_samples_batch_size=bs,
+            stdevs=0.3,
+            target=0,
+            nt_type="vargrad",
+            generator=torch.Generator().manual_seed(seed),
         )
 
     a = run(None)
@@ -238,9 +250,16 @@ def test_baseline_draws_reproducible_from_generator() -> None:
     nt = KernelNoiseTunnel(IntegratedGradients(net), Sigmoid())
 
     def run() -> Tensor:
-        return nt.attribute(x, nt_samples=4, stdevs=0.1, target=0, baselines=baselines,
-                            draw_baseline_from_distrib=True, n_steps=5,
-                            generator=torch.Generator().manual_seed(7))
+        return nt.attribute(
+            x,
+            nt_samples=4,
+            stdevs=0.1,
+            target=0,
+            baselines=baselines,
+            draw_baseline_from_distrib=True,
+            n_steps=5,
+            generator=torch.Generator().manual_seed(7),
+        )
 
     np.random.seed(0)  # noqa: NPY002
     a = run()

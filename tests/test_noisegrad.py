@@ -65,14 +65,14 @@ def _assert_untouched(model: nn.Module, snap: Dict[str, Any]) -> None:
         assert torch.equal(b, snap["buffers"][n]), n
     assert [m.training for m in model.modules()] == snap["training"]
     assert [
-        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-        for m in model.modules()
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()
     ] == snap["hooks"]
     assert _CALLS.get({}) == {}
 
 
-def _loop_draws(model: nn.Module, names: List[str], kernel: Any, eps: float, mult: bool,
-                seed: int, n: int) -> List[nn.Module]:
+def _loop_draws(
+    model: nn.Module, names: List[str], kernel: Any, eps: float, mult: bool, seed: int, n: int
+) -> List[nn.Module]:
     """Deep-copied models carrying exactly the weight draws NoiseGrad uses."""
     draws = _WeightNoise(model, names, kernel, eps, mult, seed).take(n)
     models = []
@@ -134,8 +134,14 @@ def test_same_draws_as_plain_loop(method: Any, noise: str, nt_type: str) -> None
     n, eps = 7, 0.25
     ng = NoiseGrad(method(model), Hyperbolic(), noise=noise, param_filter=r"^(a|head)\.")
     got = ng.attribute(
-        (x, y), nt_type=nt_type, nt_samples=n, nt_samples_batch_size=3, stdevs=eps, target=target,
-        additional_forward_args=(scale,), generator=torch.Generator().manual_seed(9),
+        (x, y),
+        nt_type=nt_type,
+        nt_samples=n,
+        nt_samples_batch_size=3,
+        stdevs=eps,
+        target=target,
+        additional_forward_args=(scale,),
+        generator=torch.Generator().manual_seed(9),
     )
     names = ["a.weight", "a.bias", "head.weight", "head.bias"]
     seed = seed_from(torch.Generator().manual_seed(9))
@@ -170,8 +176,13 @@ def test_monte_carlo_agreement_with_independent_loop() -> None:
     ):
         stack = torch.stack(rows)
         got = cls(Saliency(net)).attribute(
-            x, nt_samples=n, stdevs=eps, target=0, abs=False,
-            generator=torch.Generator().manual_seed(1), **extra,
+            x,
+            nt_samples=n,
+            stdevs=eps,
+            target=0,
+            abs=False,
+            generator=torch.Generator().manual_seed(1),
+            **extra,
         )
         se = (2 * stack.var(0) / n).sqrt()
         assert bool(((got - stack.mean(0)).abs() <= 5 * se + 1e-9).all()), cls.__name__
@@ -183,7 +194,11 @@ def test_batch_size_invariant_and_reproducible() -> None:
 
     def run(bs: Any, seed: int = 0) -> Tensor:
         return FusionGrad(IntegratedGradients(net), "poisson", "poisson").attribute(
-            x, nt_samples=6, nt_samples_batch_size=bs, target=2, n_steps=8,
+            x,
+            nt_samples=6,
+            nt_samples_batch_size=bs,
+            target=2,
+            n_steps=8,
             generator=torch.Generator().manual_seed(seed),
         )
 

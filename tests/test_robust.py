@@ -96,8 +96,9 @@ def test_hard_case_with_degenerate_eigenspace_batched() -> None:
     lam = torch.tensor([-1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
     h = q @ torch.diag(lam) @ q.T
     g = q @ torch.tensor([0.0, 0.0, 0.3, -0.2], dtype=torch.float64)  # orthogonal to lam_min space
-    d = solve_trust_region(g[None].repeat(2, 1), h[None].repeat(2, 1, 1),
-                           torch.tensor([1.0, 0.1], dtype=torch.float64))
+    d = solve_trust_region(
+        g[None].repeat(2, 1), h[None].repeat(2, 1, 1), torch.tensor([1.0, 0.1], dtype=torch.float64)
+    )
     for i, r in enumerate((1.0, 0.1)):
         assert float(d[i].norm()) == pytest.approx(r, rel=1e-9)
         _kkt(g, h, d[i], r)
@@ -167,8 +168,13 @@ def test_attack_default_source_smoothhess_and_tuple_inputs() -> None:
 
     x = torch.randn(4, 5)
     attack = SecondOrderAttack(fwd)
-    adv = attack.perturb((x[:, :2], x[:, 2:]), radius=0.4, stdevs=0.3, n_samples=200,
-                         generator=torch.Generator().manual_seed(0))
+    adv = attack.perturb(
+        (x[:, :2], x[:, 2:]),
+        radius=0.4,
+        stdevs=0.3,
+        n_samples=200,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert isinstance(adv, tuple) and adv[0].shape == (4, 2) and adv[1].shape == (4, 3)
     step = torch.cat([adv[0], adv[1]], dim=1) - x
     assert bool((step.norm(dim=1) <= 0.4 + 1e-5).all()) and float(step.norm()) > 0

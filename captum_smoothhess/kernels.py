@@ -332,6 +332,8 @@ class Hyperbolic(Kernel):
         out: list[Tensor] = []
         have = 0
         p, a = self._p_centre, self._a
+        # p = 0 only when the envelope has no flat centre (a = 0); then no draw lands there.
+        centre_scale = a / p if p > 0 else 0.0
         while have < count:
             k = int((count - have) * 1.3) + 64
             u = _uniform_open((2, k), generator, device, work)
@@ -341,7 +343,7 @@ class Hyperbolic(Kernel):
             v = (2 * u[0] - 1).abs()
             centre = v < p
             log_env = torch.log1p(-v).sub_(math.log1p(-p)).masked_fill_(centre, 0.0)
-            mag = torch.where(centre, v * (a / p) if p > 0 else v, a - log_env / self._rate)
+            mag = torch.where(centre, v * centre_scale, a - log_env / self._rate)
             log_h = (torch.sqrt(1 + mag * mag) - 1).mul_(-self.alpha)
             ok = torch.log(u[1]) <= log_h - log_env
             out.append(mag.mul_(torch.sign(u[0] - 0.5))[ok])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
-
-pytest.importorskip("sklearn")
 
 from captum_smoothhess.__main__ import main
 
@@ -35,6 +35,7 @@ class DemoRun(NamedTuple):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    pytest.importorskip("sklearn")
     out = tmp_path_factory.mktemp("demo") / "out"
     state = torch.get_rng_state()
     buffer = io.StringIO()
@@ -71,3 +72,14 @@ def test_demo_prints_where_it_wrote(demo_run: DemoRun) -> None:
 
 def test_demo_leaves_global_rng_alone(demo_run: DemoRun) -> None:
     assert demo_run.rng_unchanged
+
+
+def test_package_root_imports_no_demo_code() -> None:
+    # A fresh interpreter (this process may have imported the demo already), run from the repository
+    # root so that it imports this checkout.
+    code = "import captum_smoothhess, sys; print(sorted(m for m in sys.modules if 'demo' in m))"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "[]"

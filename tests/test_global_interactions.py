@@ -8,13 +8,13 @@ from typing import Any, List
 import numpy as np
 import pytest
 import torch
+from helpers import gen, make_one_hidden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_smoothhess import GlobalInteractions, SmoothHess, global_interactions
 from captum_smoothhess._sampling import seed_from
 from captum_smoothhess.global_interactions import _batch_generator
-from helpers import gen, make_one_hidden
 
 N, D = 40, 5
 KW: dict[str, Any] = {"stdevs": 0.5, "n_samples": 64}
@@ -178,7 +178,7 @@ def test_top_pairs_order_and_stderr() -> None:
     assert list(zip(top.index_i.tolist(), top.index_j.tolist())) == [(0, 1), (1, 2), (2, 3), (0, 2)]
     assert top.stderr.tolist() == [1.0, 6.0, 11.0, 2.0]  # stderr[i, j] of each pair
     assert len(gi.top_pairs(100).values) == 6  # all pairs i < j
-    with pytest.raises(ValueError, match="^k:"):
+    with pytest.raises(ValueError, match=r"^k:"):
         gi.top_pairs(0)
 
 
@@ -186,31 +186,31 @@ def test_bad_arguments_name_themselves() -> None:
     net = _net()
     x, y = _data(6)
     sh = SmoothHess(net)
-    with pytest.raises(ValueError, match="^batch_size:"):
+    with pytest.raises(ValueError, match=r"^batch_size:"):
         global_interactions(sh, x, target=y, batch_size=0)
-    with pytest.raises(TypeError, match="^method:"):
+    with pytest.raises(TypeError, match=r"^method:"):
         global_interactions(net, x, target=y)
-    with pytest.raises(ValueError, match="^inputs:"):
+    with pytest.raises(ValueError, match=r"^inputs:"):
         global_interactions(sh, x[:0], target=0)
-    with pytest.raises(ValueError, match="^inputs:"):
+    with pytest.raises(ValueError, match=r"^inputs:"):
         global_interactions(sh, [], target=0)
-    with pytest.raises(TypeError, match="^inputs:"):
+    with pytest.raises(TypeError, match=r"^inputs:"):
         global_interactions(sh, 3.0)
-    with pytest.raises(TypeError, match="^inputs:"):
+    with pytest.raises(TypeError, match=r"^inputs:"):
         global_interactions(sh, [(x, y, y)])
-    with pytest.raises(ValueError, match="^target:"):
+    with pytest.raises(ValueError, match=r"^target:"):
         global_interactions(sh, x, target=y[:4])
-    with pytest.raises(ValueError, match="^target:"):
+    with pytest.raises(ValueError, match=r"^target:"):
         global_interactions(sh, list(x.split(2)), target=y[:4].tolist(), **KW)
-    with pytest.raises(TypeError, match="^generator:"):
+    with pytest.raises(TypeError, match=r"^generator:"):
         global_interactions(sh, x, target=y, generator=0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^process_group:"):
+    with pytest.raises(ValueError, match=r"^process_group:"):
         global_interactions(sh, x, target=y, process_group=None)
-    with pytest.raises(ValueError, match="^return_gradient:"):
+    with pytest.raises(ValueError, match=r"^return_gradient:"):
         global_interactions(sh, x, target=y, return_gradient=True)
-    with pytest.raises(ValueError, match="^output:"):
+    with pytest.raises(ValueError, match=r"^output:"):
         global_interactions(sh, x, target=y, output="factors")
-    with pytest.raises(ValueError, match="^n_samples:"):  # the method's own checks still apply
+    with pytest.raises(ValueError, match=r"^n_samples:"):  # the method's own checks still apply
         global_interactions(sh, x, target=y, n_samples=3)
 
 
@@ -220,5 +220,5 @@ class _Gradients:
 
 
 def test_a_method_returning_no_interactions_is_an_error() -> None:
-    with pytest.raises(ValueError, match="^method:"):
+    with pytest.raises(ValueError, match=r"^method:"):
         global_interactions(_Gradients(), torch.randn(4, 3))

@@ -23,6 +23,7 @@ EXPECTED_FIGURES = {
     "kernel_gradients.png",
     "caso_vs_cafo.png",
     "pmse.png",
+    "interactions_dataset.png",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +60,7 @@ def test_report_embeds_figures_and_tables(demo_run: DemoRun) -> None:
     links = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
     assert links == EXPECTED_FIGURES  # relative links, one per figure
     sections = ("SmoothHess pixel interactions", "Four Quadrant", "kernels", "CASO vs CAFO")
-    for heading in (*sections, "Perturbation MSE"):
+    for heading in (*sections, "Perturbation MSE", "Across the test set"):
         assert heading in report
     for method in ("SmoothHess + SmoothGrad", "SmoothGrad", "SoftPlus Hessian", "Gradient"):
         assert f"\n| {method}" in report

@@ -15,7 +15,9 @@ of this subpackage:
    give (:class:`~captum_smoothhess.KernelNoiseTunnel` over Captum's ``Saliency``);
 4. :mod:`.caso`: CASO vs CAFO sparse saliency maps;
 5. :mod:`.pmse`: the perturbation-MSE comparison of first- and second-order
-   Taylor models.
+   Taylor models;
+6. :mod:`.across_dataset`: which pairs of image patches interact across the
+   test set, with standard errors (:func:`~captum_smoothhess.global_interactions`).
 
 :mod:`._common` holds the run sizes and the shared helpers, :mod:`._training`
 the seeded training loop (also used by ``benchmarks/reproduce_paper.py``).
@@ -35,7 +37,7 @@ import time
 import torch
 
 from ..datasets import load_digits_tensors
-from . import caso, four_quadrant, interactions, kernels, pmse
+from . import across_dataset, caso, four_quadrant, interactions, kernels, pmse
 from ._common import _FULL, _QUICK, _START, _digits_model, _log
 
 __all__ = ["run_demo"]
@@ -46,7 +48,7 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
 
     Writes ``interactions_pixels.png``, ``interactions_groups.png``,
     ``four_quadrant.png``, ``kernels.png``, ``kernel_gradients.png``,
-    ``caso_vs_cafo.png``, ``pmse.png`` and ``report.md`` (which embeds them by
+    ``caso_vs_cafo.png``, ``pmse.png``, ``interactions_dataset.png`` and ``report.md`` (which embeds them by
     relative links) into ``out``, showing progress on the way, and prints
     where they are. Takes well under two minutes on two CPU cores; ``quick``
     uses fewer samples and training steps (a smoke run of a few seconds, with
@@ -76,6 +78,7 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
         sections += kernels.section(out, net, data, s, seed=10)
         sections += caso.section(out, net, data, s, seed=20)
         sections += pmse.section(out, net, data, s, seed=30)
+        sections += across_dataset.section(out, net, data, s, seed=40)
     elapsed = time.perf_counter() - start
     header = [
         "# captum-smoothhess demo",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -31,6 +32,8 @@ class _Settings:
     fq_betas: Tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
     nt_samples: int = 400
     caso_samples: int = 2000
+    global_examples: int = 450
+    global_samples: int = 1000
     pmse_val: int = 10
     pmse_test: int = 30
     pmse_samples: int = 3000
@@ -52,6 +55,8 @@ _QUICK = _Settings(
     fq_betas=(2.0, 10.0, 50.0),
     nt_samples=50,
     caso_samples=400,
+    global_examples=60,
+    global_samples=200,
     pmse_val=3,
     pmse_test=5,
     pmse_samples=600,
@@ -103,3 +108,27 @@ def _digits_model(data: Digits, epochs: int) -> Tuple[nn.Sequential, float]:
 def _image(data: Digits, flat: Tensor) -> Tensor:
     """Standardised pixels ``(64,)`` back to a ``(1, 8, 8)`` image in ``[0, 1]``."""
     return ((flat * data.std + data.mean) / 16.0).clamp(0, 1).reshape(1, 8, 8)
+
+
+# The 16 patches of 2x2 pixels of an 8x8 digit, named P(row)(col), row-major.
+_PATCH_NAMES = tuple(f"P{pr}{pc}" for pr in range(4) for pc in range(4))
+
+
+def _patch_mask() -> Tensor:
+    """Captum feature mask ``(1, 1, 8, 8)`` of the 16 patches (group ids 0..15, row-major)."""
+    r_idx, c_idx = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    return ((r_idx // 2) * 4 + c_idx // 2).reshape(1, 1, 8, 8)
+
+
+def _draw_patches(ax: Axes, image: Tensor, title: str) -> None:
+    """An ``(8, 8)`` image in grey with the patch grid and the patch names over it."""
+    ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+    for k, name in enumerate(_PATCH_NAMES):
+        pr, pc = divmod(k, 4)
+        ax.text(2 * pc + 0.5, 2 * pr + 0.5, name, ha="center", va="center", color="tab:orange", fontsize=11)
+    for t in (1.5, 3.5, 5.5):
+        ax.axhline(t, color="tab:orange", linewidth=1)
+        ax.axvline(t, color="tab:orange", linewidth=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)

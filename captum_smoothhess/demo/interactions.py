@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..datasets import Digits
 from ..smoothhess import SmoothHess
 from ..visualization import top_interactions, visualize_image_interactions, visualize_interactions
-from ._common import _bar_chunk, _image, _log, _save, _Settings
+from ._common import _PATCH_NAMES, _bar_chunk, _draw_patches, _image, _log, _patch_mask, _save, _Settings
 
 
 def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Generator) -> List[str]:
@@ -69,8 +69,7 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Gen
     table = top_interactions(h, k=8, feature_names=names).format("markdown")
 
     _log("SmoothHess group interactions between 2x2 patches")
-    r_idx, c_idx = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
-    mask = ((r_idx // 2) * 4 + c_idx // 2).reshape(1, 1, 8, 8)
+    mask = _patch_mask()
     groups = sh.attribute(
         x,
         target=label,
@@ -82,7 +81,7 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Gen
         show_progress=True,
     )
     assert isinstance(groups, Tensor)
-    patch_names = [f"P{pr}{pc}" for pr in range(4) for pc in range(4)]
+    patch_names = list(_PATCH_NAMES)
     fig = Figure(figsize=(11.5, 5.0))
     ax_g, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
     visualize_interactions(
@@ -94,16 +93,7 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Gen
         plt_fig_axis=(fig, ax_g),
         use_pyplot=False,
     )
-    ax_m.imshow(_image(data, data.x_test[0])[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    for k, name in enumerate(patch_names):
-        pr, pc = divmod(k, 4)
-        ax_m.text(2 * pc + 0.5, 2 * pr + 0.5, name, ha="center", va="center", color="tab:orange", fontsize=11)
-    for t in (1.5, 3.5, 5.5):
-        ax_m.axhline(t, color="tab:orange", linewidth=1)
-        ax_m.axvline(t, color="tab:orange", linewidth=1)
-    ax_m.set_xticks([])
-    ax_m.set_yticks([])
-    ax_m.set_title(f"The digit ({label}) and its 16 patches")
+    _draw_patches(ax_m, _image(data, data.x_test[0])[0], f"The digit ({label}) and its 16 patches")
     groups_png = _save(fig, out, "interactions_groups.png")
     group_table = top_interactions(groups[0], k=5, feature_names=patch_names).format("markdown")
 

@@ -79,8 +79,11 @@ def stein_estimate(
 
 
 def resolve_group(process_group: Optional[Any]) -> Optional[Any]:
-    """The process group to split samples over: the given one, else the default one if any."""
-    if not torch.distributed.is_available():
+    """The process group to split samples over: the given one, else the default one if any.
+
+    ``False`` means this process alone, even when a default group is initialised.
+    """
+    if process_group is False or not torch.distributed.is_available():
         return None
     if process_group is None:
         if not torch.distributed.is_initialized():

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, progress
+from ._layout import _flat_hessian, _sizes
 from ._sampling import _mix, seed_from
-from ._validation import _check_generator, _check_inputs, _check_positive_int, _sizes
-from .metrics import _flat_hessian
-from .smoothhess import _distributed_seed, _process_group
+from ._stein import distributed_seed, resolve_group
+from ._validation import _check_generator, _check_inputs, _check_positive_int
 
 __all__ = ["GlobalInteractions", "GlobalTopPairs", "global_interactions"]
 
@@ -365,54 +365,48 @@ def global_interactions(
         raise ValueError(f"target: has {len(target)} entries for {n_known} examples (one per example)")
 
     seed = seed_from(generator)
-    group = _process_group(None)
-    world, rank, single = 1, 0, None
+    group = resolve_group(None)
+    world, rank = 1, 0
     if group is not None:
         backend = torch.distributed.get_backend(group)
         device = (
             torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         )
-        seed, world, rank = _distributed_seed(seed, group, device)
-        # A one-rank group per rank (new_group is collective: every rank creates every group), so
-        # that the per-batch calls of a method that splits its samples over ranks stay local.
-        subgroups = [torch.distributed.new_group([r]) for r in range(world)]
-        single = subgroups[rank]
-    pass_group = single is not None and _accepts(method, "process_group")
+        seed = distributed_seed(seed, group, device)
+        world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    # The ranks split the batches: each batch's call must not split its samples over them too.
+    pass_group = group is not None and _accepts(method, "process_group")
     pass_generator = _accepts(method, "generator")
 
     sums = _Sums()
     offset = 0
-    try:
-        loop: Iterator[Any] = iter(batches)
-        if show_progress:
-            loop = iter(progress(batches, desc="global_interactions", total=total))
-        for index, batch in enumerate(loop):
-            x, labels = _split_batch(batch, index)
-            inps = _format_tensor_into_tuples(x)
-            start, offset = offset, offset + _count(inps)
-            if index % world != rank:
-                continue
-            _check_inputs(inps, argument=f"inputs (batch {index})")
-            if per_example:
-                assert isinstance(target, (list, Tensor))
-                if offset > len(target):
-                    raise ValueError(
-                        f"target: has {len(target)} entries, fewer than the examples (batch {index} "
-                        f"ends at example {offset})"
-                    )
-                batch_target: Any = target[start:offset]
-            else:
-                batch_target = labels if target is None else target
-            kwargs = dict(attribute_kwargs)
-            if pass_generator:
-                kwargs["generator"] = _batch_generator(seed, index)
-            if pass_group:
-                kwargs["process_group"] = single
-            result = method.attribute(x, target=batch_target, **kwargs)
-            sums.add(_flat_result(result, inps), index)
-    finally:
-        if single is not None:
-            torch.distributed.destroy_process_group(single)
+    loop: Iterator[Any] = iter(batches)
+    if show_progress:
+        loop = iter(progress(batches, desc="global_interactions", total=total))
+    for index, batch in enumerate(loop):
+        x, labels = _split_batch(batch, index)
+        inps = _format_tensor_into_tuples(x)
+        start, offset = offset, offset + _count(inps)
+        if index % world != rank:
+            continue
+        _check_inputs(inps, argument=f"inputs (batch {index})")
+        if per_example:
+            assert isinstance(target, (list, Tensor))
+            if offset > len(target):
+                raise ValueError(
+                    f"target: has {len(target)} entries, fewer than the examples (batch {index} "
+                    f"ends at example {offset})"
+                )
+            batch_target: Any = target[start:offset]
+        else:
+            batch_target = labels if target is None else target
+        kwargs = dict(attribute_kwargs)
+        if pass_generator:
+            kwargs["generator"] = _batch_generator(seed, index)
+        if pass_group:
+            kwargs["process_group"] = False
+        result = method.attribute(x, target=batch_target, **kwargs)
+        sums.add(_flat_result(result, inps), index)
     if per_example:
         assert isinstance(target, (list, Tensor))
         if offset != len(target):

@@ -228,6 +228,7 @@ class SmoothHess(GradientAttribution):
                 call with the same inputs) and all-reduce the sums: each rank
                 gets the single-process result for rank 0's seed, up to float
                 rounding of the sums.
+                ``False`` keeps the call in this process even then.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;

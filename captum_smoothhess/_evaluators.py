@@ -13,7 +13,8 @@ example are contiguous).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -30,6 +31,20 @@ from ._captum import (
 from ._layout import _unflatten
 
 LossFunc = Callable[[Tensor, Tensor], Tensor]
+
+
+@contextlib.contextmanager
+def autograd_allowed() -> Iterator[None]:
+    """Leave ``torch.inference_mode()`` for the block, if it is on: every method needs autograd.
+
+    Tensors made inside the block are ordinary tensors; the user's inference
+    tensors are only read (flattened, copied into perturbed points).
+    """
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False):
+        yield
 
 
 def _scalar_per_row(out: Tensor, rows: int, argument: str = "target") -> Tensor:

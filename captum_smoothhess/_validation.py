@@ -25,6 +25,8 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
         where = argument if len(inputs) == 1 else f"{argument}[{i}]"
         if not isinstance(inp, Tensor):
             raise TypeError(f"{where}: expected a torch.Tensor, got {type(inp).__name__}")
+        if inp.device.type == "meta":
+            raise ValueError(f"{where}: meta tensors hold no values to attribute; move them to a real device")
         if not inp.is_floating_point():
             raise TypeError(f"{where}: expected a floating-point tensor, got dtype {inp.dtype}")
         if inp.dim() == 0:

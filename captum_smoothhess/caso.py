@@ -43,9 +43,9 @@ from ._captum import (
     _run_forward,
     log_usage,
 )
-from ._evaluators import LossFunc, LossGradientEvaluator, check_losses
+from ._evaluators import LossFunc, LossGradientEvaluator, autograd_allowed, check_losses
 from ._layout import TensorOrTuple, _flatten, _format_flat, _unflatten
-from ._model import batch_dependent_layers
+from ._model import batch_dependent_layers, private_if_training
 from ._sampling import seed_from
 from ._validation import (
     StdevsType,
@@ -465,32 +465,36 @@ class CASO(_LossSaliency):
         tol = _check_number(tol, "tol", allow_zero=False)
         _check_generator(generator)
 
-        model = _LossModel(self.forward_func, self.loss_func, inps, target, additional_forward_args)
-        if curvature == "autograd":
-            quad = model.autograd()
-        else:
-            quad = model.smoothhess(get_kernel(kernel), stdevs, n_samples, n_samples_batch_size, generator)
+        with autograd_allowed():
+            forward = private_if_training(self.forward_func, "CASO")
+            model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)
+            if curvature == "autograd":
+                quad = model.autograd()
+            else:
+                quad = model.smoothhess(
+                    get_kernel(kernel), stdevs, n_samples, n_samples_batch_size, generator
+                )
 
-        g = quad.g
-        top, power_hvps = top_eigenvalue(quad)
-        lam2 = torch.full_like(top, lam2_value)
-        lam2_eff = lam2 + top
-        if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:
-            sol, lam1 = sparsity_solve(quad, lam2, lam2_eff, float(sparsity), tol, max_iter)
-        else:
-            lam1 = torch.full_like(top, lam1_value)
-            sol = fista(quad, lam1, lam2, lam2_eff, tol, max_iter)
-        sol = sol._replace(hvps=sol.hvps + power_hvps)
-        missed = int((sol.residual > tol).sum())
-        if missed:
-            warnings.warn(
-                f"CASO: {missed} example(s) stopped at max_iter={max_iter} before reaching "
-                f"tol={tol:g} (largest residual {float(sol.residual.max()):.3g}); raise max_iter",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        delta = _format_flat(sol.delta.to(inps[0].dtype), inps, is_tuple)
-        return (delta, _info(sol, lam1)) if return_info else delta
+            g = quad.g
+            top, power_hvps = top_eigenvalue(quad)
+            lam2 = torch.full_like(top, lam2_value)
+            lam2_eff = lam2 + top
+            if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:
+                sol, lam1 = sparsity_solve(quad, lam2, lam2_eff, float(sparsity), tol, max_iter)
+            else:
+                lam1 = torch.full_like(top, lam1_value)
+                sol = fista(quad, lam1, lam2, lam2_eff, tol, max_iter)
+            sol = sol._replace(hvps=sol.hvps + power_hvps)
+            missed = int((sol.residual > tol).sum())
+            if missed:
+                warnings.warn(
+                    f"CASO: {missed} example(s) stopped at max_iter={max_iter} before reaching "
+                    f"tol={tol:g} (largest residual {float(sol.residual.max()):.3g}); raise max_iter",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            delta = _format_flat(sol.delta.to(inps[0].dtype), inps, is_tuple)
+            return (delta, _info(sol, lam1)) if return_info else delta
 
 
 class CAFO(_LossSaliency):
@@ -568,24 +572,26 @@ class CAFO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
-        model = _LossModel(self.forward_func, self.loss_func, inps, target, additional_forward_args)
-        g = model.gradient()
-        batch, dim = g.shape
-        if sparsity is not None and round(float(sparsity) * dim) > 0:
-            k = round(float(sparsity) * dim)
-            lam1 = g.abs().kthvalue(k, dim=1).values
-        else:
-            lam1 = torch.full((batch,), lam1_value, dtype=g.dtype, device=g.device)
-        soft = _soft(g, lam1[:, None])
-        delta = soft / lam2_value
-        zero = torch.zeros(batch, dtype=torch.long, device=g.device)
-        sol = Solution(
-            delta,
-            (soft * soft).sum(1) / (2 * lam2_value),
-            torch.zeros_like(lam1),
-            zero,
-            zero,
-            torch.full_like(lam1, lam2_value),
-        )
-        result = _format_flat(delta, inps, is_tuple)
-        return (result, _info(sol, lam1)) if return_info else result
+        with autograd_allowed():
+            forward = private_if_training(self.forward_func, "CAFO")
+            model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)
+            g = model.gradient()
+            batch, dim = g.shape
+            if sparsity is not None and round(float(sparsity) * dim) > 0:
+                k = round(float(sparsity) * dim)
+                lam1 = g.abs().kthvalue(k, dim=1).values
+            else:
+                lam1 = torch.full((batch,), lam1_value, dtype=g.dtype, device=g.device)
+            soft = _soft(g, lam1[:, None])
+            delta = soft / lam2_value
+            zero = torch.zeros(batch, dtype=torch.long, device=g.device)
+            sol = Solution(
+                delta,
+                (soft * soft).sum(1) / (2 * lam2_value),
+                torch.zeros_like(lam1),
+                zero,
+                zero,
+                torch.full_like(lam1, lam2_value),
+            )
+            result = _format_flat(delta, inps, is_tuple)
+            return (result, _info(sol, lam1)) if return_info else result

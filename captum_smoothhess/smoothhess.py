@@ -24,8 +24,9 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
-from ._evaluators import Evaluator, GradientEvaluator, selected_outputs
+from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
+from ._model import private_if_training
 from ._sampling import sampler_class, seed_from
 from ._stein import chunk_size, distributed_seed, resolve_group, stein_estimate
 from ._validation import (
@@ -273,26 +274,28 @@ class SmoothHess(GradientAttribution):
                 "output: 'factors' is computed in one process and without feature_mask; "
                 "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
             )
-        # One plain forward checks `target` and the output's shape up front.
-        with torch.no_grad():
-            selected_outputs(self.forward_func, inps, target, additional_forward_args)
-        evaluate = GradientEvaluator(self.forward_func, inps, target, additional_forward_args)
-        return self._attribute(
-            inps,
-            is_tuple,
-            evaluate,
-            eps,
-            n,
-            n_samples_batch_size,
-            antithetic,
-            mask,
-            n_groups,
-            return_gradient,
-            seed_from(generator),
-            show_progress,
-            output,
-            group,
-        )
+        forward = private_if_training(self.forward_func, "SmoothHess")
+        with autograd_allowed():
+            # One plain forward checks `target` and the output's shape up front.
+            with torch.no_grad():
+                selected_outputs(forward, inps, target, additional_forward_args)
+            evaluate = GradientEvaluator(forward, inps, target, additional_forward_args)
+            return self._attribute(
+                inps,
+                is_tuple,
+                evaluate,
+                eps,
+                n,
+                n_samples_batch_size,
+                antithetic,
+                mask,
+                n_groups,
+                return_gradient,
+                seed_from(generator),
+                show_progress,
+                output,
+                group,
+            )
 
     def _attribute(
         self,

@@ -178,6 +178,7 @@ def test_model_left_as_found_after_an_exception(spec: Spec) -> None:
     before = _snapshot(net)
     with pytest.raises(_ModelError):
         spec.call(method, _inputs(), 1, 0, 2)
+    assert _CALLS[id(net)] == 2, "the model's forward was run again after it raised"
     _assert_untouched(net, before)
     # The method is still usable once the model works again.
     net.fail_at = None
@@ -321,3 +322,47 @@ def test_bad_generator_named(spec: Spec) -> None:
             method.attribute(_inputs(), target=1, stdevs=0.3, n_samples=4, **kwargs)
         else:
             method.attribute(_inputs(), nt_samples=2, stdevs=0.1, target=1, **kwargs)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_no_grad_outside_and_float32(spec: Spec) -> None:
+    net = TwoInputNet()
+    x = _inputs()
+    ref = _leaves(spec.call(spec.make(net), x, 1, 0, None))
+    with torch.no_grad():
+        got = _leaves(spec.call(spec.make(net), x, 1, 0, None))
+    for r, g in zip(ref, got):
+        assert torch.equal(r, g)
+    net32 = TwoInputNet().float()
+    out32 = _leaves(spec.call(spec.make(net32), tuple(t.float() for t in x), 1, 0, None))
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in out32)
+
+
+class _BatchNormNet(TwoInputNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(D_A + D_B, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, CLASSES)
+        ).double()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_training_mode_warns_and_leaves_buffers(spec: Spec) -> None:
+    net = _BatchNormNet().train()
+    before = _snapshot(net)
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        spec.call(spec.make(net), _inputs(4), 1, 0, None)
+    _assert_untouched(net, before)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_nan_gradients_are_refused(spec: Spec) -> None:
+    """A model whose gradient is NaN at (perturbed) inputs gets an error, never a NaN result."""
+
+    class Sqrt(TwoInputNet):
+        def forward(self, a: Tensor, b: Optional[Tensor] = None) -> Tensor:
+            x = a if b is None else torch.cat([a, b], dim=1)
+            return self.body(torch.sqrt(x))
+
+    with pytest.raises(ValueError, match=r"^(forward_func|loss_func|inputs)"):
+        spec.call(spec.make(Sqrt()), _inputs(), 1, 0, None)

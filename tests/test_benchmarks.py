@@ -22,6 +22,11 @@ def test_smoothhess_benchmark_quick() -> None:
     assert "ratio" in out and "antithetic pairs" in out
 
 
+def test_resnet_benchmark_quick() -> None:
+    out = _run([str(BENCH / "resnet.py"), "--quick"])
+    assert "top_pairs(10)" in out and "gradient floor" in out and "HVPs per example" in out
+
+
 @pytest.mark.parametrize("cases", ["floor_mlp,dense_vs_factors,image_groups", "softplus_exact,distributed"])
 def test_suite_quick(tmp_path: Path, cases: str) -> None:
     md = tmp_path / "bench.md"

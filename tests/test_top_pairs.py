@@ -43,7 +43,7 @@ def _assert_top(pairs: TopPairs, hess: Tensor, k: int) -> None:
     values, ii, jj = _dense_top(hess, k)
     assert pairs.values.shape == pairs.index_i.shape == pairs.index_j.shape == (hess.shape[0], k)
     assert (pairs.index_i < pairs.index_j).all()
-    scale = hess.abs().max()
+    scale = float(hess.abs().max())
     tol = 1e-5 * scale if hess.dtype == torch.float32 else 1e-12 * scale
     # Each reported value is H at its reported pair, and they come by decreasing magnitude.
     at = hess[torch.arange(hess.shape[0])[:, None], pairs.index_i, pairs.index_j]

@@ -137,6 +137,8 @@ class _Search:
             mag.masked_fill_(below, -1.0)
         flat = mag.view(-1)
         idx = (flat > thr).nonzero()[:, 0]
+        if idx.numel() == 0:
+            return
         if idx.numel() > self.best.k:
             idx = idx[flat[idx].topk(self.best.k).indices]
         self.best.merge(tile.view(-1)[idx], p0 + idx // cols, q0 + idx % cols)

@@ -205,8 +205,10 @@ class SmoothHessFactors:
         GEMM of inner size ``2m`` each) against a running threshold, the
         ``k``-th best so far; tiles that a Cauchy-Schwarz bound from the
         per-feature norms of the factors rules out are never computed. Memory
-        is the factors and one tile, so image-size ``d`` (150,528 for a
-        3x224x224 input) takes seconds.
+        is the factors and one tile. On ResNet-18 factors of one 3x224x224
+        image (``d = 150,528``, ``n = 64``) the bound rules out all but about
+        1% of the pairs and the search takes a few seconds on 2 CPU cores;
+        features of nearly equal norms leave more tiles to compute.
 
         Args:
             k: Number of pairs per example, between 1 and ``d (d - 1) / 2``.

@@ -97,14 +97,15 @@ def run(quick: bool, repeats: int, device: torch.device) -> List[Row]:
     t = interleaved(contenders, repeats, device)
     setting = f"3x{side}x{side}, d={x.numel()}, n={n}, batch={n}"
 
-    def row(case: str, seconds: float, goal: str, ratio: float = math.nan, mem: str = "") -> Row:
-        baseline = "-" if math.isnan(ratio) else "gradient floor"
-        base = math.nan if math.isnan(ratio) else t.best[0]
+    def row(
+        case: str, seconds: float, goal: str, ratio: float = math.nan, mem: str = "", where: str = ""
+    ) -> Row:
+        timed = not math.isnan(ratio)
         return dict(
             case=case,
-            setting=setting,
-            baseline=baseline,
-            t_base=base,
+            setting=where or setting,
+            baseline="gradient floor" if timed else "-",
+            t_base=t.best[0] if timed else math.nan,
             t_ours=seconds,
             ratio=ratio,
             mem=mem,
@@ -134,17 +135,10 @@ def run(quick: bool, repeats: int, device: torch.device) -> List[Row]:
     )
     assert isinstance(out, tuple)
     hvps = ", ".join(f"{h:.0f}" for h in out[1]["hvps"].tolist())
+    caso = "ResNet-18, CASO, autograd curvature"
+    where = f"two 3x{side}x{side} images, lambda2=1"
     rows.append(
-        dict(
-            case="ResNet-18, CASO, autograd curvature",
-            setting=f"two 3x{side}x{side} images, lambda2=1",
-            baseline="-",
-            t_base=math.nan,
-            t_ours=seconds,
-            ratio=math.nan,
-            mem=f"process peak {peak:.0f}",
-            goal=f"info; HVPs per example {hvps}",
-        )
+        row(caso, seconds, f"info; HVPs per example {hvps}", mem=f"process peak {peak:.0f}", where=where)
     )
     return rows
 

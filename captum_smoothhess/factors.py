@@ -217,6 +217,9 @@ class SmoothHessFactors:
         Returns:
             The pairs as a :class:`TopPairs`.
 
+        Raises:
+            ValueError: ``k`` is not an integer between 1 and the number of pairs.
+
         Examples:
             >>> import torch
             >>> from captum_smoothhess import SmoothHess

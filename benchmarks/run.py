@@ -19,6 +19,8 @@ Cases:
   (from ``benchmarks/mollify.py``);
 * CASO iterations and time for both curvature sources (from ``benchmarks/caso.py``);
 * group interactions on a 3x224x224 input (196 patches, n = 512): time and peak memory;
+* a ResNet-18 on one 3x224x224 image (from ``benchmarks/resnet.py``): grouped and factored
+  SmoothHess vs the gradient floor, ``top_pairs``, one pixel's row, ``group``, and CASO;
 * two ``torch.distributed`` ranks (gloo, one thread each) vs one process (two threads).
 """
 
@@ -294,6 +296,12 @@ def case_image_groups(quick: bool, device: torch.device) -> List[Row]:
     ]
 
 
+def case_resnet(quick: bool, device: torch.device) -> List[Row]:
+    import resnet
+
+    return resnet.run(quick, 1 if quick else 3, device)
+
+
 def case_distributed(quick: bool, device: torch.device) -> List[Row]:
     n = 2048 if quick else 8192
     with socket.socket() as s:
@@ -364,6 +372,7 @@ CASES: Dict[str, Callable[[bool, torch.device], List[Row]]] = {
     "mollify": case_mollify,
     "caso": case_caso,
     "image_groups": case_image_groups,
+    "resnet": case_resnet,
     "distributed": case_distributed,
 }
 

@@ -20,13 +20,10 @@ import torch
 from torch import Tensor
 
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
+from ._pairs import top_pairs as _top_pairs
 from ._validation import _format_feature_mask
 
 __all__ = ["SmoothHessFactors", "TopPairs"]
-
-
-# Elements of a (B, rows, d) slab of H computed at once by top_pairs.
-_SLAB_ELEMENTS = 1 << 24
 
 
 class TopPairs(NamedTuple):
@@ -207,34 +204,42 @@ class SmoothHessFactors:
         assert isinstance(diag, Tensor)
         return self._format(diag * self._row_scale / self.count)
 
-    def top_pairs(self, k: int) -> TopPairs:
-        """The ``k`` largest ``|H_ij|``, ``i < j``, exact, computed in row slabs.
+    def top_pairs(self, k: int, show_progress: bool = False) -> TopPairs:
+        """The ``k`` largest ``|H_ij|``, ``i < j``, per example, exact.
 
-        Memory is one slab of rows of ``H`` at a time, so ``d`` can be tens of
-        thousands.
+        Tiles of the upper triangle of ``H`` are computed one at a time (one
+        GEMM of inner size ``2m`` each) against a running threshold, the
+        ``k``-th best so far; tiles that a Cauchy-Schwarz bound from the
+        per-feature norms of the factors rules out are never computed. Memory
+        is the factors and one tile. On ResNet-18 factors of one 3x224x224
+        image (``d = 150,528``, ``n = 64``) the bound rules out all but about
+        1% of the pairs and the search takes a few seconds on 2 CPU cores;
+        features of nearly equal norms leave more tiles to compute.
+
+        Args:
+            k: Number of pairs per example, between 1 and ``d (d - 1) / 2``.
+            show_progress: Show a progress bar over rows of tiles.
+
+        Returns:
+            The pairs as a :class:`TopPairs`.
+
+        Raises:
+            ValueError: ``k`` is not an integer between 1 and the number of pairs.
+
+        Examples:
+            >>> import torch
+            >>> from captum_smoothhess import SmoothHess
+            >>> net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+            ...                           torch.nn.Linear(8, 1))
+            >>> fac = SmoothHess(net).attribute(torch.randn(1, 6), stdevs=0.5, n_samples=64,
+            ...                                 generator=torch.Generator().manual_seed(0),
+            ...                                 output="factors")
+            >>> pairs = fac.top_pairs(2)
+            >>> h = fac.to_dense()[0]
+            >>> torch.allclose(pairs.values[0], h[pairs.index_i[0], pairs.index_j[0]], atol=1e-6)
+            True
         """
-        d = self._dim
-        n_pairs = d * (d - 1) // 2
-        if k < 1 or k > n_pairs:
-            raise ValueError(f"k: must be between 1 and {n_pairs} (pairs i < j), got {k}")
-        s_all, d_all = self.scores, self.diffs
-        rows = max(1, _SLAB_ELEMENTS // max(1, self._batch * d))
-        best_v = s_all.new_empty(self._batch, 0)
-        best_i = torch.empty(self._batch, 0, dtype=torch.long, device=s_all.device)
-        cols = torch.arange(d, device=s_all.device)
-        for start in range(0, d - 1, rows):
-            stop = min(d, start + rows)
-            s_rows = s_all[:, :, start:stop].transpose(1, 2)
-            d_rows = d_all[:, :, start:stop].transpose(1, 2)
-            slab = (s_rows @ d_all + d_rows @ s_all) / (2 * self.count)
-            upper = cols[None, :] > torch.arange(start, stop, device=s_all.device)[:, None]
-            flat = torch.where(upper, slab, torch.zeros_like(slab)).reshape(self._batch, -1)
-            mag = torch.where(upper, slab.abs(), torch.full_like(slab, -1.0)).reshape(self._batch, -1)
-            valid = sum(d - 1 - r for r in range(start, stop))
-            take = min(k, valid)
-            _, idx = mag.topk(take, dim=1)
-            best_v = torch.cat([best_v, flat.gather(1, idx)], dim=1)
-            best_i = torch.cat([best_i, idx + start * d], dim=1)
-            keep = best_v.abs().topk(min(k, best_v.shape[1]), dim=1).indices
-            best_v, best_i = best_v.gather(1, keep), best_i.gather(1, keep)
-        return TopPairs(best_v, best_i // d, best_i % d)
+        values, index_i, index_j = _top_pairs(
+            self._scores, self._diffs, self._row_scale, self.count, k, show_progress
+        )
+        return TopPairs(values, index_i, index_j)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
 
 
 def _run(args: list[str]) -> str:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=False)
+    # The scripts import the package of this checkout, not whichever one is installed.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, check=False, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -20,6 +27,11 @@ def _run(args: list[str]) -> str:
 def test_smoothhess_benchmark_quick() -> None:
     out = _run([str(BENCH / "smoothhess.py"), "--quick"])
     assert "ratio" in out and "antithetic pairs" in out
+
+
+def test_resnet_benchmark_quick() -> None:
+    out = _run([str(BENCH / "resnet.py"), "--quick"])
+    assert "top_pairs(10)" in out and "gradient floor" in out and "HVPs per example" in out
 
 
 @pytest.mark.parametrize("cases", ["floor_mlp,dense_vs_factors,image_groups", "softplus_exact,distributed"])

@@ -60,9 +60,20 @@ class _Hook:
         self.layer = layer
         self.to_input = to_input
         self.thread = None if all_threads else threading.get_ident()
+        self.seen: Dict[torch.device, int] = {}
 
     def mine(self) -> bool:
         return self.thread is None or threading.get_ident() == self.thread
+
+    def once(self, parts: Parts) -> None:
+        """Refuse a second call of the layer in the one forward a registration serves."""
+        device = _device_of(parts)
+        self.seen[device] = self.seen.get(device, 0) + 1
+        if self.seen[device] > 1:
+            raise ValueError(
+                "layer: it is called more than once in one forward of forward_func, so its activation "
+                "is not one tensor per example; choose a layer called once (e.g. a wrapper module)"
+            )
 
     @contextlib.contextmanager
     def registered(self) -> Iterator[None]:
@@ -105,6 +116,7 @@ class _Capture(_Hook):
         parts = _parts(value)
         if not parts:
             return None
+        self.once(parts)
         with self.lock:
             self.saved[_device_of(parts)] = parts
             self.is_tuple = not isinstance(value, Tensor)
@@ -122,13 +134,14 @@ class _Replace(_Hook):
         parts = _parts(value)
         if not parts:
             return None
+        self.once(parts)
         new = self.by_device[_device_of(parts)]
         for p, q in zip(parts, new):
             if p.shape != q.shape:
                 raise ValueError(
                     f"layer: its activation has shape {tuple(p.shape)} here but {tuple(q.shape)} was "
-                    "expected (the layer is called more than once per forward, or its shape depends on "
-                    "the batch); choose a layer called once per example"
+                    "expected (its shape depends on the batch size); choose a layer whose activation "
+                    "has one row per example"
                 )
         return _rebuild(value, new)
 

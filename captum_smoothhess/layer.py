@@ -31,11 +31,10 @@ from ._captum import (
     _format_tensor_into_tuples,
     _is_tuple,
     _run_forward,
-    _select_targets,
     _verify_select_neuron,
     log_usage,
 )
-from ._evaluators import Evaluator, _scalar_per_row
+from ._evaluators import Evaluator, _scalar_per_row, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
 from ._sampling import seed_from
 from ._stein import resolve_group
@@ -72,17 +71,6 @@ def _check_output(out: Any) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
     return out
-
-
-def _select(out: Tensor, target: TargetType, rows: int) -> Tensor:
-    try:
-        sel = _select_targets(out, target)
-    except (IndexError, AssertionError, RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"target: {target!r} does not select an output of forward_func, whose output "
-            f"has shape {tuple(out.shape)} ({err})"
-        ) from err
-    return _scalar_per_row(sel, rows)
 
 
 def layer_activation(
@@ -145,8 +133,8 @@ class _LayerEvaluator(Evaluator):
             self._copies[copies] = (_repeat(self.model_inputs, copies), target)
         inputs, target = self._copies[copies]
         with _hooks.replace(self.layer, self.to_input, self.device_ids, parts):
-            out = _check_output(_run_forward(self.forward_func, inputs, None, self._expanded_afa(copies)))
-        return _select(out, target, parts[0].shape[0])
+            out = _run_forward(self.forward_func, inputs, None, self._expanded_afa(copies))
+        return select_output(out, target, parts[0].shape[0])
 
 
 class _NeuronEvaluator(Evaluator):
@@ -348,11 +336,7 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             self.forward_func, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
         )
         _check_inputs(activation, "layer")
-        _select(out, target, inps[0].shape[0])
-        eps = _format_stdevs(stdevs, activation)
-        mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, activation)
-        group = resolve_group(process_group)
-        _check_output_mode(output, mask, group)
+        select_output(out, target, inps[0].shape[0])
         weight = _weight(
             self.forward_func,
             layer,
@@ -373,22 +357,22 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             attribute_to_layer_input,
             device_ids,
         )
-        return self._core._attribute(
+        return _estimate(
+            self._core,
             activation,
             is_tuple,
             evaluate,
-            eps,
-            n,
-            n_samples_batch_size,
-            antithetic,
-            mask,
-            n_groups,
-            return_gradient,
-            seed_from(generator),
-            show_progress,
-            output,
-            group,
-            weight=weight,
+            weight,
+            stdevs=stdevs,
+            n=n,
+            n_samples_batch_size=n_samples_batch_size,
+            antithetic=antithetic,
+            feature_mask=feature_mask,
+            return_gradient=return_gradient,
+            generator=generator,
+            show_progress=show_progress,
+            output=output,
+            process_group=process_group,
         )
 
 
@@ -500,10 +484,6 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             self.forward_func, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
         )
         select_neuron(activation, neuron_selector, inps[0].shape[0])
-        eps = _format_stdevs(stdevs, inps)
-        mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, inps)
-        group = resolve_group(process_group)
-        _check_output_mode(output, mask, group)
         weight = None if baselines is None else _flatten(inps) - _flatten(_format_baselines(baselines, inps))
         evaluate = _NeuronEvaluator(
             self.forward_func,
@@ -514,20 +494,62 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             attribute_to_neuron_input,
             device_ids,
         )
-        return self._core._attribute(
+        return _estimate(
+            self._core,
             inps,
             is_tuple,
             evaluate,
-            eps,
-            n,
-            n_samples_batch_size,
-            antithetic,
-            mask,
-            n_groups,
-            return_gradient,
-            seed_from(generator),
-            show_progress,
-            output,
-            group,
-            weight=weight,
+            weight,
+            stdevs=stdevs,
+            n=n,
+            n_samples_batch_size=n_samples_batch_size,
+            antithetic=antithetic,
+            feature_mask=feature_mask,
+            return_gradient=return_gradient,
+            generator=generator,
+            show_progress=show_progress,
+            output=output,
+            process_group=process_group,
         )
+
+
+def _estimate(
+    core: SmoothHess,
+    layout: Tuple[Tensor, ...],
+    is_tuple: bool,
+    evaluate: Evaluator,
+    weight: Optional[Tensor],
+    *,
+    stdevs: StdevsType,
+    n: int,
+    n_samples_batch_size: Optional[int],
+    antithetic: bool,
+    feature_mask: MaskType,
+    return_gradient: bool,
+    generator: Optional[torch.Generator],
+    show_progress: bool,
+    output: str,
+    process_group: Optional[Any],
+) -> Any:
+    """The shared tail of both methods: the sampling arguments checked on ``layout``, then the core."""
+    eps = _format_stdevs(stdevs, layout)
+    mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
+    group = resolve_group(process_group)
+    _check_output_mode(output, mask, group)
+    return core._attribute(
+        layout,
+        is_tuple,
+        evaluate,
+        eps,
+        n,
+        n_samples_batch_size,
+        antithetic,
+        mask,
+        n_groups,
+        return_gradient,
+        seed_from(generator),
+        show_progress,
+        output,
+        group,
+        weight=weight,
+    )

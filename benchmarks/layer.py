@@ -13,8 +13,9 @@ embedding layer with a token mask (``(B, 64, 64)`` token interactions,
   output on, nothing else: no hook, no noise drawing, no scores, no
   grouping). Timed by ``_timing.interleaved``: the ratio is the median of
   per-round ratios.
-* Memory: the peak resident memory added by one token-grouped run, in a fresh
-  process, next to the size a dense ``(B, d, d)`` result would take.
+* Memory: the peak resident memory of a fresh process running the floor once,
+  and one running token-grouped LayerSmoothHess once, next to the size a
+  dense ``(B, d, d)`` result alone would take.
 """
 
 from __future__ import annotations
@@ -76,70 +77,68 @@ def _run_grouped(net: Encoder, ids: Tensor, n: int, chunk: int) -> Tensor:
     )
 
 
-def timing(batch: int, n: int, chunk: int, rounds: int) -> Dict[str, float]:
-    """Seconds of the floor and of token-grouped LayerSmoothHess, and their median ratio."""
-    net, ids = _setup(batch)
+def _floor_points(net: Encoder, ids: Tensor, n: int, chunk: int) -> List[Tensor]:
+    """The same gradient calls as LayerSmoothHess, in the same batches, on points made in advance."""
     with torch.no_grad():
         emb = net.tok(ids)
-    # The floor's points: the same gradient calls, in the same batches, made in advance.
     points: List[Tensor] = []
     for start in range(0, n, chunk):
         rows = min(chunk, n - start)
-        pts = emb.repeat_interleave(rows, dim=0) + 0.1 * torch.randn(batch * rows, SEQ, WIDTH)
+        pts = emb.repeat_interleave(rows, dim=0) + 0.1 * torch.randn(ids.shape[0] * rows, SEQ, WIDTH)
         points.append(pts.requires_grad_())
+    return points
 
-    def floor() -> None:
-        for pts in points:
-            torch.autograd.grad(net.rest(pts)[:, 1].sum(), pts)
 
-    def ours() -> None:
-        _run_grouped(net, ids, n, chunk)
+def _floor(net: Encoder, points: List[Tensor]) -> None:
+    for pts in points:
+        torch.autograd.grad(net.rest(pts)[:, 1].sum(), pts)
 
-    t = interleaved([floor, ours], rounds)
+
+def timing(batch: int, n: int, chunk: int, rounds: int) -> Dict[str, float]:
+    """Seconds of the floor and of token-grouped LayerSmoothHess, and their median ratio."""
+    net, ids = _setup(batch)
+    points = _floor_points(net, ids, n, chunk)
+    t = interleaved([lambda: _floor(net, points), lambda: _run_grouped(net, ids, n, chunk)], rounds)
     return {"floor": t.best[0], "ours": t.best[1], "ratio": t.ratio[1]}
 
 
-def memory(batch: int, n: int, chunk: int) -> Dict[str, float]:
-    """Peak resident MiB added by one token-grouped run (run in this, a fresh, process)."""
+def memory(which: str, batch: int, n: int, chunk: int) -> Dict[str, float]:
+    """Peak resident MiB of this (fresh) process after one run of ``which`` ("floor" or "ours")."""
     net, ids = _setup(batch)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = _run_grouped(net, ids, n, chunk)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    dim = SEQ * WIDTH
-    return {
-        "added": peak - base,
-        "result_mib": out.numel() * out.element_size() / 2**20,
-        "dense_mib": batch * dim * dim * 4 / 2**20,
-    }
+    if which == "floor":
+        _floor(net, _floor_points(net, ids, n, chunk))
+    else:
+        _run_grouped(net, ids, n, chunk)
+    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny n and one round")
-    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", choices=["floor", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     batch, n, chunk, rounds = (1, 8, 4, 1) if args.quick else (4, 256, 64, 5)
     if args.memory_only:
-        print(json.dumps(memory(batch, n, chunk)))
+        print(json.dumps(memory(args.memory_only, batch, n, chunk)))
         return
     t = timing(batch, n, chunk, rounds)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--memory-only", *(["--quick"] if args.quick else [])],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    peaks = {}
+    for which in ("floor", "ours"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-only", which, *(["--quick"] if args.quick else [])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[which] = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
+    dense_mib = batch * (SEQ * WIDTH) ** 2 * 4 / 2**20
     print(f"LayerSmoothHess at a transformer encoder's embedding: T={SEQ}, width={WIDTH}, d={SEQ * WIDTH}")
     print(f"B={batch}, n={n}, n_samples_batch_size={chunk}, token mask -> (B, {SEQ}, {SEQ}), pad baselines")
-    print("| contender | seconds (best round) | ratio to floor (median) |")
-    print("|---|---|---|")
-    print(f"| gradient floor at the layer | {t['floor']:.4g} | 1 |")
-    print(f"| LayerSmoothHess, token-grouped | {t['ours']:.4g} | {t['ratio']:.3f} |")
-    print(
-        f"memory: peak resident MiB added by one token-grouped run {m['added']:.0f}; result "
-        f"{m['result_mib']:.2f} MiB; a dense (B, d, d) result would be {m['dense_mib']:.0f} MiB"
-    )
+    print("| contender | seconds (best round) | ratio to floor (median) | process peak MiB |")
+    print("|---|---|---|---|")
+    print(f"| gradient floor at the layer | {t['floor']:.4g} | 1 | {peaks['floor']:.0f} |")
+    print(f"| LayerSmoothHess, token-grouped | {t['ours']:.4g} | {t['ratio']:.3f} | {peaks['ours']:.0f} |")
+    print(f"a dense (B, d, d) float32 result alone would be {dense_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

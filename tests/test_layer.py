@@ -339,3 +339,35 @@ def test_token_helpers_validate() -> None:
         word_feature_mask(torch.tensor([0, -1]), 2)
     with pytest.raises(ValueError, match=r"^matrix"):
         fold_interactions(torch.zeros(1, 3, 3), torch.tensor([0, 1]))
+
+
+class _Pair(nn.Module):
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.relu(a * b.sum(1, keepdim=True) + a).sum(1)
+
+
+class _PairNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.inp = nn.Linear(4, 5)
+        self.pair = _Pair()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        return self.pair(h[:, :3], h[:, 3:])
+
+
+def test_layer_input_with_two_tensor_arguments_is_a_tuple_layout_also_under_no_grad() -> None:
+    net = _PairNet().double()
+    x = _x()
+    with torch.no_grad():
+        got = LayerSmoothHess(net, net.pair).attribute(
+            x, stdevs=EPS, n_samples=N, generator=_g(), attribute_to_layer_input=True
+        )
+        h = net.inp(x)
+    ref = SmoothHess(net.pair).attribute((h[:, :3], h[:, 3:]), stdevs=EPS, n_samples=N, generator=_g())
+    assert got[0][1].shape == (3, 3, 2)
+    for i in range(2):
+        for j in range(2):
+            _close(got[i][j], ref[i][j])

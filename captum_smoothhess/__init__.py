@@ -9,6 +9,9 @@ Public API:
   Hyperbolic, Sigmoid, Rect) and their base class.
 * :class:`KernelNoiseTunnel`, :class:`NoiseGrad`, :class:`FusionGrad`: gradient
   smoothing with any kernel in input space, weight space, or both.
+* :class:`LayerSmoothHess`, :class:`NeuronSmoothHess`: interactions of a
+  layer's units (e.g. token x token through an embedding, with
+  :mod:`~captum_smoothhess.tokens` masks), and of one hidden unit.
 * :class:`CASO`, :class:`CAFO`: second- and first-order sparse saliency.
 * :func:`global_interactions`: interactions summarised over a dataset (mean,
   mean absolute value, standard errors), a :class:`GlobalInteractions`.
@@ -19,11 +22,12 @@ Public API:
   :mod:`~captum_smoothhess.visualization` (interaction plots).
 """
 
-from . import baselines, datasets, metrics, robust, visualization
+from . import baselines, datasets, metrics, robust, tokens, visualization
 from .caso import CAFO, CASO
 from .factors import SmoothHessFactors, TopPairs
 from .global_interactions import GlobalInteractions, global_interactions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
+from .layer import LayerSmoothHess, NeuronSmoothHess
 from .noise_tunnel import KernelNoiseTunnel
 from .noisegrad import FusionGrad, NoiseGrad
 from .smoothhess import SmoothHess
@@ -39,6 +43,8 @@ __all__ = [
     "Hyperbolic",
     "Kernel",
     "KernelNoiseTunnel",
+    "LayerSmoothHess",
+    "NeuronSmoothHess",
     "NoiseGrad",
     "Poisson",
     "Rect",
@@ -53,5 +59,6 @@ __all__ = [
     "global_interactions",
     "metrics",
     "robust",
+    "tokens",
     "visualization",
 ]

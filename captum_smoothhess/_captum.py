@@ -17,6 +17,7 @@ from captum._utils.common import (
     _is_tuple,
     _run_forward,
     _select_targets,
+    _verify_select_neuron,
 )
 from captum._utils.progress import progress
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
@@ -34,6 +35,7 @@ __all__ = [
     "_is_tuple",
     "_run_forward",
     "_select_targets",
+    "_verify_select_neuron",
     "log_usage",
     "progress",
 ]

@@ -71,7 +71,11 @@ def selected_outputs(
     in the output, or when the output is not one scalar per example.
     """
     afa = _format_additional_forward_args(additional_forward_args)
-    out = _run_forward(forward_func, inputs, None, afa)
+    return select_output(_run_forward(forward_func, inputs, None, afa), target, inputs[0].shape[0])
+
+
+def select_output(out: Any, target: TargetType, rows: int) -> Tensor:
+    """The scalar that ``target`` selects from a model output ``out``, one per row: ``(rows,)``."""
     if not isinstance(out, Tensor):
         raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
     try:
@@ -81,7 +85,7 @@ def selected_outputs(
             f"target: {target!r} does not select an output of forward_func, whose output "
             f"has shape {tuple(out.shape)} ({err})"
         ) from err
-    return _scalar_per_row(sel, inputs[0].shape[0])
+    return _scalar_per_row(sel, rows)
 
 
 class Evaluator:

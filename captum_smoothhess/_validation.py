@@ -16,8 +16,11 @@ from torch import Tensor
 StdevsType = Union[float, Tensor, Sequence[Union[float, Tensor]]]
 
 
-def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
-    """Inputs must be non-empty floating tensors with a shared batch size and no NaN/Inf."""
+def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs", allow_integer: bool = False) -> None:
+    """Inputs must be non-empty floating tensors with a shared batch size and no NaN/Inf.
+
+    With ``allow_integer`` integer tensors (e.g. token ids) are accepted too.
+    """
     if len(inputs) == 0:
         raise ValueError(f"{argument}: expected a tensor or a non-empty tuple of tensors")
     batch = None
@@ -27,7 +30,7 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
             raise TypeError(f"{where}: expected a torch.Tensor, got {type(inp).__name__}")
         if inp.device.type == "meta":
             raise ValueError(f"{where}: meta tensors hold no values to attribute; move them to a real device")
-        if not inp.is_floating_point():
+        if not inp.is_floating_point() and not (allow_integer and not inp.is_complex()):
             raise TypeError(f"{where}: expected a floating-point tensor, got dtype {inp.dtype}")
         if inp.dim() == 0:
             raise ValueError(f"{where}: expected a batch dimension first, got a 0-d tensor")
@@ -38,7 +41,7 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
                 f"{argument}: all tensors must share the batch size, got {batch} and "
                 f"{inp.shape[0]} (tensor {i})"
             )
-        if not bool(torch.isfinite(inp).all()):
+        if inp.is_floating_point() and not bool(torch.isfinite(inp).all()):
             raise ValueError(f"{where}: contains NaN or Inf values")
     if batch == 0:
         raise ValueError(f"{argument}: the batch is empty")
@@ -173,3 +176,49 @@ def _format_feature_mask(
 def _check_generator(generator: Optional[torch.Generator], argument: str = "generator") -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{argument}: expected a torch.Generator or None, got {type(generator).__name__}")
+
+
+BaselinesType = Union[None, int, float, Tensor, Sequence[Union[int, float, Tensor]]]
+
+
+def _format_baselines(
+    baselines: BaselinesType, inputs: Tuple[Tensor, ...], argument: str = "baselines"
+) -> Tuple[Tensor, ...]:
+    """Captum-style baselines as one tensor per input, shaped (and typed) like it.
+
+    ``baselines`` may be a number (all inputs), a tensor broadcastable to the
+    (single) input, or a tuple with one number or tensor per input tensor,
+    each broadcastable to its input (a batch of 1 is shared by all examples).
+    """
+    if baselines is None:
+        raise ValueError(f"{argument}: expected a number, a tensor or a tuple, got None")
+    per_input = tuple(baselines) if isinstance(baselines, (tuple, list)) else (baselines,) * len(inputs)
+    if len(per_input) != len(inputs):
+        raise ValueError(f"{argument}: got {len(per_input)} baseline(s) for {len(inputs)} input tensor(s)")
+    out = []
+    for i, (b, inp) in enumerate(zip(per_input, inputs)):
+        where = argument if len(inputs) == 1 else f"{argument}[{i}]"
+        if isinstance(b, bool) or not isinstance(b, (numbers.Real, Tensor)):
+            raise TypeError(f"{where}: expected a number or a tensor, got {type(b).__name__}")
+        t = torch.as_tensor(b).to(device=inp.device, dtype=inp.dtype)
+        try:
+            t = t.expand(inp.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{where}: shape {tuple(t.shape)} does not broadcast to input of shape {tuple(inp.shape)}"
+            ) from None
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: contains NaN or Inf values")
+        out.append(t.detach().contiguous())
+    return tuple(out)
+
+
+def _check_output_mode(output: object, mask: Optional[Tensor], group: object) -> None:
+    """``output`` is ``"dense"`` or ``"factors"``; factors are one-process and ungrouped."""
+    if output not in ("dense", "factors"):
+        raise ValueError(f"output: expected 'dense' or 'factors', got {output!r}")
+    if output == "factors" and (mask is not None or group is not None):
+        raise ValueError(
+            "output: 'factors' is computed in one process and without feature_mask; "
+            "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
+        )

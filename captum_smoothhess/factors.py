@@ -78,6 +78,26 @@ class _HessianSums:
         return (h + h.transpose(1, 2)).mul_(0.5)
 
 
+class _Weighted:
+    """Any reduction with every feature weighted per example: it receives ``(scores * w, terms * w)``.
+
+    With ``w = a - b`` (input minus baseline, ``(B, d)``) a dense sum gives
+    ``diag(w) H diag(w)``, a grouped one ``sum_{k in g, l in h} w_k H_kl w_l``
+    (the weights are applied before grouping, so no ``d x d`` matrix is
+    formed), and kept factors the factors of the weighted Hessian.
+    """
+
+    def __init__(self, inner: Any, weight: Tensor) -> None:
+        self.inner = inner
+        self.weight = weight[:, None, :]
+
+    def add(self, scores: Tensor, terms: Tensor) -> None:
+        self.inner.add(scores * self.weight, terms * self.weight)
+
+    def all_reduce(self, group: Any) -> None:
+        self.inner.all_reduce(group)
+
+
 class _KeptFactors:
     """Keeps every chunk's ``(scores, terms)``: the reduction behind ``output="factors"``."""
 

@@ -30,14 +30,17 @@ from ._model import private_if_training
 from ._sampling import sampler_class, seed_from
 from ._stein import chunk_size, distributed_seed, resolve_group, stein_estimate
 from ._validation import (
+    BaselinesType,
     StdevsType,
     _check_generator,
     _check_inputs,
     _check_n_samples,
+    _check_output_mode,
+    _format_baselines,
     _format_feature_mask,
     _format_stdevs,
 )
-from .factors import SmoothHessFactors, _HessianSums, _KeptFactors
+from .factors import SmoothHessFactors, _HessianSums, _KeptFactors, _Weighted
 from .kernels import Gaussian, Kernel, get_kernel
 
 __all__ = ["SmoothHess"]
@@ -105,6 +108,7 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
+        baselines: BaselinesType = None,
     ) -> HessianType: ...
 
     @overload
@@ -124,6 +128,7 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
+        baselines: BaselinesType = None,
     ) -> Tuple[HessianType, TensorOrTuple]: ...
 
     @overload
@@ -143,6 +148,7 @@ class SmoothHess(GradientAttribution):
         *,
         output: Literal["factors"],
         process_group: Optional[Any] = None,
+        baselines: BaselinesType = None,
     ) -> SmoothHessFactors: ...
 
     @overload
@@ -161,6 +167,7 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: str = "dense",
         process_group: Optional[Any] = None,
+        baselines: BaselinesType = None,
     ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]: ...
 
     @log_usage()
@@ -179,6 +186,7 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: OutputType = "dense",
         process_group: Optional[Any] = None,
+        baselines: BaselinesType = None,
     ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
         r"""Estimate the smoothed Hessian (feature interactions) at ``inputs``.
 
@@ -230,6 +238,16 @@ class SmoothHess(GradientAttribution):
                 gets the single-process result for rank 0's seed, up to float
                 rounding of the sums.
                 ``False`` keeps the call in this process even then.
+            baselines: Captum's baselines (a number, a tensor broadcastable to
+                the input, or one per input tensor). Each feature is then
+                weighted by ``(x - b)``: the dense result is
+                ``diag(x - b) H diag(x - b)`` and a ``feature_mask`` group value
+                ``sum_{k in g, l in h} (x-b)_k H_kl (x-b)_l``, the second-order
+                Taylor term of moving both groups from the baseline to the
+                input (estimated from weighted grouped factors, never through
+                ``d x d``); the smoothed gradient is returned as
+                ``(x - b) * gradient``, the first-order term. ``None``
+                (default): no weighting.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
@@ -266,20 +284,17 @@ class SmoothHess(GradientAttribution):
         _check_generator(generator)
         eps = _format_stdevs(stdevs, inps)
         mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, inps)
-        if output not in ("dense", "factors"):
-            raise ValueError(f"output: expected 'dense' or 'factors', got {output!r}")
         group = resolve_group(process_group)
-        if output == "factors" and (mask is not None or group is not None):
-            raise ValueError(
-                "output: 'factors' is computed in one process and without feature_mask; "
-                "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
-            )
+        _check_output_mode(output, mask, group)
         forward = private_if_training(self.forward_func, "SmoothHess")
         with autograd_allowed():
             # One plain forward checks `target` and the output's shape up front.
             with torch.no_grad():
                 selected_outputs(forward, inps, target, additional_forward_args)
             evaluate = GradientEvaluator(forward, inps, target, additional_forward_args)
+            weight = None
+            if baselines is not None:
+                weight = _flatten(inps) - _flatten(_format_baselines(baselines, inps))
             return self._attribute(
                 inps,
                 is_tuple,
@@ -295,6 +310,7 @@ class SmoothHess(GradientAttribution):
                 show_progress,
                 output,
                 group,
+                weight=weight,
             )
 
     def _attribute(
@@ -313,13 +329,15 @@ class SmoothHess(GradientAttribution):
         show_progress: bool,
         output: str,
         group: Optional[Any],
+        weight: Optional[Tensor] = None,
     ) -> Any:
         """The estimate at the validated, tuple-formatted ``inputs``, differentiated by ``evaluate``.
 
         ``inputs`` give the flat layout (the evaluator's points and the
         result's shapes); the evaluator says which scalar is differentiated
         and how the points reach the model, so layer and loss variants reuse
-        everything else.
+        everything else. ``weight`` ``(B, d)`` (input minus baseline) weights
+        every feature of the scores and gradient terms before any grouping.
         """
         x = _flatten(inputs)
         batch, dim = x.shape
@@ -331,7 +349,10 @@ class SmoothHess(GradientAttribution):
         sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws)
         inv_eps = 1.0 / eps
         sums = _KeptFactors() if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
-        grad_sum = stein_estimate(x, eps, evaluate, sampler, draws, chunk, sums, group, show_progress)
+        reduction = sums if weight is None else _Weighted(sums, weight)
+        grad_sum = stein_estimate(x, eps, evaluate, sampler, draws, chunk, reduction, group, show_progress)
+        if weight is not None:
+            grad_sum = grad_sum * weight
         gradient = _format_flat(grad_sum / n, inputs, is_tuple)
         if isinstance(sums, _KeptFactors):
             return SmoothHessFactors(sums.scores, sums.diffs, inv_eps, n, gradient, inputs, is_tuple)

@@ -48,3 +48,8 @@ def test_suite_quick(tmp_path: Path, cases: str) -> None:
 def test_caso_benchmark_quick(flags: list[str]) -> None:
     out = _run([str(BENCH / "caso.py"), *flags])
     assert ("rows" in out) if "--reference" not in flags else ("reference" in out and "lambda2 = 4" in out)
+
+
+def test_layer_benchmark_quick() -> None:
+    out = _run([str(BENCH / "layer.py"), "--quick"])
+    assert "gradient floor at the layer" in out and "token-grouped" in out and "process peak MiB" in out

@@ -17,7 +17,16 @@ import torch
 from captum.attr import Saliency
 from torch import Tensor, nn
 
-from captum_smoothhess import CAFO, CASO, FusionGrad, KernelNoiseTunnel, NoiseGrad, SmoothHess
+from captum_smoothhess import (
+    CAFO,
+    CASO,
+    FusionGrad,
+    KernelNoiseTunnel,
+    LayerSmoothHess,
+    NeuronSmoothHess,
+    NoiseGrad,
+    SmoothHess,
+)
 
 D_A, D_B, CLASSES = 3, 2, 3
 
@@ -58,6 +67,8 @@ class Spec:
     make: Callable[[nn.Module], Any]
     call: Callable[..., Any]  # (method, inputs, target, seed, chunk) -> result
     sampled: bool = True  # takes a generator and a sample-chunk size
+    kind: str = "input"  # "layer": results shaped by the layer; "neuron": a unit instead of a target
+    target_arg: str = "target"  # the argument that the contract's `target` becomes
 
 
 def _g(seed: int) -> torch.Generator:
@@ -102,6 +113,18 @@ def _caso_sh(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) -> An
     )
 
 
+def _neuron(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) -> Any:
+    # A list of per-example targets becomes a callable selector picking unit t_i of example i.
+    def per_example(act: Tensor) -> Tensor:
+        units = torch.tensor(target).repeat_interleave(act.shape[0] // len(target))
+        return act[torch.arange(act.shape[0]), units]
+
+    selector = per_example if isinstance(target, list) else target
+    return m.attribute(
+        x, neuron_selector=selector, stdevs=0.3, n_samples=24, n_samples_batch_size=chunk, generator=_g(seed)
+    )
+
+
 SPECS: List[Spec] = [
     Spec("SmoothHess", SmoothHess, _smoothhess),
     Spec("SmoothHess-poisson", lambda net: SmoothHess(net, kernel="poisson"), _smoothhess),
@@ -111,6 +134,14 @@ SPECS: List[Spec] = [
     Spec("CASO", CASO, lambda m, x, target, seed, chunk: m.attribute(x, target=target, lambda1=0.01), False),
     Spec("CASO-smoothhess", CASO, _caso_sh),
     Spec("CAFO", CAFO, lambda m, x, target, seed, chunk: m.attribute(x, target=target, lambda1=0.01), False),
+    Spec("LayerSmoothHess", lambda net: LayerSmoothHess(net, net.body[0]), _smoothhess, kind="layer"),
+    Spec(
+        "NeuronSmoothHess",
+        lambda net: NeuronSmoothHess(net, net.body[2]),
+        _neuron,
+        kind="neuron",
+        target_arg="neuron_selector",
+    ),
 ]
 IDS = [s.name for s in SPECS]
 
@@ -233,9 +264,13 @@ def test_tuple_in_tuple_out_tensor_in_tensor_out(spec: Spec) -> None:
     a, b = _inputs()
     out_tuple = spec.call(spec.make(net), (a, b), 1, 0, None)
     out_tensor = spec.call(spec.make(net), torch.cat([a, b], dim=1), 1, 0, None)
+    if spec.kind == "layer":  # shaped by the layer's output (B, 10), whatever the inputs' form
+        assert isinstance(out_tuple, Tensor) and isinstance(out_tensor, Tensor)
+        assert out_tuple.shape == out_tensor.shape == (3, 10, 10)
+        return
     assert isinstance(out_tuple, tuple) and len(out_tuple) == 2
     assert isinstance(out_tensor, Tensor)
-    if spec.name.startswith("SmoothHess"):  # a 2 x 2 nested tuple of Hessian blocks
+    if spec.name.startswith("SmoothHess") or spec.kind == "neuron":  # a 2 x 2 nested tuple of Hessian blocks
         assert all(isinstance(row, tuple) and len(row) == 2 for row in out_tuple)
         assert out_tuple[0][1].shape == (3, D_A, D_B)
         assert out_tensor.shape == (3, D_A + D_B, D_A + D_B)
@@ -307,7 +342,7 @@ def test_nan_inputs_named(spec: Spec) -> None:
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_missing_target_named(spec: Spec) -> None:
-    with pytest.raises(ValueError, match=r"^target"):
+    with pytest.raises(ValueError, match=rf"^{spec.target_arg}"):
         spec.call(spec.make(TwoInputNet()), _inputs(), CLASSES + 4, 0, None)
 
 
@@ -318,7 +353,9 @@ def test_bad_generator_named(spec: Spec) -> None:
     if spec.name.startswith("CASO"):
         kwargs["curvature"] = "smoothhess"
     with pytest.raises(TypeError, match=r"^generator"):
-        if spec.name.startswith(("SmoothHess", "CASO")):
+        if spec.kind == "neuron":
+            method.attribute(_inputs(), neuron_selector=1, stdevs=0.3, n_samples=4, **kwargs)
+        elif spec.name.startswith(("SmoothHess", "CASO")) or spec.kind == "layer":
             method.attribute(_inputs(), target=1, stdevs=0.3, n_samples=4, **kwargs)
         else:
             method.attribute(_inputs(), nt_samples=2, stdevs=0.1, target=1, **kwargs)

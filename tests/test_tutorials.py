@@ -23,6 +23,7 @@ EXPECTED = {
     "Kernel_Smoothing.ipynb",
     "CASO.ipynb",
     "Evaluation_and_Attacks.ipynb",
+    "Text_Interactions.ipynb",
 }
 
 

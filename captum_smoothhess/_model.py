@@ -59,3 +59,18 @@ def private_if_training(forward_func: Any, method: str) -> Any:
     assert module is not None
     private = copy.deepcopy(module)
     return private if forward_func is module else getattr(private, forward_func.__name__)
+
+
+def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
+    """``layer`` of ``original``'s module, found at the same name in ``private``'s module (a copy)."""
+    if private is original:
+        return layer
+    root, copy_root = module_of(original), module_of(private)
+    assert root is not None and copy_root is not None
+    for name, module in root.named_modules():
+        if module is layer:
+            return copy_root.get_submodule(name)
+    raise ValueError(
+        f"layer: {type(layer).__name__} is not a submodule of the model, so it cannot be found in the "
+        "private copy made for a model in training mode; call model.eval() first"
+    )

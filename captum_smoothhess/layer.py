@@ -34,8 +34,9 @@ from ._captum import (
     _verify_select_neuron,
     log_usage,
 )
-from ._evaluators import Evaluator, _scalar_per_row, select_output
+from ._evaluators import Evaluator, _scalar_per_row, autograd_allowed, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
+from ._model import counterpart, private_if_training
 from ._sampling import seed_from
 from ._stein import resolve_group
 from ._validation import (
@@ -331,14 +332,15 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
         n = _check_n_samples(n_samples, antithetic)
         _check_generator(generator)
         device_ids = _device_ids(self.forward_func, self.device_ids)
-        layer = cast(nn.Module, self.layer)
+        forward = private_if_training(self.forward_func, "LayerSmoothHess")
+        layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
         activation, is_tuple, out = layer_activation(
-            self.forward_func, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
+            forward, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
         )
         _check_inputs(activation, "layer")
         select_output(out, target, inps[0].shape[0])
         weight = _weight(
-            self.forward_func,
+            forward,
             layer,
             inps,
             activation,
@@ -348,7 +350,7 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             device_ids,
         )
         evaluate = _LayerEvaluator(
-            self.forward_func,
+            forward,
             layer,
             inps,
             activation,
@@ -479,14 +481,15 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
         n = _check_n_samples(n_samples, antithetic)
         _check_generator(generator)
         device_ids = _device_ids(self.forward_func, self.device_ids)
-        layer = cast(nn.Module, self.layer)
+        forward = private_if_training(self.forward_func, "NeuronSmoothHess")
+        layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
         activation, _, _ = layer_activation(
-            self.forward_func, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
+            forward, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
         )
         select_neuron(activation, neuron_selector, inps[0].shape[0])
         weight = None if baselines is None else _flatten(inps) - _flatten(_format_baselines(baselines, inps))
         evaluate = _NeuronEvaluator(
-            self.forward_func,
+            forward,
             layer,
             inps,
             neuron_selector,
@@ -536,20 +539,21 @@ def _estimate(
     mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
     group = resolve_group(process_group)
     _check_output_mode(output, mask, group)
-    return core._attribute(
-        layout,
-        is_tuple,
-        evaluate,
-        eps,
-        n,
-        n_samples_batch_size,
-        antithetic,
-        mask,
-        n_groups,
-        return_gradient,
-        seed_from(generator),
-        show_progress,
-        output,
-        group,
-        weight=weight,
-    )
+    with autograd_allowed():
+        return core._attribute(
+            layout,
+            is_tuple,
+            evaluate,
+            eps,
+            n,
+            n_samples_batch_size,
+            antithetic,
+            mask,
+            n_groups,
+            return_gradient,
+            seed_from(generator),
+            show_progress,
+            output,
+            group,
+            weight=weight,
+        )

@@ -26,7 +26,7 @@ from .global_interactions import GlobalInteractions, global_interactions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 from .noise_tunnel import KernelNoiseTunnel
 from .noisegrad import FusionGrad, NoiseGrad
-from .smoothhess import SmoothHess
+from .smoothhess import SmoothHess, SmoothHessError
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "Rect",
     "Sigmoid",
     "SmoothHess",
+    "SmoothHessError",
     "SmoothHessFactors",
     "TopPairs",
     "__version__",

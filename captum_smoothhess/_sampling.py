@@ -12,8 +12,12 @@
   gradients at those points into ``(scores, gradient terms)`` pairs, the two
   factors of the Stein estimate ``H = (1/eps) E[s(u) grad f(x + eps u)^T]``.
   :class:`PlainSampler` (one gradient call per draw) and
-  :class:`AntitheticSampler` (the pair ``u, -u``) are the two of today; a new
-  sampler is one more subclass, and the estimator loop does not change.
+  :class:`AntitheticSampler` (the pair ``u, -u``) combine the gradients; where
+  the noise comes from is the sampler's stream: :class:`NoiseStream` (iid
+  draws) or :class:`OrthogonalStream` (blocks of mutually orthogonal
+  directions of a Haar-random rotation with independent radii, for the
+  rotation-invariant kernels), so a new kind of noise is one more stream, and
+  the estimator loop does not change.
 * :func:`chunks` / :func:`default_chunk` plan the chunks lazily, so memory
   does not grow with the number of samples.
 """
@@ -22,13 +26,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Dict, Iterator, Optional, Tuple, Type
+from typing import ClassVar, Dict, Iterator, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 
 from ._captum import progress
-from .kernels import Kernel
+from .kernels import Gaussian, Kernel
 
 _MASK64 = (1 << 64) - 1
 # Elements of noise drawn per block; fixes the block length for a given (B, d, n).
@@ -37,6 +41,11 @@ _BLOCK_ELEMENTS = 1 << 20
 _MAX_WORKERS = 4
 # Default budget of perturbed input elements evaluated in one chunk.
 _CHUNK_ELEMENTS = 1 << 24
+# Elements of one example's orthogonal block (directions x d): caps the block length at large d.
+_ORTHOGONAL_ELEMENTS = 1 << 25
+
+Sampling = Literal["orthogonal", "iid"]
+SAMPLINGS = ("orthogonal", "iid")
 
 
 def seed_from(generator: Optional[torch.Generator]) -> int:
@@ -135,6 +144,91 @@ class NoiseStream:
         return u[:, offset : offset + (stop - start)]
 
 
+def rotation_invariant(kernel: Kernel) -> bool:
+    """Whether ``kernel``'s density depends on ``|u|`` only (Gaussian, or any ``radial`` kernel)."""
+    return isinstance(kernel, Gaussian) or bool(kernel.radial)
+
+
+def resolve_sampling(sampling: Optional[str], kernel: Kernel) -> str:
+    """The sampling to use: ``"orthogonal"`` by default for rotation-invariant kernels, else ``"iid"``.
+
+    Raises a ``ValueError`` naming ``sampling`` for an unknown value, or for
+    ``"orthogonal"`` with a product kernel (its coordinates are independent
+    but not rotation-invariant, so rotated samples would not keep its law).
+    """
+    invariant = rotation_invariant(kernel)
+    if sampling is None:
+        return "orthogonal" if invariant else "iid"
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == "orthogonal" and not invariant:
+        raise ValueError(
+            f"sampling: 'orthogonal' needs a rotation-invariant kernel (Gaussian or Poisson); "
+            f"{kernel!r} is a product kernel, whose samples lose their law when rotated: use sampling='iid'"
+        )
+    return sampling
+
+
+def orthogonal_block_length(dim: int) -> int:
+    """Draws per orthogonal block: ``d`` (a full rotation), fewer at very large ``d`` to bound memory."""
+    return max(1, min(dim, _ORTHOGONAL_ELEMENTS // max(1, dim)))
+
+
+class OrthogonalStream(NoiseStream):
+    """Rotation-invariant kernel noise in blocks of mutually orthogonal directions.
+
+    Block ``k`` covers draws ``k L .. k L + L - 1`` (``L`` =
+    :func:`orthogonal_block_length`, which is ``d`` up to image sizes). For
+    each example its directions are the first columns of the Haar-random
+    orthogonal matrix of the QR factorisation (signs corrected so that ``R``
+    has a positive diagonal) of a Gaussian matrix drawn from a generator
+    seeded by ``(seed, k)``; only the ``d x m`` directions drawn are
+    orthogonalised, never a ``d x d`` matrix unless ``m = d``. Each direction
+    is scaled by the norm of an independent kernel sample (``chi_d`` for the
+    Gaussian; for the Poisson kernel ``|g| / |z|``), so every draw has exactly
+    the kernel's law and the estimator stays unbiased, while the directions of
+    one block, being orthogonal, cancel each other's error. Blocks are
+    independent; each example has its own rotations.
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        batch: int,
+        dim: int,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        total: Optional[int] = None,
+    ) -> None:
+        super().__init__(kernel, batch, dim, seed, device, dtype, total)
+        self.total = total
+        self.block = orthogonal_block_length(dim)
+        self._n_blocks = None if total is None else -(-total // self.block)
+        # A block is B x L x d: look ahead only as far as a bounded memory allows.
+        fit = max(1, (4 * _BLOCK_ELEMENTS) // max(1, batch * self.block * dim))
+        self._workers = max(1, min(self._workers, fit))
+
+    def _draw(self, k: int) -> Tensor:
+        m = self.block if self.total is None else min(self.block, self.total - k * self.block)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_mix(self.seed, k))
+        b, d = self.batch, self.dim
+        gauss = torch.randn(b, d, m, generator=gen, device=self.device, dtype=self.dtype)
+        q, r = torch.linalg.qr(gauss)
+        sign = torch.sign(torch.diagonal(r, dim1=1, dim2=2))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        directions = (q * sign[:, None, :]).transpose(1, 2)
+        if isinstance(self.kernel, Gaussian):
+            # |N(0, I_d)| is chi_d: the square root of twice a Gamma(d/2) draw.
+            shape = torch.full((b, m), d / 2, device=self.device, dtype=self.dtype)
+            radius = (2 * torch._standard_gamma(shape, generator=gen)).sqrt()
+        else:
+            radius = self.kernel.sample(b * m, d, generator=gen, device=self.device, dtype=self.dtype)
+            radius = radius.norm(dim=-1).reshape(b, m)
+        return (directions * radius[..., None]).contiguous()
+
+
 def default_chunk(n: int, batch: int, dim: int, copies: int = 1) -> int:
     """Samples per chunk when the user gives none: all ``n`` if they fit the budget.
 
@@ -173,6 +267,8 @@ class Sampler(ABC):
         device: Device of the noise.
         dtype: Floating dtype of the noise.
         draws: Number of draws that will be taken, if known.
+        sampling: ``"iid"`` (a :class:`NoiseStream`) or ``"orthogonal"`` (an
+            :class:`OrthogonalStream`, for rotation-invariant kernels).
     """
 
     #: Gradient calls per draw.
@@ -187,9 +283,16 @@ class Sampler(ABC):
         device: torch.device,
         dtype: torch.dtype,
         draws: Optional[int] = None,
+        sampling: str = "iid",
     ) -> None:
         self.kernel = kernel
-        self.stream = NoiseStream(kernel, batch, dim, seed, device, dtype, draws)
+        stream = OrthogonalStream if resolve_sampling(sampling, kernel) == "orthogonal" else NoiseStream
+        self.stream = stream(kernel, batch, dim, seed, device, dtype, draws)
+
+    @property
+    def group_length(self) -> int:
+        """Draws of one independent block of the stream (orthogonal block or iid block)."""
+        return self.stream.block
 
     def noise(self, start: int, stop: int) -> Tensor:
         """Canonical noise of draws ``start .. stop-1``, ``(B, stop-start, d)``."""

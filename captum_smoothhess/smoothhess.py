@@ -24,22 +24,24 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
+from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
-from ._sampling import sampler_class, seed_from
-from ._stein import chunk_size, distributed_seed, resolve_group, stein_estimate
+from ._sampling import resolve_sampling, sampler_class, seed_from
+from ._stein import Tracking, chunk_size, distributed_seed, resolve_group, stein_estimate
 from ._validation import (
     StdevsType,
     _check_generator,
     _check_inputs,
     _check_n_samples,
+    _check_number,
     _format_feature_mask,
     _format_stdevs,
 )
 from .factors import SmoothHessFactors, _HessianSums, _KeptFactors
 from .kernels import Gaussian, Kernel, get_kernel
 
-__all__ = ["SmoothHess"]
+__all__ = ["SmoothHess", "SmoothHessError"]
 
 GradientType = TensorOrTuple
 OutputType = Literal["dense", "factors"]
@@ -104,6 +106,9 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
+        sampling: Optional[str] = None,
+        return_error: Literal[False] = False,
+        tolerance: Optional[float] = None,
     ) -> HessianType: ...
 
     @overload
@@ -123,6 +128,9 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
+        sampling: Optional[str] = None,
+        return_error: Literal[False] = False,
+        tolerance: Optional[float] = None,
     ) -> Tuple[HessianType, TensorOrTuple]: ...
 
     @overload
@@ -142,6 +150,9 @@ class SmoothHess(GradientAttribution):
         *,
         output: Literal["factors"],
         process_group: Optional[Any] = None,
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> SmoothHessFactors: ...
 
     @overload
@@ -160,7 +171,10 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: str = "dense",
         process_group: Optional[Any] = None,
-    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]: ...
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
+    ) -> Any: ...
 
     @log_usage()
     def attribute(
@@ -178,7 +192,10 @@ class SmoothHess(GradientAttribution):
         show_progress: bool = False,
         output: OutputType = "dense",
         process_group: Optional[Any] = None,
-    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
+    ) -> Any:
         r"""Estimate the smoothed Hessian (feature interactions) at ``inputs``.
 
         Args:
@@ -229,19 +246,50 @@ class SmoothHess(GradientAttribution):
                 gets the single-process result for rank 0's seed, up to float
                 rounding of the sums.
                 ``False`` keeps the call in this process even then.
+            sampling: ``"orthogonal"`` (the default for the rotation-invariant
+                kernels, Gaussian and Poisson): the canonical noise comes in
+                blocks of ``d`` mutually orthogonal directions (a Haar-random
+                rotation per example and block) with independent radii, so
+                each sample keeps the kernel's exact law (the estimate stays
+                unbiased) and the error variance at equal ``n_samples`` is
+                several times smaller once there are at least ``d`` pairs.
+                ``"iid"`` (the default, and the only choice, for the product
+                kernels) is the paper's estimator. Antithetic pairs apply on
+                top of either.
+            return_error: Append a
+                :class:`~captum_smoothhess.SmoothHessError` to the result:
+                per-entry standard errors, the estimated relative Frobenius
+                error and the gradient calls per example, and the smoothed
+                gradient's standard errors, from batch means over independent
+                blocks of the samples (no extra gradient call). The error is
+                calibrated when the draws fill at least 4 blocks of ``d``
+                (``n_samples >= 8 d`` with antithetic pairs); with fewer, the
+                blocks are split and the error, if orthogonal, is
+                conservative. With ``output="factors"``, use
+                :meth:`SmoothHessFactors.error` instead.
+            tolerance: Draw blocks of samples until every example's estimated
+                relative Frobenius error is at most ``tolerance`` (after at
+                least 8 blocks), ``n_samples`` being the cap; an example that is
+                done leaves the batch and costs no more gradient calls. The
+                progress bar shows the current largest estimated error. Not
+                with ``output="factors"`` or across processes.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
             for a tuple of ``k`` inputs a ``k x k`` nested tuple of blocks
             ``H[i][j]`` of shape ``(B, *S_i, *S_j)``; with ``feature_mask`` a
             tensor ``(B, G, G)``. With ``return_gradient=True``, a pair
-            ``(hessian, gradient)``, the gradient shaped like ``inputs``.
+            ``(hessian, gradient)``, the gradient shaped like ``inputs``. With
+            ``return_error=True`` (or a ``tolerance``) a last element, the
+            :class:`~captum_smoothhess.SmoothHessError`.
 
         Raises:
             ValueError: Non-positive ``stdevs``; ``n_samples`` < 1 or odd with
                 antithetic pairs; NaN/Inf inputs; a ``target`` the output does
                 not have or a non-scalar output without ``target``; a
-                ``feature_mask`` that does not fit the inputs.
+                ``feature_mask`` that does not fit the inputs; an unknown
+                ``sampling``, or ``"orthogonal"`` with a product kernel; a
+                non-positive ``tolerance``.
 
         Examples:
             >>> import torch
@@ -273,6 +321,14 @@ class SmoothHess(GradientAttribution):
                 "output: 'factors' is computed in one process and without feature_mask; "
                 "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
             )
+        sampling = resolve_sampling(sampling, self.kernel)
+        if tolerance is not None:
+            tolerance = _check_number(tolerance, "tolerance", allow_zero=False)
+            if output == "factors" or group is not None:
+                raise ValueError(
+                    "tolerance: examples leave the batch at different sample counts, which needs "
+                    "output='dense' in one process (process_group=False)"
+                )
         # One plain forward checks `target` and the output's shape up front.
         with torch.no_grad():
             selected_outputs(self.forward_func, inps, target, additional_forward_args)
@@ -292,6 +348,9 @@ class SmoothHess(GradientAttribution):
             show_progress,
             output,
             group,
+            sampling,
+            return_error or tolerance is not None,
+            tolerance,
         )
 
     def _attribute(
@@ -310,6 +369,9 @@ class SmoothHess(GradientAttribution):
         show_progress: bool,
         output: str,
         group: Optional[Any],
+        sampling: str = "iid",
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> Any:
         """The estimate at the validated, tuple-formatted ``inputs``, differentiated by ``evaluate``.
 
@@ -325,13 +387,46 @@ class SmoothHess(GradientAttribution):
         chunk = chunk_size(n_samples_batch_size, draws, batch, dim, sampler_type.copies)
         if group is not None:
             seed = distributed_seed(seed, group, x.device)
-        sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws)
+        sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws, sampling)
         inv_eps = 1.0 / eps
-        sums = _KeptFactors() if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
-        grad_sum = stein_estimate(x, eps, evaluate, sampler, draws, chunk, sums, group, show_progress)
-        gradient = _format_flat(grad_sum / n, inputs, is_tuple)
+        copies = sampler_type.copies if return_error else None
+        sums: Any = (
+            _KeptFactors()
+            if output == "factors"
+            else _HessianSums(batch, dim, inv_eps, mask, n_groups, copies)
+        )
+        tracking = None
+        if return_error:
+            independent = sampler.stream.block if sampling == "orthogonal" else dim
+            tracking = Tracking(group_length(independent, draws), tolerance, min_groups=2 * MIN_GROUPS)
+        grad_sum = stein_estimate(
+            x, eps, evaluate, sampler, draws, chunk, sums, group, show_progress, tracking=tracking
+        )
+        calls = torch.full((batch,), n, dtype=torch.long, device=x.device)
+        grad_stderr: Optional[TensorOrTuple] = None
+        if tracking is not None:
+            assert tracking.gradient is not None and tracking.draws is not None
+            calls = (tracking.draws * sampler_type.copies).round().long()
+            grad_stderr = _format_flat(tracking.gradient.variance().sqrt(), inputs, is_tuple)
+        gradient = _format_flat(grad_sum / calls[:, None].to(x.dtype), inputs, is_tuple)
         if isinstance(sums, _KeptFactors):
-            return SmoothHessFactors(sums.scores, sums.diffs, inv_eps, n, gradient, inputs, is_tuple)
+            return SmoothHessFactors(
+                sums.scores,
+                sums.diffs,
+                inv_eps,
+                n,
+                gradient,
+                inputs,
+                is_tuple,
+                None if tracking is None else tracking.group,
+                sampler_type.copies,
+                grad_stderr,
+            )
         hess = sums.result(n)
         out_h: HessianType = hess if mask is not None else _split_hessian(hess, inputs, is_tuple)
-        return (out_h, gradient) if return_gradient else out_h
+        result: Tuple[Any, ...] = (out_h, gradient) if return_gradient else (out_h,)
+        if tracking is not None:
+            stderr = sums.stderr()
+            out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
+            result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
+        return result if len(result) > 1 else result[0]

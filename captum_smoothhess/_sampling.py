@@ -206,8 +206,10 @@ class OrthogonalStream(NoiseStream):
         self.block = orthogonal_block_length(dim)
         self._n_blocks = None if total is None else -(-total // self.block)
         # A block is B x L x d: look ahead only as far as a bounded memory allows.
-        fit = max(1, (4 * _BLOCK_ELEMENTS) // max(1, batch * self.block * dim))
-        self._workers = max(1, min(self._workers, fit))
+        # Small blocks are drawn faster in this thread than a pool can be started.
+        elements = batch * self.block * dim
+        fit = max(1, (4 * _BLOCK_ELEMENTS) // max(1, elements))
+        self._workers = 1 if elements < 1 << 16 else max(1, min(self._workers, fit))
 
     def _draw(self, k: int) -> Tensor:
         m = self.block if self.total is None else min(self.block, self.total - k * self.block)

@@ -78,20 +78,40 @@ class Tracking:
     errors: List[float] = field(default_factory=list)
 
 
-def _group_chunks(draws: int, group: int, chunk: int) -> Iterator[Tuple[int, int, int, bool]]:
-    """``(start, stop, group index, closes the group)``: chunks of at most ``chunk`` inside each group."""
-    for k, g_start in enumerate(range(0, draws, group)):
-        g_stop = min(draws, g_start + group)
-        for start in range(g_start, g_stop, chunk):
-            stop = min(g_stop, start + chunk)
-            yield start, stop, k, stop == g_stop
-
-
 def chunk_size(n_samples_batch_size: Optional[int], draws: int, batch: int, dim: int, copies: int) -> int:
     """Draws per chunk: from the user's ``n_samples_batch_size`` (gradient calls), or a memory budget."""
     if n_samples_batch_size is None:
         return default_chunk(draws, batch, dim, copies)
     return max(1, _check_positive_int(n_samples_batch_size, "n_samples_batch_size") // copies)
+
+
+def _group_chunks(draws: int, group: int, chunk: int) -> Iterator[Tuple[int, int, int]]:
+    """``(start, stop, owner)`` chunks that never split a group across ranks.
+
+    A chunk of at least one group holds whole groups (its length rounded down
+    to a multiple of ``group``) and is owned by its index; a shorter chunk
+    lies inside one group and is owned by the group's index.
+    """
+    if chunk >= group:
+        size = chunk // group * group
+        for i, start in enumerate(range(0, draws, size)):
+            yield start, min(draws, start + size), i
+        return
+    for k, g_start in enumerate(range(0, draws, group)):
+        g_stop = min(draws, g_start + group)
+        for start in range(g_start, g_stop, chunk):
+            yield start, min(g_stop, start + chunk), k
+
+
+def _pieces(start: int, stop: int, group: int, draws: int) -> Iterator[Tuple[int, int, int]]:
+    """``(offset, stop offset, length of the group it closes or 0)``: a chunk cut at group ends."""
+    at = start
+    while at < stop:
+        g_start = at // group * group
+        g_stop = min(draws, g_start + group)
+        end = min(stop, g_stop)
+        yield at - start, end - start, g_stop - g_start if end == g_stop else 0
+        at = end
 
 
 def stein_estimate(
@@ -162,48 +182,69 @@ def _tracked_loop(
     rank: int,
     bar: Any,
 ) -> None:
-    """The loop with groups: the same steps, per group, on the examples still active."""
+    """The loop with groups: each chunk's pairs are cut at group ends, and examples may leave.
+
+    An example that reaches the tolerance at the end of a group stops there:
+    the later groups of a chunk already evaluated are not added to it, so the
+    result does not depend on the chunk size.
+    """
     copies = sampler.copies
     tracking.gradient = stats = GroupStats(x)
+    batch = x.shape[0]
     active: Optional[Tensor] = None  # rows still sampled; None: all
     x_a, evaluate_a = x, evaluate
-    for start, stop, k, closes in _group_chunks(draws, tracking.group, chunk):
-        if k % world != rank:
+    for start, stop, owner in _group_chunks(draws, tracking.group, chunk):
+        if owner % world != rank:
             continue
         u = sampler.noise(start, stop)
         if active is not None:
             u = u[active]
         grads = evaluate_a(sampler.points(x_a, eps, u))
-        per_call = grads.sum(1)
-        if active is None:
-            grad_sum += per_call
-        else:
-            grad_sum.index_add_(0, active, per_call)
-        stats.add(per_call / copies, active)
-        reduction.add(*sampler.pairs(u, grads))
-        if not closes:
-            continue
-        length = min(draws, (k + 1) * tracking.group) - k * tracking.group
-        stats.close(length, active)
-        reduction.close_group(length)
-        if tracking.tolerance is not None or bar is not None:
-            rel = reduction.relative()
-            rows = torch.arange(x.shape[0], device=x.device) if active is None else active
-            current = rel[rows]
-            worst = float(current.max()) if current.numel() else 0.0
+        scores, terms = sampler.pairs(u, grads)
+        # Per draw: the sum of its gradient calls.
+        per_draw = grads.reshape(grads.shape[0], copies, stop - start, -1).sum(1)
+        rows = torch.arange(batch, device=x.device) if active is None else active
+        live = None  # positions in this chunk's rows of the examples still sampled
+        for lo, hi, closed in _pieces(start, stop, tracking.group, draws):
+            take = slice(lo, hi)
+            g_part, s_part, t_part = per_draw[:, take], scores[:, take], terms[:, take]
+            if live is not None:
+                g_part, s_part, t_part = g_part[live], s_part[live], t_part[live]
+            part_sum = g_part.sum(1)
+            if active is None:
+                grad_sum += part_sum
+            else:
+                grad_sum.index_add_(0, active, part_sum)
+            stats.add(part_sum / copies, active)
+            reduction.add(s_part, t_part)
+            if not closed:
+                continue
+            stats.close(closed, active)
+            reduction.close_group(closed)
+            if tracking.tolerance is None and bar is None:
+                continue
+            current = reduction.relative()[rows if live is None else rows[live]]
+            worst = float(current.max())
             tracking.errors.append(worst)
             if bar is not None:
                 bar.set_postfix_str(f"error {worst:.3g}")
                 bar.update()
-            if tracking.tolerance is not None and k + 1 >= tracking.min_groups:
-                # NaN (fewer than two groups, or a zero estimate so far) is never done.
-                keep = ~(current <= tracking.tolerance)
-                if not bool(keep.all()):
-                    active = rows[keep]
-                    if active.numel() == 0:
-                        break
-                    x_a, evaluate_a = x[active], evaluate.subset(active)
-                    reduction.select(active)
+            done_groups = (start + hi) // tracking.group
+            if tracking.tolerance is None or done_groups < tracking.min_groups:
+                continue
+            # NaN (fewer than two groups, or a zero estimate so far) is never done.
+            keep = ~(current <= tracking.tolerance)
+            if bool(keep.all()):
+                continue
+            base = torch.arange(rows.shape[0], device=x.device) if live is None else live
+            live = base[keep]
+            active = rows[live]
+            if active.numel() == 0:
+                return
+            reduction.select(active)
+        if live is not None:
+            assert active is not None
+            x_a, evaluate_a = x[active], evaluate.subset(active)
 
 
 def resolve_group(process_group: Optional[Any]) -> Optional[Any]:

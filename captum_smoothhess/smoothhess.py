@@ -399,6 +399,9 @@ class SmoothHess(GradientAttribution):
         if return_error:
             independent = sampler.stream.block if sampling == "orthogonal" else dim
             tracking = Tracking(group_length(independent, draws), tolerance, min_groups=2 * MIN_GROUPS)
+            if tolerance is not None and n_samples_batch_size is None:
+                # Small chunks, so that examples stop soon after reaching the tolerance.
+                chunk = min(chunk, max(tracking.group, 128 // sampler_type.copies))
         grad_sum = stein_estimate(
             x, eps, evaluate, sampler, draws, chunk, sums, group, show_progress, tracking=tracking
         )

@@ -106,11 +106,14 @@ def x10() -> torch.Tensor:
     return torch.randn(4, 10, generator=gen(1), dtype=torch.float64)
 
 
-def _errors(relu: OneHiddenReLU, x: torch.Tensor, kernel: str, sampling: str, n: int, seeds: int) -> torch.Tensor:
+def _errors(
+    relu: OneHiddenReLU, x: torch.Tensor, kernel: str, sampling: str, n: int, seeds: int
+) -> torch.Tensor:
     ref = relu.gaussian_hessian(x, EPS) if kernel == "gaussian" else relu.poisson_hessian(x, EPS)
     sh = SmoothHess(relu.net, kernel=kernel)
     out = [
-        sh.attribute(x, stdevs=EPS, n_samples=n, sampling=sampling, generator=gen(s)) - ref for s in range(seeds)
+        sh.attribute(x, stdevs=EPS, n_samples=n, sampling=sampling, generator=gen(s)) - ref
+        for s in range(seeds)
     ]
     return torch.stack(out)
 

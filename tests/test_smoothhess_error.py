@@ -80,7 +80,7 @@ def test_error_costs_no_gradient_call_and_keeps_the_estimate(relu10: OneHiddenRe
     plain = sh.attribute(x10, stdevs=EPS, n_samples=200, generator=gen(3))
     calls = rows[0]
     rows[0] = 0
-    h, err = sh.attribute(x10, stdevs=EPS, n_samples=200, generator=gen(3), return_error=True)
+    h, _ = sh.attribute(x10, stdevs=EPS, n_samples=200, generator=gen(3), return_error=True)
     assert rows[0] == calls
     torch.testing.assert_close(h, plain, rtol=1e-10, atol=1e-12)
 
@@ -93,7 +93,7 @@ def test_grouped_tuple_and_factors_errors(relu10: OneHiddenReLU, x10: Tensor) ->
     )
     assert g.shape == err.stderr.shape == (4, 4, 4)
     assert bool((err.stderr > 0).all())
-    dense, derr = sh.attribute(x10, stdevs=EPS, n_samples=200, return_error=True, generator=gen(2))
+    _, derr = sh.attribute(x10, stdevs=EPS, n_samples=200, return_error=True, generator=gen(2))
     fac = sh.attribute(x10, stdevs=EPS, n_samples=200, return_error=True, generator=gen(2), output="factors")
     ferr = fac.error()
     torch.testing.assert_close(ferr.stderr, derr.stderr, rtol=1e-8, atol=1e-12)

@@ -36,3 +36,8 @@ def test_suite_quick(tmp_path: Path, cases: str) -> None:
 def test_caso_benchmark_quick(flags: list[str]) -> None:
     out = _run([str(BENCH / "caso.py"), *flags])
     assert ("rows" in out) if "--reference" not in flags else ("reference" in out and "lambda2 = 4" in out)
+
+
+def test_efficiency_benchmark_quick() -> None:
+    out = _run([str(BENCH / "efficiency.py"), "--quick", "--only", "variance,tolerance,timing"])
+    assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out

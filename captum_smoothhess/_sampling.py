@@ -231,6 +231,50 @@ class OrthogonalStream(NoiseStream):
         return (directions * radius[..., None]).contiguous()
 
 
+class _AntitheticTake(NoiseStream):
+    """Antithetic pairs: sample ``2 i`` is draw ``i`` of the stream, sample ``2 i + 1`` its negative."""
+
+    def take(self, start: int, stop: int) -> Tensor:
+        first, last = start // 2, (stop - 1) // 2
+        base = super().take(first, last + 1)
+        index = torch.arange(start, stop, device=base.device)
+        sign = 1.0 - 2.0 * (index % 2).to(base.dtype)
+        return base[:, index // 2 - first] * sign[:, None]
+
+
+class _AntitheticStream(_AntitheticTake):
+    """Antithetic pairs of iid draws."""
+
+
+class _OrthogonalAntitheticStream(_AntitheticTake, OrthogonalStream):
+    """Antithetic pairs of orthogonal draws."""
+
+
+TUNNEL_SAMPLINGS = ("iid", "orthogonal", "antithetic", "orthogonal_antithetic")
+
+
+def noise_stream(
+    kernel: Kernel,
+    batch: int,
+    dim: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    sampling: str = "iid",
+) -> NoiseStream:
+    """A stream of samples for a noise tunnel: iid, orthogonal blocks, antithetic pairs, or both."""
+    if sampling not in TUNNEL_SAMPLINGS:
+        raise ValueError(f"sampling: expected one of {TUNNEL_SAMPLINGS}, got {sampling!r}")
+    orthogonal = sampling.startswith("orthogonal")
+    if orthogonal:
+        resolve_sampling("orthogonal", kernel)
+    if sampling.endswith("antithetic"):
+        kind: Type[NoiseStream] = _OrthogonalAntitheticStream if orthogonal else _AntitheticStream
+    else:
+        kind = OrthogonalStream if orthogonal else NoiseStream
+    return kind(kernel, batch, dim, seed, device, dtype)
+
+
 def default_chunk(n: int, batch: int, dim: int, copies: int = 1) -> int:
     """Samples per chunk when the user gives none: all ``n`` if they fit the budget.
 

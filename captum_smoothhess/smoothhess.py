@@ -108,7 +108,7 @@ class SmoothHess(GradientAttribution):
         process_group: Optional[Any] = None,
         sampling: Optional[str] = None,
         return_error: Literal[False] = False,
-        tolerance: Optional[float] = None,
+        tolerance: None = None,
     ) -> HessianType: ...
 
     @overload
@@ -130,7 +130,7 @@ class SmoothHess(GradientAttribution):
         process_group: Optional[Any] = None,
         sampling: Optional[str] = None,
         return_error: Literal[False] = False,
-        tolerance: Optional[float] = None,
+        tolerance: None = None,
     ) -> Tuple[HessianType, TensorOrTuple]: ...
 
     @overload

@@ -144,3 +144,36 @@ def test_same_seed_same_result_for_any_chunk_size(relu10: OneHiddenReLU, x10: to
         )
         torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g, gref, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- noise tunnels
+
+
+def test_tunnel_sampling_opt_in() -> None:
+    from captum.attr import Saliency
+
+    from captum_smoothhess import KernelNoiseTunnel
+    from captum_smoothhess._sampling import noise_stream
+
+    anti = noise_stream(Poisson(), 2, 5, 1, CPU, torch.float64, "orthogonal_antithetic").take(0, 12)
+    assert torch.equal(anti[:, 1::2], -anti[:, 0::2])
+    block = anti[0, 0:10:2]
+    gram = block @ block.T
+    assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-10)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
+    x = torch.randn(3, 5, generator=gen(0), dtype=torch.float64)
+    for sampling in ("antithetic", "orthogonal", "orthogonal_antithetic"):
+        nt = KernelNoiseTunnel(Saliency(net), sampling=sampling)
+        ref = nt.attribute(x, nt_samples=14, stdevs=0.3, target=0, abs=False, generator=gen(2))
+        got = nt.attribute(
+            x, nt_samples=14, nt_samples_batch_size=3, stdevs=0.3, target=0, abs=False, generator=gen(2)
+        )
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+        plain = KernelNoiseTunnel(Saliency(net)).attribute(
+            x, nt_samples=14, stdevs=0.3, target=0, abs=False, generator=gen(2)
+        )
+        assert not torch.allclose(plain, ref)
+    with pytest.raises(ValueError, match=r"^sampling"):
+        KernelNoiseTunnel(Saliency(net), kernel="sigmoid", sampling="orthogonal")
+    with pytest.raises(ValueError, match=r"^sampling"):
+        KernelNoiseTunnel(Saliency(net), sampling="sobol")

@@ -235,7 +235,7 @@ def tunnel_table(quick: bool) -> None:
     for d in (10,) if quick else (10, 100):
         eps = 0.5
         net, x, _ = oracle(d, 2 * d, "gaussian", eps, 4)
-        first, last = net[0], net[2]
+        first, last = net[0], net[2]  # type: ignore[index]
         w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
         exact = (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
         n = 4 * d

@@ -98,14 +98,23 @@ class NoiseStream:
         self.seed = seed
         self.device = device
         self.dtype = dtype
-        cap = 256 if total is None else total
-        # A power of two, so that chunks of power-of-two sizes are views of one block.
-        fit = max(1, _BLOCK_ELEMENTS // max(1, batch * dim))
-        self.block = max(1, min(cap, 1 << (fit.bit_length() - 1)))
+        self.total = total
+        self.block = self._block_length()
         self._n_blocks = None if total is None else -(-total // self.block)
         # CPU generators are sequential; independent blocks are drawn by several threads.
         self._workers = 1 if self.device.type != "cpu" else max(1, min(_MAX_WORKERS, torch.get_num_threads()))
+        self._workers = min(self._workers, self._max_workers())
         self._cache: Dict[int, Tensor] = {}
+
+    def _block_length(self) -> int:
+        """Samples per block: a power of two within the element budget (fewer if ``total`` is small)."""
+        cap = 256 if self.total is None else self.total
+        # A power of two, so that chunks of power-of-two sizes are views of one block.
+        fit = max(1, _BLOCK_ELEMENTS // max(1, self.batch * self.dim))
+        return max(1, min(cap, 1 << (fit.bit_length() - 1)))
+
+    def _max_workers(self) -> int:
+        return _MAX_WORKERS
 
     def _draw(self, k: int) -> Tensor:
         gen = torch.Generator(device=self.device)
@@ -191,25 +200,14 @@ class OrthogonalStream(NoiseStream):
     independent; each example has its own rotations.
     """
 
-    def __init__(
-        self,
-        kernel: Kernel,
-        batch: int,
-        dim: int,
-        seed: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        total: Optional[int] = None,
-    ) -> None:
-        super().__init__(kernel, batch, dim, seed, device, dtype, total)
-        self.total = total
-        self.block = orthogonal_block_length(dim)
-        self._n_blocks = None if total is None else -(-total // self.block)
-        # A block is B x L x d: look ahead only as far as a bounded memory allows.
-        # Small blocks are drawn faster in this thread than a pool can be started.
-        elements = batch * self.block * dim
-        fit = max(1, (4 * _BLOCK_ELEMENTS) // max(1, elements))
-        self._workers = 1 if elements < 1 << 16 else max(1, min(self._workers, fit))
+    def _block_length(self) -> int:
+        return orthogonal_block_length(self.dim)
+
+    def _max_workers(self) -> int:
+        # Small blocks are drawn faster in this thread than a pool can be started; a block is
+        # B x L x d, so look ahead only as far as a bounded memory allows.
+        elements = self.batch * self.block * self.dim
+        return 1 if elements < 1 << 16 else max(1, (4 * _BLOCK_ELEMENTS) // elements)
 
     def _draw(self, k: int) -> Tensor:
         m = self.block if self.total is None else min(self.block, self.total - k * self.block)

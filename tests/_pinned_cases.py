@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from captum.attr import IntegratedGradients, Saliency
@@ -54,6 +54,20 @@ def _smoothhess_tuple(sampling: str = "iid") -> object:
         n_samples=64,
         generator=_g(),
         return_gradient=True,
+        sampling=sampling,
+    )
+
+
+def _caso_smoothhess(sampling: Optional[str]) -> object:
+    return CASO(_net()).attribute(
+        _x(),
+        target=1,
+        lambda1=0.005,
+        curvature="smoothhess",
+        stdevs=0.3,
+        n_samples=64,
+        generator=_g(),
+        return_info=True,
         sampling=sampling,
     )
 
@@ -105,17 +119,7 @@ CASES: Dict[str, Callable[[], object]] = {
     ),
     "caso_autograd": lambda: CASO(_net()).attribute(_x(), target=0, lambda1=0.01, return_info=True),
     "caso_sparsity": lambda: CASO(_net()).attribute(_x(), sparsity=0.4, return_info=True),
-    "caso_smoothhess": lambda: CASO(_net()).attribute(
-        _x(),
-        target=1,
-        lambda1=0.005,
-        curvature="smoothhess",
-        stdevs=0.3,
-        n_samples=64,
-        generator=_g(),
-        return_info=True,
-        sampling="iid",
-    ),
+    "caso_smoothhess": lambda: _caso_smoothhess("iid"),
     # The default sampling of the rotation-invariant kernels (orthogonal blocks), added with it.
     "smoothhess_orthogonal": lambda: SmoothHess(_net()).attribute(
         _x(),
@@ -145,16 +149,7 @@ CASES: Dict[str, Callable[[], object]] = {
     "smoothhess_tolerance": lambda: SmoothHess(_net()).attribute(
         _x(), target=1, stdevs=0.4, n_samples=2000, tolerance=0.2, generator=_g(), return_gradient=True
     ),
-    "caso_smoothhess_orthogonal": lambda: CASO(_net()).attribute(
-        _x(),
-        target=1,
-        lambda1=0.005,
-        curvature="smoothhess",
-        stdevs=0.3,
-        n_samples=64,
-        generator=_g(),
-        return_info=True,
-    ),
+    "caso_smoothhess_orthogonal": lambda: _caso_smoothhess(None),
     "cafo": lambda: CAFO(_net()).attribute(_x(), sparsity=0.4, return_info=True),
 }
 

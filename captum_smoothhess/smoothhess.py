@@ -305,6 +305,10 @@ class SmoothHess(GradientAttribution):
             >>> groups = torch.tensor([0, 0, 1, 1, 2, 2])
             >>> sh.attribute(x, target=1, feature_mask=groups).shape
             torch.Size([3, 3, 3])
+            >>> hess, err = sh.attribute(x, target=1, stdevs=0.3, n_samples=100_000,
+            ...                          tolerance=0.1)
+            >>> bool((err.relative <= 0.1).all()), err.stderr.shape
+            (True, torch.Size([3, 6, 6]))
         """
         is_tuple = _is_tuple(inputs)
         inps = _format_tensor_into_tuples(inputs)

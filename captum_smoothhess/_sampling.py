@@ -334,9 +334,9 @@ class Sampler(ABC):
         self.stream = stream(kernel, batch, dim, seed, device, dtype, draws)
 
     @property
-    def group_length(self) -> int:
-        """Draws of one independent block of the stream (orthogonal block or iid block)."""
-        return self.stream.block
+    def independent_length(self) -> Optional[int]:
+        """Draws of one orthogonal block (independent of the others); ``None`` for iid draws."""
+        return self.stream.block if isinstance(self.stream, OrthogonalStream) else None
 
     def noise(self, start: int, stop: int) -> Tensor:
         """Canonical noise of draws ``start .. stop-1``, ``(B, stop-start, d)``."""

@@ -401,7 +401,7 @@ class SmoothHess(GradientAttribution):
         )
         tracking = None
         if return_error:
-            independent = sampler.stream.block if sampling == "orthogonal" else dim
+            independent = sampler.independent_length or dim
             tracking = Tracking(group_length(independent, draws), tolerance, min_groups=2 * MIN_GROUPS)
             if tolerance is not None and n_samples_batch_size is None:
                 # Small chunks, so that examples stop soon after reaching the tolerance.

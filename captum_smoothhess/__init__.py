@@ -30,7 +30,7 @@ from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_k
 from .layer import LayerSmoothHess, NeuronSmoothHess
 from .noise_tunnel import KernelNoiseTunnel
 from .noisegrad import FusionGrad, NoiseGrad
-from .smoothhess import SmoothHess
+from .smoothhess import SmoothHess, SmoothHessError
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "Rect",
     "Sigmoid",
     "SmoothHess",
+    "SmoothHessError",
     "SmoothHessFactors",
     "TopPairs",
     "__version__",

@@ -14,6 +14,7 @@ example are contiguous).
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, Dict, Iterator, Tuple
 
 import torch
@@ -123,6 +124,29 @@ class Evaluator:
         """The scalar of every row of ``parts`` (``B * copies`` rows), shape ``(B * copies,)``."""
         raise NotImplementedError
 
+    def subset(self, index: Tensor) -> Evaluator:
+        """This evaluator for the examples ``index`` of the batch only (their rows of every argument).
+
+        Used when examples leave the batch (``tolerance``): the inputs, the
+        per-example targets and the batch-first additional forward arguments
+        keep the rows ``index``; everything else is shared.
+        """
+        out = copy.copy(self)
+        rows = index.tolist()
+        batch = self.inputs[0].shape[0]
+        out.inputs = tuple(inp[index] for inp in self.inputs)
+        if self.afa is not None:
+            out.afa = tuple(
+                a[index.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch else a
+                for a in self.afa
+            )
+        out._expanded = {}
+        out._subset_fields(index, rows, batch)
+        return out
+
+    def _subset_fields(self, index: Tensor, rows: list, batch: int) -> None:
+        """Subclasses subset their own per-example fields (e.g. the target)."""
+
     def __call__(self, points: Tensor) -> Tensor:
         """Gradients at ``points`` of shape ``(B, r, d)``; returns ``(B, r, d)``."""
         batch, copies, dim = points.shape
@@ -139,6 +163,15 @@ class Evaluator:
                 "check the function's domain and dtype)"
             )
         return grad.reshape(batch, copies, dim)
+
+
+def _subset_rows(value: Any, index: Tensor, rows: list, batch: int) -> Any:
+    """Rows ``index`` of a per-example value (a batch-first tensor or a list of ``batch``), else as is."""
+    if isinstance(value, Tensor):
+        return value[index.to(value.device)] if value.dim() > 0 and value.shape[0] == batch else value
+    if isinstance(value, list) and len(value) == batch:
+        return [value[i] for i in rows]
+    return value
 
 
 class GradientEvaluator(Evaluator):
@@ -161,6 +194,12 @@ class GradientEvaluator(Evaluator):
         super().__init__(forward_func, inputs, additional_forward_args)
         self.target = target
         self._targets: Dict[int, TargetType] = {}
+
+    def _subset_fields(self, index: Tensor, rows: list, batch: int) -> None:
+        # A tuple target is one multi-index for all examples; a list or tensor is per example.
+        if not isinstance(self.target, tuple):
+            self.target = _subset_rows(self.target, index, rows, batch)
+        self._targets = {}
 
     def _scalars(self, parts: Tuple[Tensor, ...], copies: int) -> Tensor:
         if copies not in self._targets:
@@ -194,6 +233,9 @@ class LossGradientEvaluator(Evaluator):
         super().__init__(forward_func, inputs, additional_forward_args)
         self.loss_func = loss_func
         self.target = target
+
+    def _subset_fields(self, index: Tensor, rows: list, batch: int) -> None:
+        self.target = self.target[index.to(self.target.device)]
 
     def _scalars(self, parts: Tuple[Tensor, ...], copies: int) -> Tensor:
         out = _run_forward(self.forward_func, parts, None, self._expanded_afa(copies))

@@ -12,8 +12,12 @@
   gradients at those points into ``(scores, gradient terms)`` pairs, the two
   factors of the Stein estimate ``H = (1/eps) E[s(u) grad f(x + eps u)^T]``.
   :class:`PlainSampler` (one gradient call per draw) and
-  :class:`AntitheticSampler` (the pair ``u, -u``) are the two of today; a new
-  sampler is one more subclass, and the estimator loop does not change.
+  :class:`AntitheticSampler` (the pair ``u, -u``) combine the gradients; where
+  the noise comes from is the sampler's stream: :class:`NoiseStream` (iid
+  draws) or :class:`OrthogonalStream` (blocks of mutually orthogonal
+  directions of a Haar-random rotation with independent radii, for the
+  rotation-invariant kernels), so a new kind of noise is one more stream, and
+  the estimator loop does not change.
 * :func:`chunks` / :func:`default_chunk` plan the chunks lazily, so memory
   does not grow with the number of samples.
 """
@@ -22,13 +26,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Dict, Iterator, Optional, Tuple, Type
+from typing import ClassVar, Dict, Iterator, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 
 from ._captum import progress
-from .kernels import Kernel
+from .kernels import Gaussian, Kernel
 
 _MASK64 = (1 << 64) - 1
 # Elements of noise drawn per block; fixes the block length for a given (B, d, n).
@@ -37,6 +41,11 @@ _BLOCK_ELEMENTS = 1 << 20
 _MAX_WORKERS = 4
 # Default budget of perturbed input elements evaluated in one chunk.
 _CHUNK_ELEMENTS = 1 << 24
+# Elements of one example's orthogonal block (directions x d): caps the block length at large d.
+_ORTHOGONAL_ELEMENTS = 1 << 25
+
+Sampling = Literal["orthogonal", "iid"]
+SAMPLINGS = ("orthogonal", "iid")
 
 
 def seed_from(generator: Optional[torch.Generator]) -> int:
@@ -89,14 +98,23 @@ class NoiseStream:
         self.seed = seed
         self.device = device
         self.dtype = dtype
-        cap = 256 if total is None else total
-        # A power of two, so that chunks of power-of-two sizes are views of one block.
-        fit = max(1, _BLOCK_ELEMENTS // max(1, batch * dim))
-        self.block = max(1, min(cap, 1 << (fit.bit_length() - 1)))
+        self.total = total
+        self.block = self._block_length()
         self._n_blocks = None if total is None else -(-total // self.block)
         # CPU generators are sequential; independent blocks are drawn by several threads.
         self._workers = 1 if self.device.type != "cpu" else max(1, min(_MAX_WORKERS, torch.get_num_threads()))
+        self._workers = min(self._workers, self._max_workers())
         self._cache: Dict[int, Tensor] = {}
+
+    def _block_length(self) -> int:
+        """Samples per block: a power of two within the element budget (fewer if ``total`` is small)."""
+        cap = 256 if self.total is None else self.total
+        # A power of two, so that chunks of power-of-two sizes are views of one block.
+        fit = max(1, _BLOCK_ELEMENTS // max(1, self.batch * self.dim))
+        return max(1, min(cap, 1 << (fit.bit_length() - 1)))
+
+    def _max_workers(self) -> int:
+        return _MAX_WORKERS
 
     def _draw(self, k: int) -> Tensor:
         gen = torch.Generator(device=self.device)
@@ -133,6 +151,128 @@ class NoiseStream:
         u = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         offset = start - first * self.block
         return u[:, offset : offset + (stop - start)]
+
+
+def rotation_invariant(kernel: Kernel) -> bool:
+    """Whether ``kernel``'s density depends on ``|u|`` only (Gaussian, or any ``radial`` kernel)."""
+    return isinstance(kernel, Gaussian) or bool(kernel.radial)
+
+
+def resolve_sampling(sampling: Optional[str], kernel: Kernel) -> str:
+    """The sampling to use: ``"orthogonal"`` by default for rotation-invariant kernels, else ``"iid"``.
+
+    Raises a ``ValueError`` naming ``sampling`` for an unknown value, or for
+    ``"orthogonal"`` with a product kernel (its coordinates are independent
+    but not rotation-invariant, so rotated samples would not keep its law).
+    """
+    invariant = rotation_invariant(kernel)
+    if sampling is None:
+        return "orthogonal" if invariant else "iid"
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == "orthogonal" and not invariant:
+        raise ValueError(
+            f"sampling: 'orthogonal' needs a rotation-invariant kernel (Gaussian or Poisson); "
+            f"{kernel!r} is a product kernel, whose samples lose their law when rotated: use sampling='iid'"
+        )
+    return sampling
+
+
+def orthogonal_block_length(dim: int) -> int:
+    """Draws per orthogonal block: ``d`` (a full rotation), fewer at very large ``d`` to bound memory."""
+    return max(1, min(dim, _ORTHOGONAL_ELEMENTS // max(1, dim)))
+
+
+class OrthogonalStream(NoiseStream):
+    """Rotation-invariant kernel noise in blocks of mutually orthogonal directions.
+
+    Block ``k`` covers draws ``k L .. k L + L - 1`` (``L`` =
+    :func:`orthogonal_block_length`, which is ``d`` up to image sizes). For
+    each example its directions are the first columns of the Haar-random
+    orthogonal matrix of the QR factorisation (signs corrected so that ``R``
+    has a positive diagonal) of a Gaussian matrix drawn from a generator
+    seeded by ``(seed, k)``; only the ``d x m`` directions drawn are
+    orthogonalised, never a ``d x d`` matrix unless ``m = d``. Each direction
+    is scaled by the norm of an independent kernel sample (``chi_d`` for the
+    Gaussian; for the Poisson kernel ``|g| / |z|``), so every draw has exactly
+    the kernel's law and the estimator stays unbiased, while the directions of
+    one block, being orthogonal, cancel each other's error. Blocks are
+    independent; each example has its own rotations.
+    """
+
+    def _block_length(self) -> int:
+        return orthogonal_block_length(self.dim)
+
+    def _max_workers(self) -> int:
+        # Small blocks are drawn faster in this thread than a pool can be started; a block is
+        # B x L x d, so look ahead only as far as a bounded memory allows.
+        elements = self.batch * self.block * self.dim
+        return 1 if elements < 1 << 16 else max(1, (4 * _BLOCK_ELEMENTS) // elements)
+
+    def _draw(self, k: int) -> Tensor:
+        m = self.block if self.total is None else min(self.block, self.total - k * self.block)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_mix(self.seed, k))
+        b, d = self.batch, self.dim
+        # QR has no half-precision kernels: such blocks are drawn in float32 and rounded.
+        work = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        gauss = torch.randn(b, d, m, generator=gen, device=self.device, dtype=work)
+        q, r = torch.linalg.qr(gauss)
+        sign = torch.sign(torch.diagonal(r, dim1=1, dim2=2))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        directions = (q * sign[:, None, :]).transpose(1, 2)
+        if isinstance(self.kernel, Gaussian):
+            # |N(0, I_d)| is chi_d: the square root of twice a Gamma(d/2) draw.
+            shape = torch.full((b, m), d / 2, device=self.device, dtype=work)
+            radius = (2 * torch._standard_gamma(shape, generator=gen)).sqrt()
+        else:
+            radius = self.kernel.sample(b * m, d, generator=gen, device=self.device, dtype=work)
+            radius = radius.norm(dim=-1).reshape(b, m)
+        return (directions * radius[..., None]).to(self.dtype).contiguous()
+
+
+class _AntitheticTake(NoiseStream):
+    """Antithetic pairs: sample ``2 i`` is draw ``i`` of the stream, sample ``2 i + 1`` its negative."""
+
+    def take(self, start: int, stop: int) -> Tensor:
+        first, last = start // 2, (stop - 1) // 2
+        base = super().take(first, last + 1)
+        index = torch.arange(start, stop, device=base.device)
+        sign = 1.0 - 2.0 * (index % 2).to(base.dtype)
+        return base[:, index // 2 - first] * sign[:, None]
+
+
+class _AntitheticStream(_AntitheticTake):
+    """Antithetic pairs of iid draws."""
+
+
+class _OrthogonalAntitheticStream(_AntitheticTake, OrthogonalStream):
+    """Antithetic pairs of orthogonal draws."""
+
+
+TUNNEL_SAMPLINGS = ("iid", "orthogonal", "antithetic", "orthogonal_antithetic")
+
+
+def noise_stream(
+    kernel: Kernel,
+    batch: int,
+    dim: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    sampling: str = "iid",
+) -> NoiseStream:
+    """A stream of samples for a noise tunnel: iid, orthogonal blocks, antithetic pairs, or both."""
+    if sampling not in TUNNEL_SAMPLINGS:
+        raise ValueError(f"sampling: expected one of {TUNNEL_SAMPLINGS}, got {sampling!r}")
+    orthogonal = sampling.startswith("orthogonal")
+    if orthogonal:
+        resolve_sampling("orthogonal", kernel)
+    if sampling.endswith("antithetic"):
+        kind: Type[NoiseStream] = _OrthogonalAntitheticStream if orthogonal else _AntitheticStream
+    else:
+        kind = OrthogonalStream if orthogonal else NoiseStream
+    return kind(kernel, batch, dim, seed, device, dtype)
 
 
 def default_chunk(n: int, batch: int, dim: int, copies: int = 1) -> int:
@@ -173,6 +313,8 @@ class Sampler(ABC):
         device: Device of the noise.
         dtype: Floating dtype of the noise.
         draws: Number of draws that will be taken, if known.
+        sampling: ``"iid"`` (a :class:`NoiseStream`) or ``"orthogonal"`` (an
+            :class:`OrthogonalStream`, for rotation-invariant kernels).
     """
 
     #: Gradient calls per draw.
@@ -187,9 +329,16 @@ class Sampler(ABC):
         device: torch.device,
         dtype: torch.dtype,
         draws: Optional[int] = None,
+        sampling: str = "iid",
     ) -> None:
         self.kernel = kernel
-        self.stream = NoiseStream(kernel, batch, dim, seed, device, dtype, draws)
+        stream = OrthogonalStream if resolve_sampling(sampling, kernel) == "orthogonal" else NoiseStream
+        self.stream = stream(kernel, batch, dim, seed, device, dtype, draws)
+
+    @property
+    def independent_length(self) -> Optional[int]:
+        """Draws of one orthogonal block (independent of the others); ``None`` for iid draws."""
+        return self.stream.block if isinstance(self.stream, OrthogonalStream) else None
 
     def noise(self, start: int, stop: int) -> Tensor:
         """Canonical noise of draws ``start .. stop-1``, ``(B, stop-start, d)``."""

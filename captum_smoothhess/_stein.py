@@ -11,15 +11,25 @@ samples are split across the ranks of a ``torch.distributed`` process group
 by chunk, and the sums all-reduced. Memory is one chunk, whatever the number
 of samples. SmoothHess, CASO's SmoothHess curvature and the layer methods are
 shells around this loop, each with its own evaluator.
+
+With :class:`Tracking` (``return_error`` / ``tolerance``) the chunks are cut
+at the boundaries of independent groups of draws (the ranks then take whole
+groups), the reduction closes each group into its batch-means sums
+(:mod:`~captum_smoothhess._errors`), and with a tolerance the examples whose
+estimated relative error is small enough leave the batch: the evaluator,
+the noise rows and the reduction then work on the remaining rows only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from torch import Tensor
 
+from ._captum import progress
+from ._errors import GroupStats
 from ._evaluators import Evaluator
 from ._sampling import Sampler, chunks, default_chunk
 from ._validation import _check_positive_int
@@ -35,11 +45,73 @@ class Reduction(Protocol):
         """Sum the partial results of the ranks of ``group`` in place."""
 
 
+class TrackedReduction(Reduction, Protocol):
+    """A reduction that also keeps batch-means sums over groups of draws (for the reported error)."""
+
+    def select(self, index: Optional[Tensor]) -> None:
+        """Route the next chunks to rows ``index`` of the batch (all rows if ``None``)."""
+
+    def close_group(self, draws: int) -> None:
+        """End the current group of ``draws`` draws of the selected rows."""
+
+    def relative(self) -> Tensor:
+        """``(B,)`` estimated relative error of each example so far."""
+
+
+@dataclass
+class Tracking:
+    """Groups of draws for the reported error, and an optional tolerance to stop at.
+
+    ``group`` is the length (draws) of an independent group; ``tolerance``
+    stops an example once its estimated relative error is at most it, after
+    at least ``min_groups`` groups. The loop fills ``gradient`` (batch-means
+    sums of the per-draw mean gradient), ``draws`` (``(B,)`` draws used) and
+    ``errors`` (the largest estimated error of the active examples, after
+    each group).
+    """
+
+    group: int
+    tolerance: Optional[float] = None
+    min_groups: int = 4
+    gradient: Optional[GroupStats] = None
+    draws: Optional[Tensor] = None
+    errors: List[float] = field(default_factory=list)
+
+
 def chunk_size(n_samples_batch_size: Optional[int], draws: int, batch: int, dim: int, copies: int) -> int:
     """Draws per chunk: from the user's ``n_samples_batch_size`` (gradient calls), or a memory budget."""
     if n_samples_batch_size is None:
         return default_chunk(draws, batch, dim, copies)
     return max(1, _check_positive_int(n_samples_batch_size, "n_samples_batch_size") // copies)
+
+
+def _group_chunks(draws: int, group: int, chunk: int) -> Iterator[Tuple[int, int, int]]:
+    """``(start, stop, owner)`` chunks that never split a group across ranks.
+
+    A chunk of at least one group holds whole groups (its length rounded down
+    to a multiple of ``group``) and is owned by its index; a shorter chunk
+    lies inside one group and is owned by the group's index.
+    """
+    if chunk >= group:
+        size = chunk // group * group
+        for i, start in enumerate(range(0, draws, size)):
+            yield start, min(draws, start + size), i
+        return
+    for k, g_start in enumerate(range(0, draws, group)):
+        g_stop = min(draws, g_start + group)
+        for start in range(g_start, g_stop, chunk):
+            yield start, min(g_stop, start + chunk), k
+
+
+def _pieces(start: int, stop: int, group: int, draws: int) -> Iterator[Tuple[int, int, int]]:
+    """``(offset, stop offset, length of the group it closes or 0)``: a chunk cut at group ends."""
+    at = start
+    while at < stop:
+        g_start = at // group * group
+        g_stop = min(draws, g_start + group)
+        end = min(stop, g_stop)
+        yield at - start, end - start, g_stop - g_start if end == g_stop else 0
+        at = end
 
 
 def stein_estimate(
@@ -53,29 +125,126 @@ def stein_estimate(
     group: Optional[Any] = None,
     show_progress: bool = False,
     desc: str = "SmoothHess",
+    tracking: Optional[Tracking] = None,
 ) -> Tensor:
     """Stream ``draws`` draws in chunks of ``chunk`` through ``evaluate`` into ``reduction``.
 
     Returns the sum over all gradient calls of the gradients, ``(B, d)`` (the
     smoothed gradient times the number of calls). With a ``group`` the ranks
-    take the chunks round-robin and the sums are all-reduced, so every rank
-    ends with the one-process result.
+    take the chunks round-robin (whole error groups with ``tracking``) and the
+    sums are all-reduced, so every rank ends with the one-process result.
+    With ``tracking`` the reduction must be a :class:`TrackedReduction`.
     """
     world, rank = (1, 0)
     if group is not None:
         world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     grad_sum = torch.zeros_like(x)
-    for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
-        if i % world != rank:
-            continue
-        u = sampler.noise(start, stop)
-        grads = evaluate(sampler.points(x, eps, u))
-        grad_sum += grads.sum(1)
-        reduction.add(*sampler.pairs(u, grads))
+    if tracking is None:
+        for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
+            if i % world != rank:
+                continue
+            u = sampler.noise(start, stop)
+            grads = evaluate(sampler.points(x, eps, u))
+            grad_sum += grads.sum(1)
+            reduction.add(*sampler.pairs(u, grads))
+    else:
+        bar = progress(total=-(-draws // tracking.group), desc=desc) if show_progress else None
+        try:
+            _tracked_loop(
+                x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, world, rank, bar
+            )
+        finally:
+            if bar is not None:
+                bar.close()
     if group is not None:
         reduction.all_reduce(group)
         torch.distributed.all_reduce(grad_sum, group=group)
+        if tracking is not None:
+            assert tracking.gradient is not None
+            tracking.gradient.all_reduce(group)
+    if tracking is not None:
+        assert tracking.gradient is not None
+        tracking.draws = tracking.gradient.draws
     return grad_sum
+
+
+def _tracked_loop(
+    x: Tensor,
+    eps: Tensor,
+    evaluate: Evaluator,
+    sampler: Sampler,
+    draws: int,
+    chunk: int,
+    reduction: Any,
+    tracking: Tracking,
+    grad_sum: Tensor,
+    world: int,
+    rank: int,
+    bar: Any,
+) -> None:
+    """The loop with groups: each chunk's pairs are cut at group ends, and examples may leave.
+
+    An example that reaches the tolerance at the end of a group stops there:
+    the later groups of a chunk already evaluated are not added to it, so the
+    result does not depend on the chunk size.
+    """
+    copies = sampler.copies
+    tracking.gradient = stats = GroupStats(x)
+    batch = x.shape[0]
+    active: Optional[Tensor] = None  # rows still sampled; None: all
+    x_a, evaluate_a = x, evaluate
+    for start, stop, owner in _group_chunks(draws, tracking.group, chunk):
+        if owner % world != rank:
+            continue
+        u = sampler.noise(start, stop)
+        if active is not None:
+            u = u[active]
+        grads = evaluate_a(sampler.points(x_a, eps, u))
+        scores, terms = sampler.pairs(u, grads)
+        # Per draw: the sum of its gradient calls.
+        per_draw = grads.reshape(grads.shape[0], copies, stop - start, -1).sum(1)
+        rows = torch.arange(batch, device=x.device) if active is None else active
+        live = None  # positions in this chunk's rows of the examples still sampled
+        for lo, hi, closed in _pieces(start, stop, tracking.group, draws):
+            take = slice(lo, hi)
+            g_part, s_part, t_part = per_draw[:, take], scores[:, take], terms[:, take]
+            if live is not None:
+                g_part, s_part, t_part = g_part[live], s_part[live], t_part[live]
+            part_sum = g_part.sum(1)
+            if active is None:
+                grad_sum += part_sum
+            else:
+                grad_sum.index_add_(0, active, part_sum)
+            stats.add(part_sum / copies, active)
+            reduction.add(s_part, t_part)
+            if not closed:
+                continue
+            stats.close(closed, active)
+            reduction.close_group(closed)
+            if tracking.tolerance is None and bar is None:
+                continue
+            current = reduction.relative()[rows if live is None else rows[live]]
+            worst = float(current.max())
+            tracking.errors.append(worst)
+            if bar is not None:
+                bar.set_postfix_str(f"error {worst:.3g}")
+                bar.update()
+            done_groups = (start + hi) // tracking.group
+            if tracking.tolerance is None or done_groups < tracking.min_groups:
+                continue
+            # NaN (fewer than two groups, or a zero estimate so far) is never done.
+            keep = ~(current <= tracking.tolerance)
+            if bool(keep.all()):
+                continue
+            base = torch.arange(rows.shape[0], device=x.device) if live is None else live
+            live = base[keep]
+            active = rows[live]
+            if active.numel() == 0:
+                return
+            reduction.select(active)
+        if live is not None:
+            assert active is not None
+            x_a, evaluate_a = x[active], evaluate.subset(active)
 
 
 def resolve_group(process_group: Optional[Any]) -> Optional[Any]:

@@ -46,7 +46,7 @@ from ._captum import (
 from ._evaluators import LossFunc, LossGradientEvaluator, autograd_allowed, check_losses
 from ._layout import TensorOrTuple, _flatten, _format_flat, _unflatten
 from ._model import batch_dependent_layers, private_if_training
-from ._sampling import seed_from
+from ._sampling import resolve_sampling, seed_from
 from ._validation import (
     StdevsType,
     _check_generator,
@@ -270,6 +270,7 @@ class _LossModel:
         n_samples: int,
         n_samples_batch_size: Optional[int],
         generator: Optional[torch.Generator],
+        sampling: Optional[str] = None,
     ) -> Quadratic:
         """The SmoothHess estimate of the loss, held as sample factors, and the smoothed gradient."""
         from .smoothhess import SmoothHess
@@ -292,6 +293,7 @@ class _LossModel:
             show_progress=False,
             output="factors",
             group=None,
+            sampling=resolve_sampling(sampling, kernel),
         )
         g = _flatten(factors.gradient)
         return _FactorsQuadratic(g, factors._scores, factors._diffs, factors._row_scale, factors.count)
@@ -386,6 +388,7 @@ class CASO(_LossSaliency):
         n_samples: int = 1000,
         n_samples_batch_size: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        sampling: Optional[str] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Dict[str, Tensor]]]:
         r"""The CASO perturbation of every example of ``inputs``.
 
@@ -425,6 +428,9 @@ class CASO(_LossSaliency):
             n_samples: Gradient samples of the ``"smoothhess"`` curvature.
             n_samples_batch_size: Samples per pass for ``"smoothhess"``.
             generator: ``torch.Generator`` for the ``"smoothhess"`` noise.
+            sampling: Sampling of the ``"smoothhess"`` curvature, as in
+                :meth:`SmoothHess.attribute <captum_smoothhess.SmoothHess.attribute>`:
+                ``"orthogonal"`` (default for Gaussian and Poisson) or ``"iid"``.
 
         Returns:
             The signed perturbation ``delta`` shaped like ``inputs`` (a tensor
@@ -472,7 +478,7 @@ class CASO(_LossSaliency):
                 quad = model.autograd()
             else:
                 quad = model.smoothhess(
-                    get_kernel(kernel), stdevs, n_samples, n_samples_batch_size, generator
+                    get_kernel(kernel), stdevs, n_samples, n_samples_batch_size, generator, sampling
                 )
 
             g = quad.g

@@ -19,6 +19,7 @@ from typing import Any, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._errors import GroupStats, SmoothHessError, relative_error
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
 from ._pairs import top_pairs as _top_pairs
 from ._validation import _format_feature_mask
@@ -45,37 +46,81 @@ class _HessianSums:
     ``S`` holds raw kernel scores; the per-feature factor ``1/eps`` scales the
     rows of the sum once at the end (a ``d x d`` operation instead of one per
     sample), or the scores before grouping when a mask mixes features.
+
+    With ``copies`` given (``return_error`` / ``tolerance``), the sums are
+    kept per group of draws instead (:meth:`close_group`), in batch-means
+    form, and chunks may go to a subset of the rows (:meth:`select`).
     """
 
     def __init__(
-        self, batch: int, dim: int, row_scale: Tensor, mask: Optional[Tensor], n_groups: int
+        self,
+        batch: int,
+        dim: int,
+        row_scale: Tensor,
+        mask: Optional[Tensor],
+        n_groups: int,
+        copies: Optional[int] = None,
     ) -> None:
         self.row_scale = row_scale
         self.mask = mask
         self.n_groups = n_groups
         size = n_groups if mask is not None else dim
         self.total = row_scale.new_zeros(batch, size, size)
+        self.copies = copies
+        self.stats = None if copies is None else GroupStats(self.total)
+        self.index: Optional[Tensor] = None
 
     def _group(self, t: Tensor) -> Tensor:
         assert self.mask is not None
         out = t.new_zeros(*t.shape[:-1], self.n_groups)
-        if self.mask.shape[0] == 1:
-            return out.index_add_(-1, self.mask[0], t)
-        return out.scatter_add_(-1, self.mask[:, None, :].expand_as(t), t)
+        mask = self.mask if self.index is None or self.mask.shape[0] == 1 else self.mask[self.index]
+        if mask.shape[0] == 1:
+            return out.index_add_(-1, mask[0], t)
+        return out.scatter_add_(-1, mask[:, None, :].expand_as(t), t)
 
     def add(self, scores: Tensor, diffs: Tensor) -> None:
-        """Add one chunk, ``scores`` and ``diffs`` both ``(B, c, d)``."""
+        """Add one chunk, ``scores`` and ``diffs`` both ``(B, c, d)`` (the selected rows)."""
         if self.mask is not None:
             scores, diffs = self._group(scores * self.row_scale), self._group(diffs)
-        self.total.baddbmm_(scores.transpose(1, 2), diffs)
+        if self.stats is None:
+            self.total.baddbmm_(scores.transpose(1, 2), diffs)
+        else:
+            self.stats.add(torch.bmm(scores.transpose(1, 2), diffs), self.index)
+
+    def select(self, index: Optional[Tensor]) -> None:
+        self.index = index
+
+    def _finish(self, t: Tensor) -> Tensor:
+        """``sym(diag(1/eps) t) / copies``: a group's raw sum as a sum of per-draw estimates."""
+        assert self.copies is not None
+        h = t * (self.row_scale[:, None] / self.copies) if self.mask is None else t / self.copies
+        return (h + h.transpose(1, 2)).mul_(0.5)
+
+    def close_group(self, draws: int) -> None:
+        assert self.stats is not None
+        self.stats.close(draws, self.index, self._finish)
+
+    def relative(self) -> Tensor:
+        assert self.stats is not None
+        return relative_error(self.stats.mean(), self.stats.variance())
 
     def all_reduce(self, group: Any) -> None:
-        torch.distributed.all_reduce(self.total, group=group)
+        if self.stats is not None:
+            self.stats.all_reduce(group)
+        else:
+            torch.distributed.all_reduce(self.total, group=group)
 
     def result(self, count: int) -> Tensor:
-        """The symmetrised mean ``sym(diag(1/eps) sum) / count``."""
+        """The symmetrised mean ``sym(diag(1/eps) sum) / count`` (the groups' mean when kept per group)."""
+        if self.stats is not None:
+            return self.stats.mean()
         h = self.total * (self.row_scale[:, None] / count) if self.mask is None else self.total / count
         return (h + h.transpose(1, 2)).mul_(0.5)
+
+    def stderr(self) -> Tensor:
+        """Per-entry standard errors of :meth:`result`, from the groups."""
+        assert self.stats is not None
+        return self.stats.variance().sqrt()
 
 
 class _Weighted:
@@ -89,13 +134,23 @@ class _Weighted:
 
     def __init__(self, inner: Any, weight: Tensor) -> None:
         self.inner = inner
-        self.weight = weight[:, None, :]
+        self.full = weight[:, None, :]
+        self.weight = self.full
 
     def add(self, scores: Tensor, terms: Tensor) -> None:
         self.inner.add(scores * self.weight, terms * self.weight)
 
     def all_reduce(self, group: Any) -> None:
         self.inner.all_reduce(group)
+
+    def select(self, index: Optional[Tensor]) -> None:
+        """Only the examples ``index`` are sampled from now on (``tolerance``)."""
+        self.weight = self.full if index is None else self.full.index_select(0, index)
+        self.inner.select(index)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (group statistics, results) is the inner reduction's.
+        return getattr(self.inner, name)
 
 
 class _KeptFactors:
@@ -104,6 +159,16 @@ class _KeptFactors:
     def __init__(self) -> None:
         self.scores: List[Tensor] = []
         self.diffs: List[Tensor] = []
+
+    def select(self, index: Optional[Tensor]) -> None:
+        raise ValueError("tolerance: examples cannot leave the batch with output='factors'")
+
+    def close_group(self, draws: int) -> None:
+        """The groups are replayed from the kept factors by :meth:`SmoothHessFactors.error`."""
+
+    def relative(self) -> Tensor:
+        """Unknown while sampling (computed afterwards by :meth:`SmoothHessFactors.error`)."""
+        return torch.full((self.scores[0].shape[0],), float("nan"), dtype=self.scores[0].dtype)
 
     def add(self, scores: Tensor, diffs: Tensor) -> None:
         self.scores.append(scores)
@@ -163,7 +228,13 @@ class SmoothHessFactors:
         gradient: TensorOrTuple,
         inputs: Tuple[Tensor, ...],
         is_tuple: bool,
+        error_group: Optional[int] = None,
+        copies: int = 2,
+        gradient_stderr: Optional[TensorOrTuple] = None,
     ) -> None:
+        self._error_group = error_group
+        self._copies = copies
+        self._gradient_stderr = gradient_stderr
         self._scores = scores
         self._diffs = diffs
         self._row_scale = row_scale
@@ -203,6 +274,32 @@ class SmoothHessFactors:
         for s, d in zip(self._scores, self._diffs):
             sums.add(s, d)
         return _split_hessian(sums.result(self.count), self._inputs, self._is_tuple)
+
+    def error(self, feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None) -> SmoothHessError:
+        """The estimated accuracy, as ``return_error=True`` gives it for the dense (or grouped) result.
+
+        The independent groups of draws are replayed from the kept factors
+        (one ``d x d``, or ``G x G`` with ``feature_mask``, sum per group).
+        Available when the factors were computed with ``return_error=True``.
+        """
+        if self._error_group is None:
+            raise ValueError("return_error: pass return_error=True to attribute() to get the error")
+        mask, n_groups = (
+            (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, self._inputs)
+        )
+        sums = _HessianSums(self._batch, self._dim, self._row_scale, mask, n_groups, copies=self._copies)
+        s_all, d_all = torch.cat(self._scores, dim=1), torch.cat(self._diffs, dim=1)
+        draws = s_all.shape[1]
+        for start in range(0, draws, self._error_group):
+            stop = min(draws, start + self._error_group)
+            sums.add(s_all[:, start:stop], d_all[:, start:stop])
+            sums.close_group(stop - start)
+        stderr = sums.stderr()
+        out: HessianType = (
+            stderr if mask is not None else _split_hessian(stderr, self._inputs, self._is_tuple)
+        )
+        calls = torch.full((self._batch,), self.count, dtype=torch.long)
+        return SmoothHessError(out, sums.relative(), calls, self._gradient_stderr)
 
     def group(self, feature_mask: Union[Tensor, Tuple[Tensor, ...]]) -> Tensor:
         """Group interactions ``M^T H M``, ``(B, G, G)``, from a Captum-style feature mask."""

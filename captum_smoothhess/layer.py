@@ -52,7 +52,7 @@ from ._validation import (
 )
 from .factors import SmoothHessFactors
 from .kernels import Gaussian, Kernel
-from .smoothhess import SmoothHess
+from .smoothhess import SmoothHess, _check_sampling
 
 __all__ = ["LayerSmoothHess", "NeuronSmoothHess"]
 
@@ -269,6 +269,9 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense", "factors"] = "dense",
         process_group: Optional[Any] = None,
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
         r"""Estimate the smoothed Hessian of the output with respect to the layer's activation.
 
@@ -302,6 +305,11 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             show_progress: Show a progress bar over sample chunks.
             output: ``"dense"`` or ``"factors"`` (as in SmoothHess).
             process_group: As in :meth:`SmoothHess.attribute`.
+            sampling: As in :meth:`SmoothHess.attribute` (``"orthogonal"`` by
+                default for the Gaussian and Poisson kernels).
+            return_error: As in :meth:`SmoothHess.attribute`: append a
+                :class:`~captum_smoothhess.SmoothHessError`.
+            tolerance: As in :meth:`SmoothHess.attribute`.
 
         Returns:
             A layer activation ``(B, *L)`` gives ``(B, *L, *L)``; a tuple
@@ -375,6 +383,9 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             show_progress=show_progress,
             output=output,
             process_group=process_group,
+            sampling=sampling,
+            return_error=return_error,
+            tolerance=tolerance,
         )
 
 
@@ -435,6 +446,9 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
         show_progress: bool = False,
         output: Literal["dense", "factors"] = "dense",
         process_group: Optional[Any] = None,
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
         r"""Estimate the smoothed Hessian of the selected unit with respect to the inputs.
 
@@ -457,6 +471,11 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             show_progress: Show a progress bar over sample chunks.
             output: ``"dense"`` or ``"factors"``.
             process_group: As in :meth:`SmoothHess.attribute`.
+            sampling: As in :meth:`SmoothHess.attribute` (``"orthogonal"`` by
+                default for the Gaussian and Poisson kernels).
+            return_error: As in :meth:`SmoothHess.attribute`: append a
+                :class:`~captum_smoothhess.SmoothHessError`.
+            tolerance: As in :meth:`SmoothHess.attribute`.
 
         Returns:
             As :meth:`SmoothHess.attribute`: ``(B, *S, *S)`` for a tensor
@@ -513,6 +532,9 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             show_progress=show_progress,
             output=output,
             process_group=process_group,
+            sampling=sampling,
+            return_error=return_error,
+            tolerance=tolerance,
         )
 
 
@@ -533,12 +555,16 @@ def _estimate(
     show_progress: bool,
     output: str,
     process_group: Optional[Any],
+    sampling: Optional[str],
+    return_error: bool,
+    tolerance: Optional[float],
 ) -> Any:
     """The shared tail of both methods: the sampling arguments checked on ``layout``, then the core."""
     eps = _format_stdevs(stdevs, layout)
     mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
     group = resolve_group(process_group)
     _check_output_mode(output, mask, group)
+    scheme, tolerance = _check_sampling(core.kernel, sampling, tolerance, output, group)
     with autograd_allowed():
         return core._attribute(
             layout,
@@ -556,4 +582,7 @@ def _estimate(
             output,
             group,
             weight=weight,
+            sampling=scheme,
+            return_error=return_error or tolerance is not None,
+            tolerance=tolerance,
         )

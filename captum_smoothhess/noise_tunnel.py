@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ._captum import log_usage
 from ._layout import _sizes
-from ._sampling import NoiseStream, seed_from
+from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
 from ._validation import (
     StdevsType,
     _check_generator,
@@ -67,13 +67,16 @@ class _InputNoise:
     sample ``j`` does not depend on how the samples are partitioned.
     """
 
-    def __init__(self, kernel: Kernel, inputs: Tuple[Tensor, ...], std: Tensor, seed: int) -> None:
+    def __init__(
+        self, kernel: Kernel, inputs: Tuple[Tensor, ...], std: Tensor, seed: int, sampling: str = "iid"
+    ) -> None:
         dtype = inputs[0].dtype
         for inp in inputs[1:]:
             dtype = torch.promote_types(dtype, inp.dtype)
         self.std = std.to(dtype)
         self.sizes = _sizes(inputs)
-        self.stream = NoiseStream(kernel, inputs[0].shape[0], sum(self.sizes), seed, inputs[0].device, dtype)
+        batch, device = inputs[0].shape[0], inputs[0].device
+        self.stream = noise_stream(kernel, batch, sum(self.sizes), seed, device, dtype, sampling)
         self.offset = 0
 
     def add(self, inputs: Tuple[Tensor, ...], n: int) -> Tuple[Tensor, ...]:
@@ -195,10 +198,17 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             (``"gaussian"``, ``"poisson"``, ``"hyperbolic"``, ``"sigmoid"``,
             ``"rect"``). The radial Poisson kernel treats all features of one
             example, across the tensors of a tuple input, as one point.
+        sampling: ``"iid"`` (default; with the Gaussian kernel NoiseTunnel's
+            exact numbers), or an opt-in on the kernel path:
+            ``"orthogonal"`` (blocks of orthogonal directions with
+            independent radii, rotation-invariant kernels only),
+            ``"antithetic"`` (samples in pairs ``u, -u``) or
+            ``"orthogonal_antithetic"``. Every sample keeps the kernel's law.
 
     Raises:
         TypeError: ``attribution_method`` is not a Captum ``Attribution``.
-        ValueError: ``kernel`` is unknown.
+        ValueError: ``kernel`` is unknown; ``sampling`` unknown, or
+            orthogonal with a product kernel.
 
     Examples:
         >>> import torch
@@ -214,7 +224,11 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         torch.Size([2, 4])
     """
 
-    def __init__(self, attribution_method: Attribution, kernel: Union[Kernel, str] = Gaussian()) -> None:
+    def __init__(
+        self, attribution_method: Attribution, kernel: Union[Kernel, str] = Gaussian(), sampling: str = "iid"
+    ) -> None:
+        if sampling not in TUNNEL_SAMPLINGS:
+            raise ValueError(f"sampling: expected one of {TUNNEL_SAMPLINGS}, got {sampling!r}")
         if not isinstance(attribution_method, Attribution):
             raise TypeError(
                 "attribution_method: expected a Captum Attribution instance (e.g. "
@@ -222,6 +236,11 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             )
         super().__init__(attribution_method)
         self.kernel = get_kernel(kernel)
+        self.sampling = sampling
+        if sampling.startswith("orthogonal"):
+            noise_stream(
+                self.kernel, 1, 1, 0, torch.device("cpu"), torch.float32, sampling
+            )  # checks the kernel
 
     @log_usage()
     def attribute(
@@ -275,10 +294,11 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         std = _format_stdevs(stdevs, tupled, allow_zero=True)
         state = _CallState(generator=generator)
         plain = _plain_stdevs(stdevs, len(tupled))
-        if isinstance(self.kernel, Gaussian) and generator is None and plain is not None:
+        drop_in = self.sampling == "iid" and isinstance(self.kernel, Gaussian)
+        if drop_in and generator is None and plain is not None:
             state.captum_stdevs = plain
         else:
-            state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator))
+            state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator), self.sampling)
         with _call_state(self, state):
             return NoiseTunnel.attribute.__wrapped__(
                 self,

@@ -24,17 +24,19 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
+from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
 from ._model import private_if_training
-from ._sampling import sampler_class, seed_from
-from ._stein import chunk_size, distributed_seed, resolve_group, stein_estimate
+from ._sampling import resolve_sampling, sampler_class, seed_from
+from ._stein import Tracking, chunk_size, distributed_seed, resolve_group, stein_estimate
 from ._validation import (
     BaselinesType,
     StdevsType,
     _check_generator,
     _check_inputs,
     _check_n_samples,
+    _check_number,
     _check_output_mode,
     _format_baselines,
     _format_feature_mask,
@@ -43,7 +45,7 @@ from ._validation import (
 from .factors import SmoothHessFactors, _HessianSums, _KeptFactors, _Weighted
 from .kernels import Gaussian, Kernel, get_kernel
 
-__all__ = ["SmoothHess"]
+__all__ = ["SmoothHess", "SmoothHessError"]
 
 GradientType = TensorOrTuple
 OutputType = Literal["dense", "factors"]
@@ -109,6 +111,9 @@ class SmoothHess(GradientAttribution):
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
         baselines: BaselinesType = None,
+        sampling: Optional[str] = None,
+        return_error: Literal[False] = False,
+        tolerance: None = None,
     ) -> HessianType: ...
 
     @overload
@@ -129,6 +134,9 @@ class SmoothHess(GradientAttribution):
         output: Literal["dense"] = "dense",
         process_group: Optional[Any] = None,
         baselines: BaselinesType = None,
+        sampling: Optional[str] = None,
+        return_error: Literal[False] = False,
+        tolerance: None = None,
     ) -> Tuple[HessianType, TensorOrTuple]: ...
 
     @overload
@@ -149,6 +157,9 @@ class SmoothHess(GradientAttribution):
         output: Literal["factors"],
         process_group: Optional[Any] = None,
         baselines: BaselinesType = None,
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> SmoothHessFactors: ...
 
     @overload
@@ -168,7 +179,10 @@ class SmoothHess(GradientAttribution):
         output: str = "dense",
         process_group: Optional[Any] = None,
         baselines: BaselinesType = None,
-    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]: ...
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
+    ) -> Any: ...
 
     @log_usage()
     def attribute(
@@ -187,7 +201,10 @@ class SmoothHess(GradientAttribution):
         output: OutputType = "dense",
         process_group: Optional[Any] = None,
         baselines: BaselinesType = None,
-    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
+        sampling: Optional[str] = None,
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
+    ) -> Any:
         r"""Estimate the smoothed Hessian (feature interactions) at ``inputs``.
 
         Args:
@@ -248,19 +265,50 @@ class SmoothHess(GradientAttribution):
                 ``d x d``); the smoothed gradient is returned as
                 ``(x - b) * gradient``, the first-order term. ``None``
                 (default): no weighting.
+            sampling: ``"orthogonal"`` (the default for the rotation-invariant
+                kernels, Gaussian and Poisson): the canonical noise comes in
+                blocks of ``d`` mutually orthogonal directions (a Haar-random
+                rotation per example and block) with independent radii, so
+                each sample keeps the kernel's exact law (the estimate stays
+                unbiased) and the error variance at equal ``n_samples`` is
+                several times smaller once there are at least ``d`` pairs.
+                ``"iid"`` (the default, and the only choice, for the product
+                kernels) is the paper's estimator. Antithetic pairs apply on
+                top of either.
+            return_error: Append a
+                :class:`~captum_smoothhess.SmoothHessError` to the result:
+                per-entry standard errors, the estimated relative Frobenius
+                error and the gradient calls per example, and the smoothed
+                gradient's standard errors, from batch means over independent
+                blocks of the samples (no extra gradient call). The error is
+                calibrated when the draws fill at least 4 blocks of ``d``
+                (``n_samples >= 8 d`` with antithetic pairs); with fewer, the
+                blocks are split and the error, if orthogonal, is
+                conservative. With ``output="factors"``, use
+                :meth:`SmoothHessFactors.error` instead.
+            tolerance: Draw blocks of samples until every example's estimated
+                relative Frobenius error is at most ``tolerance`` (after at
+                least 8 blocks), ``n_samples`` being the cap; an example that is
+                done leaves the batch and costs no more gradient calls. The
+                progress bar shows the current largest estimated error. Not
+                with ``output="factors"`` or across processes.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
             for a tuple of ``k`` inputs a ``k x k`` nested tuple of blocks
             ``H[i][j]`` of shape ``(B, *S_i, *S_j)``; with ``feature_mask`` a
             tensor ``(B, G, G)``. With ``return_gradient=True``, a pair
-            ``(hessian, gradient)``, the gradient shaped like ``inputs``.
+            ``(hessian, gradient)``, the gradient shaped like ``inputs``. With
+            ``return_error=True`` (or a ``tolerance``) a last element, the
+            :class:`~captum_smoothhess.SmoothHessError`.
 
         Raises:
             ValueError: Non-positive ``stdevs``; ``n_samples`` < 1 or odd with
                 antithetic pairs; NaN/Inf inputs; a ``target`` the output does
                 not have or a non-scalar output without ``target``; a
-                ``feature_mask`` that does not fit the inputs.
+                ``feature_mask`` that does not fit the inputs; an unknown
+                ``sampling``, or ``"orthogonal"`` with a product kernel; a
+                non-positive ``tolerance``.
 
         Examples:
             >>> import torch
@@ -276,6 +324,10 @@ class SmoothHess(GradientAttribution):
             >>> groups = torch.tensor([0, 0, 1, 1, 2, 2])
             >>> sh.attribute(x, target=1, feature_mask=groups).shape
             torch.Size([3, 3, 3])
+            >>> hess, err = sh.attribute(x, target=1, stdevs=0.3, n_samples=100_000,
+            ...                          tolerance=0.1)
+            >>> bool((err.relative <= 0.1).all()), err.stderr.shape
+            (True, torch.Size([3, 6, 6]))
         """
         is_tuple = _is_tuple(inputs)
         inps = _format_tensor_into_tuples(inputs)
@@ -286,6 +338,7 @@ class SmoothHess(GradientAttribution):
         mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, inps)
         group = resolve_group(process_group)
         _check_output_mode(output, mask, group)
+        sampling, tolerance = _check_sampling(self.kernel, sampling, tolerance, output, group)
         forward = private_if_training(self.forward_func, "SmoothHess")
         with autograd_allowed():
             # One plain forward checks `target` and the output's shape up front.
@@ -311,6 +364,9 @@ class SmoothHess(GradientAttribution):
                 output,
                 group,
                 weight=weight,
+                sampling=sampling,
+                return_error=return_error or tolerance is not None,
+                tolerance=tolerance,
             )
 
     def _attribute(
@@ -330,6 +386,9 @@ class SmoothHess(GradientAttribution):
         output: str,
         group: Optional[Any],
         weight: Optional[Tensor] = None,
+        sampling: str = "iid",
+        return_error: bool = False,
+        tolerance: Optional[float] = None,
     ) -> Any:
         """The estimate at the validated, tuple-formatted ``inputs``, differentiated by ``evaluate``.
 
@@ -346,16 +405,67 @@ class SmoothHess(GradientAttribution):
         chunk = chunk_size(n_samples_batch_size, draws, batch, dim, sampler_type.copies)
         if group is not None:
             seed = distributed_seed(seed, group, x.device)
-        sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws)
+        sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws, sampling)
         inv_eps = 1.0 / eps
-        sums = _KeptFactors() if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
+        copies = sampler_type.copies if return_error else None
+        sums: Any = (
+            _KeptFactors()
+            if output == "factors"
+            else _HessianSums(batch, dim, inv_eps, mask, n_groups, copies)
+        )
         reduction = sums if weight is None else _Weighted(sums, weight)
-        grad_sum = stein_estimate(x, eps, evaluate, sampler, draws, chunk, reduction, group, show_progress)
+        tracking = None
+        if return_error:
+            independent = sampler.independent_length or dim
+            tracking = Tracking(group_length(independent, draws), tolerance, min_groups=2 * MIN_GROUPS)
+            if tolerance is not None and n_samples_batch_size is None:
+                # Small chunks, so that examples stop soon after reaching the tolerance.
+                chunk = min(chunk, max(tracking.group, 128 // sampler_type.copies))
+        grad_sum = stein_estimate(
+            x, eps, evaluate, sampler, draws, chunk, reduction, group, show_progress, tracking=tracking
+        )
         if weight is not None:
             grad_sum = grad_sum * weight
-        gradient = _format_flat(grad_sum / n, inputs, is_tuple)
+        calls = torch.full((batch,), n, dtype=torch.long, device=x.device)
+        grad_stderr: Optional[TensorOrTuple] = None
+        if tracking is not None:
+            assert tracking.gradient is not None and tracking.draws is not None
+            calls = (tracking.draws * sampler_type.copies).round().long()
+            spread = tracking.gradient.variance().sqrt()
+            grad_stderr = _format_flat(spread if weight is None else spread * weight.abs(), inputs, is_tuple)
+        gradient = _format_flat(grad_sum / calls[:, None].to(x.dtype), inputs, is_tuple)
         if isinstance(sums, _KeptFactors):
-            return SmoothHessFactors(sums.scores, sums.diffs, inv_eps, n, gradient, inputs, is_tuple)
+            return SmoothHessFactors(
+                sums.scores,
+                sums.diffs,
+                inv_eps,
+                n,
+                gradient,
+                inputs,
+                is_tuple,
+                None if tracking is None else tracking.group,
+                sampler_type.copies,
+                grad_stderr,
+            )
         hess = sums.result(n)
         out_h: HessianType = hess if mask is not None else _split_hessian(hess, inputs, is_tuple)
-        return (out_h, gradient) if return_gradient else out_h
+        result: Tuple[Any, ...] = (out_h, gradient) if return_gradient else (out_h,)
+        if tracking is not None:
+            stderr = sums.stderr()
+            out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
+            result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
+        return result if len(result) > 1 else result[0]
+
+
+def _check_sampling(
+    kernel: Kernel, sampling: Optional[str], tolerance: Optional[float], output: str, group: Optional[Any]
+) -> Tuple[str, Optional[float]]:
+    """The sampling scheme for ``kernel`` and a checked ``tolerance`` (dense, one process only)."""
+    if tolerance is not None:
+        tolerance = _check_number(tolerance, "tolerance", allow_zero=False)
+        if output == "factors" or group is not None:
+            raise ValueError(
+                "tolerance: examples leave the batch at different sample counts, which needs "
+                "output='dense' in one process (process_group=False)"
+            )
+    return resolve_sampling(sampling, kernel), tolerance

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from captum.attr import IntegratedGradients, Saliency
@@ -44,11 +44,31 @@ def _flat(out: object) -> List[Tensor]:
     raise TypeError(type(out).__name__)
 
 
-def _smoothhess_tuple() -> object:
+def _smoothhess_tuple(sampling: str = "iid") -> object:
     net = _net(5)
     x = _x(3, 5)
     return SmoothHess(lambda a, b: net(torch.cat([a, b], 1))).attribute(
-        (x[:, :2], x[:, 2:]), target=1, stdevs=(0.3, 0.5), n_samples=64, generator=_g(), return_gradient=True
+        (x[:, :2], x[:, 2:]),
+        target=1,
+        stdevs=(0.3, 0.5),
+        n_samples=64,
+        generator=_g(),
+        return_gradient=True,
+        sampling=sampling,
+    )
+
+
+def _caso_smoothhess(sampling: Optional[str]) -> object:
+    return CASO(_net()).attribute(
+        _x(),
+        target=1,
+        lambda1=0.005,
+        curvature="smoothhess",
+        stdevs=0.3,
+        n_samples=64,
+        generator=_g(),
+        return_info=True,
+        sampling=sampling,
     )
 
 
@@ -61,9 +81,10 @@ CASES: Dict[str, Callable[[], object]] = {
         n_samples_batch_size=20,
         generator=_g(),
         return_gradient=True,
+        sampling="iid",
     ),
     "smoothhess_iid_poisson": lambda: SmoothHess(_net(), kernel="poisson").attribute(
-        _x(), target=2, stdevs=0.3, n_samples=50, antithetic=False, generator=_g()
+        _x(), target=2, stdevs=0.3, n_samples=50, antithetic=False, generator=_g(), sampling="iid"
     ),
     "smoothhess_hyperbolic_mask": lambda: SmoothHess(_net(), kernel="hyperbolic").attribute(
         _x(),
@@ -82,7 +103,7 @@ CASES: Dict[str, Callable[[], object]] = {
     ),
     "smoothhess_tuple": _smoothhess_tuple,
     "smoothhess_factors": lambda: SmoothHess(_net()).attribute(
-        _x(), target=0, stdevs=0.4, n_samples=64, generator=_g(), output="factors"
+        _x(), target=0, stdevs=0.4, n_samples=64, generator=_g(), output="factors", sampling="iid"
     ),
     "kernel_noise_tunnel": lambda: KernelNoiseTunnel(Saliency(_net()), kernel="poisson").attribute(
         _x(), nt_samples=9, nt_samples_batch_size=4, stdevs=0.2, target=0, abs=False, generator=_g()
@@ -98,16 +119,37 @@ CASES: Dict[str, Callable[[], object]] = {
     ),
     "caso_autograd": lambda: CASO(_net()).attribute(_x(), target=0, lambda1=0.01, return_info=True),
     "caso_sparsity": lambda: CASO(_net()).attribute(_x(), sparsity=0.4, return_info=True),
-    "caso_smoothhess": lambda: CASO(_net()).attribute(
+    "caso_smoothhess": lambda: _caso_smoothhess("iid"),
+    # The default sampling of the rotation-invariant kernels (orthogonal blocks), added with it.
+    "smoothhess_orthogonal": lambda: SmoothHess(_net()).attribute(
         _x(),
-        target=1,
-        lambda1=0.005,
-        curvature="smoothhess",
-        stdevs=0.3,
-        n_samples=64,
+        target=0,
+        stdevs=0.4,
+        n_samples=96,
+        n_samples_batch_size=20,
         generator=_g(),
-        return_info=True,
+        return_gradient=True,
     ),
+    "smoothhess_orthogonal_poisson_mask": lambda: SmoothHess(_net(), kernel="poisson").attribute(
+        _x(),
+        target=2,
+        stdevs=0.3,
+        n_samples=50,
+        antithetic=False,
+        feature_mask=torch.tensor([0, 0, 1, 2, 2]),
+        generator=_g(),
+    ),
+    "smoothhess_orthogonal_tuple": lambda: _smoothhess_tuple("orthogonal"),
+    "smoothhess_orthogonal_factors": lambda: SmoothHess(_net()).attribute(
+        _x(), target=0, stdevs=0.4, n_samples=64, generator=_g(), output="factors"
+    ),
+    "smoothhess_return_error": lambda: SmoothHess(_net()).attribute(
+        _x(), target=1, stdevs=0.4, n_samples=120, generator=_g(), return_error=True
+    ),
+    "smoothhess_tolerance": lambda: SmoothHess(_net()).attribute(
+        _x(), target=1, stdevs=0.4, n_samples=2000, tolerance=0.2, generator=_g(), return_gradient=True
+    ),
+    "caso_smoothhess_orthogonal": lambda: _caso_smoothhess(None),
     "cafo": lambda: CAFO(_net()).attribute(_x(), sparsity=0.4, return_info=True),
 }
 
@@ -125,7 +167,12 @@ def _encode(t: Tensor) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
+    # ``python tests/_pinned_cases.py NAME ...`` (re)writes only the named cases.
+    import sys
+
     PINNED.parent.mkdir(exist_ok=True)
-    data = {name: [_encode(t) for t in compute(name)] for name in CASES}
+    data = json.loads(PINNED.read_text()) if PINNED.exists() else {}
+    for name in sys.argv[1:] or list(CASES):
+        data[name] = [_encode(t) for t in compute(name)]
     PINNED.write_text(json.dumps(data, indent=0) + "\n")
     print(f"wrote {PINNED}: {len(data)} cases")

@@ -94,8 +94,38 @@ def main(out: str) -> None:
         torch.save({"hess": single, "grad": sgrad}, f"{out}/single.pt")
 
 
+def main_error(out: str) -> None:
+    """Orthogonal SmoothHess with ``return_error`` over two ranks (whole groups per rank)."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(2, 6)
+
+    def run(seed: int, chunk: int) -> dict:
+        hess, err = SmoothHess(net).attribute(
+            x,
+            target=1,
+            stdevs=0.5,
+            n_samples=240,
+            n_samples_batch_size=chunk,
+            generator=torch.Generator().manual_seed(seed),
+            return_error=True,
+        )
+        return {"hess": hess, "stderr": err.stderr, "relative": err.relative, "n": err.n_samples}
+
+    for chunk in (4, 36):  # chunks inside one group, and chunks of whole groups
+        torch.save(run(7 + rank, chunk), f"{out}/rank{rank}_{chunk}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        torch.save(run(7, 50), f"{out}/single.pt")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "global":
         main_global(sys.argv[1])
+    elif len(sys.argv) > 2 and sys.argv[2] == "error":
+        main_error(sys.argv[1])
     else:
         main(sys.argv[1])

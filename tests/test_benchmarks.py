@@ -53,3 +53,8 @@ def test_caso_benchmark_quick(flags: list[str]) -> None:
 def test_layer_benchmark_quick() -> None:
     out = _run([str(BENCH / "layer.py"), "--quick"])
     assert "gradient floor at the layer" in out and "token-grouped" in out and "process peak MiB" in out
+
+
+def test_efficiency_benchmark_quick() -> None:
+    out = _run([str(BENCH / "efficiency.py"), "--quick", "--only", "variance,tolerance,timing"])
+    assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out

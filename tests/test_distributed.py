@@ -74,3 +74,17 @@ def test_global_interactions_two_ranks_equal_one_process(tmp_path: Path) -> None
     assert rows == [6 * 41, 4 * 41]
     assert sum(rows) == single["rows"] == 10 * 41
     assert torch.count_nonzero(single["stderr"]) > 0
+
+
+@needs_gloo
+def test_two_ranks_return_error_equal_one_process(tmp_path: Path) -> None:
+    """Orthogonal blocks and their error groups do not depend on the ranks or the chunk size."""
+    _launch(tmp_path, "error")
+    single = torch.load(tmp_path / "single.pt")
+    for rank in (0, 1):
+        for chunk in (4, 36):
+            got = torch.load(tmp_path / f"rank{rank}_{chunk}.pt")
+            for key in ("hess", "stderr", "relative"):
+                torch.testing.assert_close(got[key], single[key], rtol=1e-4, atol=1e-6)
+            assert torch.equal(got["n"], single["n"])
+    assert bool((single["stderr"] > 0).all())

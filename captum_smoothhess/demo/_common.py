@@ -25,7 +25,8 @@ class _Settings:
     digits_epochs: int = 60
     fq_steps: int = 1500
     fq_points: int = 3000
-    interaction_samples: int = 40000
+    interaction_samples: int = 200000  # the cap; sampling stops at interaction_tolerance
+    interaction_tolerance: float = 0.05
     group_samples: int = 20000
     fq_samples: int = 20000
     fq_stdevs: Tuple[float, ...] = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
@@ -49,6 +50,7 @@ _QUICK = _Settings(
     fq_steps=300,
     fq_points=1000,
     interaction_samples=4000,
+    interaction_tolerance=0.25,
     group_samples=2000,
     fq_samples=2000,
     fq_stdevs=(0.05, 0.2, 0.5),

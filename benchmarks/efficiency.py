@@ -1,0 +1,274 @@
+"""Gradient calls for a given accuracy: iid vs orthogonal sampling, reported vs actual error, cost.
+
+Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
+
+1. Error variance (mean squared relative Frobenius error over seeds) at equal gradient calls,
+   ``sampling="iid"`` vs the default ``"orthogonal"``, Gaussian and Poisson kernels, on the
+   one-hidden-layer ReLU oracle (closed form; d = 10, 100, 784) and on the trained digits MLP
+   (d = 64; reference from a large iid run). Antithetic pairs throughout.
+2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
+   the calibration of ``return_error``: reported relative error over actual RMS error.
+3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling) over
+   the floor of a plain SmoothGrad, ``n`` batched gradient calls with their Gaussian noise drawn;
+   ratios are medians of per-round ratios (``_timing.interleaved``).
+4. Drawing ``m`` orthogonal directions at d = 150,528: QR of ``d x m`` vs a structured
+   random orthogonal transform (three rounds of random signs and a fast Walsh-Hadamard
+   transform, which is orthogonal but not Haar, so not exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+from _timing import interleaved
+from smoothhess import mlp784
+
+from captum_smoothhess import SmoothHess
+from captum_smoothhess.datasets import load_digits_tensors
+from captum_smoothhess.demo._training import _fit
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def oracle(d: int, hidden: int, kernel: str, eps: float, batch: int) -> Tuple[nn.Module, Tensor, Tensor]:
+    """A one-hidden-layer ReLU net, points, and its smoothed Hessian in closed form."""
+    g = _gen(0)
+    w = torch.randn(hidden, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    b = torch.randn(hidden, generator=g, dtype=torch.float64) * 0.5
+    a = torch.randn(hidden, generator=g, dtype=torch.float64)
+    first, last = nn.Linear(d, hidden).double(), nn.Linear(hidden, 1).double()
+    with torch.no_grad():
+        first.weight.copy_(w)
+        first.bias.copy_(b)
+        last.weight.copy_(a[None])
+        last.bias.zero_()
+    net = nn.Sequential(first, nn.ReLU(), last)
+    x = torch.randn(batch, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    pre, scale = x @ w.T + b, eps * w.norm(dim=1)
+    if kernel == "gaussian":
+        dens = torch.exp(-0.5 * (pre / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+    else:
+        dens = 1.0 / (math.pi * scale * (1 + (pre / scale) ** 2))
+    return net, x, torch.einsum("bk,ki,kj->bij", a * dens, w, w)
+
+
+def digits_mlp() -> Tuple[nn.Module, Tensor]:
+    data = load_digits_tensors(dtype=torch.float64)
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = net.double()
+    _fit(net, data.x_train, data.y_train, nn.functional.cross_entropy, 30, lr=1e-3, batch=128, seed=1)
+    return net, data.x_test[:4]
+
+
+def rel(h: Tensor, ref: Tensor) -> Tensor:
+    return (h - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+
+
+def mse(
+    sh: Any, x: Tensor, ref: Tensor, eps: float, n: int, sampling: str, seeds: int, **kw: object
+) -> float:
+    errs = [
+        rel(sh.attribute(x, stdevs=eps, n_samples=n, sampling=sampling, generator=_gen(s), **kw), ref)
+        for s in range(seeds)
+    ]
+    return float((torch.stack(errs) ** 2).mean())
+
+
+def variance_table(quick: bool) -> None:
+    print("\n| model | kernel | d | n (calls) | iid rel. err (RMS) | orthogonal (RMS) | variance ratio |")
+    print("|---|---|---|---|---|---|---|")
+    dims = [10, 100] if quick else [10, 100, 784]
+    seeds = 4 if quick else 20
+    for d, kernel in itertools.product(dims, ("gaussian", "poisson")):
+        eps = 0.5
+        net, x, ref = oracle(d, 2 * d, kernel, eps, 1 if d == 784 else 4)
+        sh: Any = SmoothHess(net, kernel=kernel)
+        s = 2 if d == 784 and not quick else seeds
+        for mult in (4,) if quick or d == 784 else (4, 16):
+            n = mult * d
+            e_iid = mse(sh, x, ref, eps, n, "iid", s if d < 784 else 6)
+            e_orth = mse(sh, x, ref, eps, n, "orthogonal", s if d < 784 else 6)
+            errs = f"{e_iid**0.5:.4f} | {e_orth**0.5:.4f} | {e_iid / e_orth:.2f}"
+            print(f"| ReLU oracle | {kernel} | {d} | {n} | {errs} |")
+    net, x = digits_mlp()
+    for kernel in ("gaussian", "poisson"):
+        sh = SmoothHess(net, kernel=kernel)
+        eps = 0.5
+        ref_n = 40_000 if quick else 1_000_000
+        ref = sh.attribute(x, target=0, stdevs=eps, n_samples=ref_n, generator=_gen(999))
+        n = 4 * 64 if quick else 8 * 64
+        kw = {"target": 0}
+        e_iid = mse(sh, x, ref, eps, n, "iid", seeds, **kw)
+        e_orth = mse(sh, x, ref, eps, n, "orthogonal", seeds, **kw)
+        errs = f"{e_iid**0.5:.4f} | {e_orth**0.5:.4f} | {e_iid / e_orth:.2f}"
+        print(f"| digits MLP (ref n={ref_n}) | {kernel} | 64 | {n} | {errs} |")
+
+
+def tolerance_table(quick: bool) -> None:
+    print(
+        "\n| model | kernel | d | sampling | tolerance | mean calls | actual err (RMS / max) "
+        "| reported / actual RMS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for d, kernel in itertools.product([10] if quick else [10, 100], ("gaussian", "poisson")):
+        seeds = 3 if quick else (10 if d == 10 else 5)
+        eps = 0.5
+        net, x, ref = oracle(d, 2 * d, kernel, eps, 4)
+        sh: Any = SmoothHess(net, kernel=kernel)
+        for sampling in ("iid", "orthogonal"):
+            calls, actual, rep, act = [], [], [], []
+            for s in range(seeds):
+                h, err = sh.attribute(
+                    x, stdevs=eps, n_samples=2000 * d, tolerance=0.05, sampling=sampling, generator=_gen(s)
+                )
+                calls.append(err.n_samples.double().mean())
+                actual.append(rel(h, ref))
+                h, err = sh.attribute(
+                    x, stdevs=eps, n_samples=40 * d, sampling=sampling, return_error=True, generator=_gen(s)
+                )
+                rep.append(err.relative**2)
+                act.append(rel(h, ref) ** 2)
+            ratio = float((torch.stack(rep).mean() / torch.stack(act).mean()).sqrt())
+            reached = torch.cat(actual)
+            mean_calls, rms, worst = (
+                float(torch.stack(calls).mean()),
+                float(reached.square().mean().sqrt()),
+                float(reached.max()),
+            )
+            cells = f"{mean_calls:.0f} | {rms:.4f} / {worst:.4f} | {ratio:.2f}"
+            print(f"| ReLU oracle | {kernel} | {d} | {sampling} | 0.05 | {cells} |")
+
+
+def timing_table(quick: bool) -> None:
+    n = 1568 if quick else 8192
+    batch = min(1024, n)
+    repeats = 1 if quick else 5
+    net = mlp784()
+    x = torch.rand(1, 784, generator=_gen(1))
+    sh = SmoothHess(net)
+    eps, target = 0.1, 3
+
+    def floor() -> None:  # a plain SmoothGrad's cost: noise drawn, n gradient calls in batches
+        g = _gen(0)
+        for start in range(0, n, batch):
+            rows = min(batch, n - start)
+            pts = (x + eps * torch.randn(rows, 784, generator=g)).requires_grad_()
+            torch.autograd.grad(net(pts)[:, target].sum(), pts)
+
+    def run(sampling: Optional[str]) -> Callable[[], None]:
+        def f() -> None:
+            sh.attribute(
+                x,
+                target=target,
+                stdevs=eps,
+                n_samples=n,
+                n_samples_batch_size=batch,
+                sampling=sampling,
+                generator=_gen(0),
+            )
+
+        return f
+
+    t = interleaved([floor, run(None), run("iid")], repeats)
+    print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
+    print("|---|---|---|---|---|")
+    row = f"{n} | {t.best[0]:.3f} | {t.best[1]:.3f} | {t.ratio[1]:.3f}"
+    print(f"| dense SmoothHess, orthogonal (default) | {row} |")
+    print(f"| dense SmoothHess, iid | {n} | {t.best[0]:.3f} | {t.best[2]:.3f} | {t.ratio[2]:.3f} |")
+
+
+def _fwht(v: Tensor) -> Tensor:
+    """Orthonormal fast Walsh-Hadamard transform of the rows of ``v`` (length a power of two)."""
+    m, d = v.shape
+    h = 1
+    while h < d:
+        v = v.reshape(m, d // (2 * h), 2, h)
+        v = torch.stack((v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]), dim=2).reshape(m, d)
+        h *= 2
+    return v / math.sqrt(d)
+
+
+def orthogonalisation_table(quick: bool) -> None:
+    d = 150528
+    pad = 1 << (d - 1).bit_length()
+    print("\n| d = 150,528 | directions m | QR of d x m (s) | 3 x (signs + FWHT), padded to 2^18 (s) |")
+    print("|---|---|---|---|")
+    for m in (16,) if quick else (32, 222):
+        g = _gen(0)
+        t0 = time.perf_counter()
+        torch.linalg.qr(torch.randn(d, m, generator=g))
+        qr_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        v = torch.zeros(m, pad)
+        v[torch.arange(m), torch.randperm(pad, generator=g)[:m]] = 1.0
+        for _ in range(3):
+            v = _fwht(v * (torch.randint(0, 2, (pad,), generator=g) * 2 - 1))
+        fw_s = time.perf_counter() - t0
+        print(f"| | {m} | {qr_s:.3f} | {fw_s:.3f} |")
+
+
+def tunnel_table(quick: bool) -> None:
+    """SmoothGrad (KernelNoiseTunnel over Saliency) error variance by sampling, closed-form gradient."""
+    from captum.attr import Saliency
+
+    from captum_smoothhess import KernelNoiseTunnel
+
+    print(
+        "\n| SmoothGrad, ReLU oracle | d | nt_samples | sampling | RMS rel. error | variance ratio to iid |"
+    )
+    print("|---|---|---|---|---|---|")
+    seeds = 5 if quick else 30
+    for d in (10,) if quick else (10, 100):
+        eps = 0.5
+        net, x, _ = oracle(d, 2 * d, "gaussian", eps, 4)
+        first, last = net[0], net[2]  # type: ignore[index]
+        w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
+        exact = (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+        n = 4 * d
+        base = None
+        for sampling in ("iid", "antithetic", "orthogonal", "orthogonal_antithetic"):
+            nt = KernelNoiseTunnel(Saliency(net), sampling=sampling)
+            errs = [
+                rel(nt.attribute(x, nt_samples=n, stdevs=eps, abs=False, generator=_gen(s)), exact)
+                for s in range(seeds)
+            ]
+            m = float((torch.stack(errs) ** 2).mean())
+            base = m if base is None else base
+            print(f"| | {d} | {n} | {sampling} | {m**0.5:.4f} | {base / m:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--only", default="variance,tolerance,timing,qr,tunnel", help="comma-separated tables"
+    )
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    tables = {
+        "variance": variance_table,
+        "tolerance": tolerance_table,
+        "timing": timing_table,
+        "qr": orthogonalisation_table,
+        "tunnel": tunnel_table,
+    }
+    for name in args.only.split(","):
+        tables[name](args.quick)
+
+
+if __name__ == "__main__":
+    main()

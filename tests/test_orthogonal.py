@@ -1,0 +1,179 @@
+"""Orthogonal sampling: exact marginals, unbiasedness, variance reduction, split invariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import OneHiddenReLU, gen, make_one_hidden
+
+from captum_smoothhess import Gaussian, Poisson, SmoothHess
+from captum_smoothhess._sampling import OrthogonalStream, orthogonal_block_length
+from captum_smoothhess.kernels import Kernel
+
+EPS = 0.7
+CPU = torch.device("cpu")
+
+
+def _stream(kernel: Kernel, batch: int, dim: int, total: int, seed: int = 3) -> OrthogonalStream:
+    return OrthogonalStream(kernel, batch, dim, seed, CPU, torch.float64, total)
+
+
+def _ks(samples: torch.Tensor, cdf: torch.Tensor) -> float:
+    """Kolmogorov-Smirnov statistic of sorted ``samples`` against their CDF values ``cdf``."""
+    n = samples.numel()
+    order = samples.argsort()
+    f = cdf[order]
+    i = torch.arange(1, n + 1, dtype=f.dtype)
+    return float(torch.maximum(i / n - f, f - (i - 1) / n).max())
+
+
+# --------------------------------------------------------------------------- the noise
+
+
+def test_blocks_are_orthogonal_per_example_and_independent_of_the_split() -> None:
+    d, total = 6, 20  # blocks of 6, 6, 6 and a last one of 2 draws
+    whole = _stream(Gaussian(), 2, d, total).take(0, total)
+    for b in range(2):
+        block = whole[b, :d]
+        gram = block @ block.T
+        assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-10)
+    # Each example has its own rotation.
+    assert not torch.allclose(whole[0, :d].abs(), whole[1, :d].abs())
+    for sizes in ([1] * total, [7, 5, 8], [6, 6, 6, 2], [3, 17]):
+        stream, parts, start = _stream(Gaussian(), 2, d, total), [], 0
+        for size in sizes:
+            parts.append(stream.take(start, start + size))
+            start += size
+        assert torch.equal(torch.cat(parts, dim=1), whole), sizes
+
+
+def test_block_length_bounds_memory_at_image_size() -> None:
+    assert orthogonal_block_length(784) == 784
+    assert orthogonal_block_length(150528) * 150528 <= 1 << 25
+
+
+@pytest.mark.parametrize("kernel", [Gaussian(), Poisson()], ids=repr)
+@pytest.mark.parametrize("draw", [0, 3])
+def test_each_draw_has_the_kernel_marginal(kernel: Kernel, draw: int) -> None:
+    """KS on a coordinate and on the norm of draw ``draw`` of each of 2000 independent blocks."""
+    d, blocks = 4, 2000
+    u = _stream(kernel, 1, d, d * blocks).take(0, d * blocks)[0].reshape(blocks, d, d)[:, draw]
+    bound = 1.95 / math.sqrt(blocks)  # the 0.1% critical value
+    coord = u[:, 1]
+    assert _ks(coord, kernel.marginal_cdf(coord)) < bound
+    r2 = (u * u).sum(1)
+    if isinstance(kernel, Gaussian):
+        norm_cdf = torch.special.gammainc(torch.tensor(d / 2, dtype=r2.dtype), r2 / 2)  # chi^2_d
+    else:
+        # |u|^2 = chi^2_d / z^2: its CDF is P(chi^2_d <= t z^2), averaged over z by quadrature.
+        z = torch.linspace(-8, 8, 4001, dtype=r2.dtype)
+        w = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (z[1] - z[0])
+        a = torch.tensor(d / 2, dtype=r2.dtype)
+        norm_cdf = (torch.special.gammainc(a, r2[:, None] * z[None] ** 2 / 2) * w).sum(1)
+    assert _ks(r2, norm_cdf) < bound
+    # A wrong radius law is caught: the norms of unit-radius directions times sqrt(d).
+    assert _ks(torch.full_like(r2, float(d)) + 1e-9 * coord, norm_cdf) > bound
+
+
+def test_product_kernels_refuse_orthogonal() -> None:
+    net = torch.nn.Linear(4, 1)
+    for kernel in ("hyperbolic", "sigmoid"):
+        sh = SmoothHess(net, kernel=kernel)
+        with pytest.raises(ValueError, match=r"^sampling"):
+            sh.attribute(torch.randn(2, 4), stdevs=0.3, n_samples=20, sampling="orthogonal")
+        # Their default is iid.
+        a = sh.attribute(torch.randn(2, 4, generator=gen(0)), stdevs=0.3, n_samples=20, generator=gen(1))
+        b = sh.attribute(
+            torch.randn(2, 4, generator=gen(0)), stdevs=0.3, n_samples=20, generator=gen(1), sampling="iid"
+        )
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"^sampling"):
+        SmoothHess(net).attribute(torch.randn(2, 4), n_samples=20, sampling="sobol")
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+@pytest.fixture(scope="module")
+def relu10() -> OneHiddenReLU:
+    return make_one_hidden(10, 20, seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def x10() -> torch.Tensor:
+    return torch.randn(4, 10, generator=gen(1), dtype=torch.float64)
+
+
+def _errors(
+    relu: OneHiddenReLU, x: torch.Tensor, kernel: str, sampling: str, n: int, seeds: int
+) -> torch.Tensor:
+    ref = relu.gaussian_hessian(x, EPS) if kernel == "gaussian" else relu.poisson_hessian(x, EPS)
+    sh = SmoothHess(relu.net, kernel=kernel)
+    out = [
+        sh.attribute(x, stdevs=EPS, n_samples=n, sampling=sampling, generator=gen(s)) - ref
+        for s in range(seeds)
+    ]
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "poisson"])
+def test_orthogonal_is_unbiased(relu10: OneHiddenReLU, x10: torch.Tensor, kernel: str) -> None:
+    err = _errors(relu10, x10, kernel, "orthogonal", 40, 200)
+    mean, spread = err.mean(0), err.std(0) / math.sqrt(err.shape[0])
+    # The mean of 200 estimates is within 4.5 of its standard errors of the closed form, every entry.
+    assert float((mean.abs() / spread).max()) < 4.5
+
+
+@pytest.mark.parametrize(("kernel", "bound"), [("gaussian", 2.0), ("poisson", 1.5)])
+def test_orthogonal_reduces_the_error_variance(
+    relu10: OneHiddenReLU, x10: torch.Tensor, kernel: str, bound: float
+) -> None:
+    """n = 40 d gradient calls (20 blocks of d pairs): a loose bound on the measured 2-3x."""
+    mse = {s: float((_errors(relu10, x10, kernel, s, 400, 30) ** 2).sum()) for s in ("iid", "orthogonal")}
+    assert mse["iid"] / mse["orthogonal"] > bound
+
+
+def test_same_seed_same_result_for_any_chunk_size(relu10: OneHiddenReLU, x10: torch.Tensor) -> None:
+    sh = SmoothHess(relu10.net, kernel="poisson")
+    ref, gref = sh.attribute(x10, stdevs=EPS, n_samples=64, generator=gen(5), return_gradient=True)
+    for chunk in (2, 6, 20, 30):
+        h, g = sh.attribute(
+            x10, stdevs=EPS, n_samples=64, generator=gen(5), return_gradient=True, n_samples_batch_size=chunk
+        )
+        torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g, gref, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- noise tunnels
+
+
+def test_tunnel_sampling_opt_in() -> None:
+    from captum.attr import Saliency
+
+    from captum_smoothhess import KernelNoiseTunnel
+    from captum_smoothhess._sampling import noise_stream
+
+    anti = noise_stream(Poisson(), 2, 5, 1, CPU, torch.float64, "orthogonal_antithetic").take(0, 12)
+    assert torch.equal(anti[:, 1::2], -anti[:, 0::2])
+    block = anti[0, 0:10:2]
+    gram = block @ block.T
+    assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-10)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).double()
+    x = torch.randn(3, 5, generator=gen(0), dtype=torch.float64)
+    for sampling in ("antithetic", "orthogonal", "orthogonal_antithetic"):
+        nt = KernelNoiseTunnel(Saliency(net), sampling=sampling)
+        ref = nt.attribute(x, nt_samples=14, stdevs=0.3, target=0, abs=False, generator=gen(2))
+        got = nt.attribute(
+            x, nt_samples=14, nt_samples_batch_size=3, stdevs=0.3, target=0, abs=False, generator=gen(2)
+        )
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+        plain = KernelNoiseTunnel(Saliency(net)).attribute(
+            x, nt_samples=14, stdevs=0.3, target=0, abs=False, generator=gen(2)
+        )
+        assert not torch.allclose(plain, ref)
+    with pytest.raises(ValueError, match=r"^sampling"):
+        KernelNoiseTunnel(Saliency(net), kernel="sigmoid", sampling="orthogonal")
+    with pytest.raises(ValueError, match=r"^sampling"):
+        KernelNoiseTunnel(Saliency(net), sampling="sobol")

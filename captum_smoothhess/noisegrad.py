@@ -185,20 +185,27 @@ class _WeightNoise:
         self.multiplicative = multiplicative
         self.offset = 0
 
-    def take(self, n: int) -> Dict[str, Tensor]:
-        """The next ``n`` draws: ``{name: (n, *shape)}``."""
+    def take(self, n: int, out: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """The next ``n`` draws: ``{name: (n, *shape)}``, written into ``out`` when it fits.
+
+        Reusing the tensors of the previous draw (``out``) spares a fresh
+        allocation of every weight per draw; the numbers are the same.
+        """
         u = self.stream.take(self.offset, self.offset + n)[0]  # (n, d_w)
         self.offset += n
-        out = {}
+        drawn = {}
         for (name, base), part in zip(self.base.items(), torch.split(u, self.sizes, dim=1)):
             # A (1, k) slice keeps the row stride of u, on which CPU kernels are many
             # times slower: take one draw as a plain view.
             part = part[0].view(1, *base.shape) if n == 1 else part.reshape(n, *base.shape)
-            # In place on one fresh tensor: the same numbers as base * (1 + eps u) (or
-            # base + eps u), without a large temporary per operation.
-            w = (part * self.eps).to(base.device, base.dtype)
-            out[name] = w.add_(1).mul_(base) if self.multiplicative else w.add_(base)
-        return out
+            w = None if out is None else out.get(name)
+            if w is not None and w.shape == part.shape and w.dtype == part.dtype == base.dtype:
+                w = torch.mul(part, self.eps, out=w)
+            else:
+                w = (part * self.eps).to(base.device, base.dtype)
+            # In place: the same numbers as base * (1 + eps u) (or base + eps u).
+            drawn[name] = w.add_(1).mul_(base) if self.multiplicative else w.add_(base)
+        return drawn
 
 
 def _own_containers(obj: object, keys: Optional[Collection[str]] = None) -> None:
@@ -384,6 +391,7 @@ class _WeightCallState(_CallState):
     proxy: Optional[Attribution] = None  # the wrapped method on the batched proxy forward
     draws: int = 0  # draws of the current partition
     params: Optional[Dict[str, Tensor]] = None  # the partition's draws, taken for the batched path
+    scratch: Optional[Dict[str, Tensor]] = None  # the current draw, draw by draw
 
 
 class NoiseGrad(_GeneratorNoiseTunnel):
@@ -674,7 +682,9 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         results = []
         for j in range(k):
             if state.params is None:
-                draw = {n: p[0] for n, p in state.weights.take(1).items()}
+                # The previous draw's tensors are free again (its attribution is done): reuse them.
+                state.scratch = state.weights.take(1, out=state.scratch)
+                draw = {n: p[0] for n, p in state.scratch.items()}
             else:
                 draw = {n: p[j] for n, p in state.params.items()}
             state.model.load(draw)

@@ -236,6 +236,13 @@ def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
 class _GeneratorNoiseTunnel(NoiseTunnel):
     """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``."""
 
+    def _run_tunnel(self, state: _CallState, inputs: Any, kwargs: Dict[str, Any], **tunnel: Any) -> Any:
+        """NoiseTunnel's loop with ``state`` in place; a target error names ``target``; NaN raises."""
+        with _call_state(self, state), _naming_target(kwargs.get("target")):
+            out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
+        _check_no_nan(out, self.is_delta_supported and bool(kwargs.get("return_convergence_delta")))
+        return out
+
     def _expand_partial(
         self,
         nt_samples_partition: int,
@@ -365,19 +372,16 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 state.captum_stdevs = plain
             else:
                 state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator))
-            with _call_state(self, state), _naming_target(kwargs.get("target")):
-                out = NoiseTunnel.attribute.__wrapped__(
-                    self,
-                    inputs,
-                    nt_type=nt_type,
-                    nt_samples=nt_samples,
-                    nt_samples_batch_size=nt_samples_batch_size,
-                    stdevs=stdevs,
-                    draw_baseline_from_distrib=draw_baseline_from_distrib,
-                    **kwargs,
-                )
-        _check_no_nan(out, self.is_delta_supported and bool(kwargs.get("return_convergence_delta")))
-        return out
+            return self._run_tunnel(
+                state,
+                inputs,
+                kwargs,
+                nt_type=nt_type,
+                nt_samples=nt_samples,
+                nt_samples_batch_size=nt_samples_batch_size,
+                stdevs=stdevs,
+                draw_baseline_from_distrib=draw_baseline_from_distrib,
+            )
 
     def _add_noise_to_inputs(
         self,

@@ -11,11 +11,12 @@ user's model:
 
 * each ``attribute`` call makes a *private copy* of the module once
   (:class:`_PrivateModel`): every submodule shallow-copied, with its own
-  parameters (clones), buffers and hook tables. The user's module is only
-  read, so another thread running it at the same time sees nothing, and a
-  forward that updates buffers (batch norm in training mode) updates the
-  copy's. Forward hooks registered on the user's model are carried over and
-  run on the copy.
+  parameters (clones), buffers and hook tables; other attributes are shared.
+  The user's module is only read, so another thread running it at the same
+  time sees nothing, and a forward that updates buffers (batch norm in
+  training mode) updates the copy's. Hooks registered on the user's model
+  are carried over and run on the copy (their module argument is the copy's
+  submodule).
 * the wrapped method is shallow-copied per call too, its references to the
   user's modules (``forward_func``, DeepLift's ``model``, ...) pointing to
   the copy's; the user's method object is not changed.
@@ -61,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import torch
-from captum.attr import Attribution, LayerAttribution, NeuronAttribution, NoiseTunnel
+from captum.attr import Attribution, LayerAttribution, NeuronAttribution
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -77,9 +78,7 @@ from ._validation import (
 from .kernels import Gaussian, Kernel, get_kernel
 from .noise_tunnel import (
     AttributionOutput,
-    _call_state,
     _CallState,
-    _check_no_nan,
     _check_nt_args,
     _check_real_inputs,
     _current_state,
@@ -87,7 +86,6 @@ from .noise_tunnel import (
     _GeneratorNoiseTunnel,
     _grad_capable,
     _InputNoise,
-    _naming_target,
     _normal_tensors,
 )
 
@@ -102,10 +100,9 @@ _DRAW_ELEMENTS = 1 << 24
 # Largest model whose draws are batched through vmap (benchmarks/mollify.py:
 # batching pays for small dense models; conv nets and large models run draw by draw).
 _BATCHED_MAX_WEIGHTS = 1 << 20
-# Layers whose batching rules over weight draws are measured to pay.
+# Layers with batching rules over weight draws (nn.Bilinear has none: vmap loops over it).
 _DENSE = (
     nn.Linear,
-    nn.Bilinear,
     nn.Embedding,
     nn.LayerNorm,
     nn.modules.batchnorm._BatchNorm,
@@ -579,18 +576,16 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             if size is None and not draw_baseline_from_distrib:
                 elements = sum(weights.sizes) + sum(t.numel() for t in tupled)
                 size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
-            with _call_state(self, state), _naming_target(kwargs.get("target")):
-                out = NoiseTunnel.attribute.__wrapped__(
-                    self,
-                    inputs,
-                    nt_type=nt_type,
-                    nt_samples=nt_samples,
-                    nt_samples_batch_size=size,
-                    draw_baseline_from_distrib=draw_baseline_from_distrib,
-                    **kwargs,
-                )
+            out = self._run_tunnel(
+                state,
+                inputs,
+                kwargs,
+                nt_type=nt_type,
+                nt_samples=nt_samples,
+                nt_samples_batch_size=size,
+                draw_baseline_from_distrib=draw_baseline_from_distrib,
+            )
         with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
-        _check_no_nan(out, with_delta)
         if with_delta and size is not None and size < nt_samples:
             attributions, delta = out
             out = (attributions, _sample_major(delta, tupled[0].shape[0], nt_samples, size))

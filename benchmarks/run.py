@@ -213,15 +213,16 @@ def case_mollify(quick: bool, device: torch.device) -> List[Row]:
     import mollify
 
     rows = []
-    for name, setting, base, ours, ratio, goal in mollify.run(quick):
+    for name, setting, base, ours, ratio, goal, mem in mollify.run(quick):
         rows.append(
             dict(
                 case=name.strip(),
                 setting=setting,
-                baseline="NoiseTunnel / deep-copy loop",
+                baseline="few draws" if mem else "NoiseTunnel / deep-copy loop",
                 t_base=base,
                 t_ours=ours,
                 ratio=ratio,
+                mem=mem,
                 goal=goal,
             )
         )

@@ -34,6 +34,23 @@ def batch_dependent_layers(forward_func: Any) -> List[str]:
     ]
 
 
+def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> bool:
+    """Warn when the model has batch-dependent layers in training mode; whether it has."""
+    layers = batch_dependent_layers(forward_func)
+    if not layers:
+        return False
+    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+    warnings.warn(
+        f"{method}: {shown} in training mode normalise(s) with the statistics of each batch of "
+        "perturbed samples, so the result mixes examples and samples; call model.eval() for "
+        "per-example attributions. The running statistics are left as found (the forward passes "
+        "run on a private copy of the model).",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+    return True
+
+
 def private_if_training(forward_func: Any, method: str) -> Any:
     """``forward_func``, or the same on a private copy of its module when a forward updates buffers.
 
@@ -43,18 +60,8 @@ def private_if_training(forward_func: Any, method: str) -> Any:
     exactly as found, also as seen from another thread; a warning says that
     the result then mixes examples and samples.
     """
-    layers = batch_dependent_layers(forward_func)
-    if not layers:
+    if not warn_if_training(forward_func, method, stacklevel=5):
         return forward_func
-    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
-    warnings.warn(
-        f"{method}: {shown} in training mode normalise(s) with the statistics of each batch of "
-        "perturbed samples, so the result mixes examples and samples; call model.eval() for "
-        "per-example attributions. The running statistics are left as found (the forward passes "
-        "run on a private copy of the model).",
-        RuntimeWarning,
-        stacklevel=4,
-    )
     module = module_of(forward_func)
     assert module is not None
     private = copy.deepcopy(module)

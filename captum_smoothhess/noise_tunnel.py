@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from captum.attr import Attribution, NoiseTunnel
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._captum import log_usage
 from ._layout import _sizes
+from ._model import batch_dependent_layers, counterpart, private_if_training
 from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
 from ._validation import (
     StdevsType,
@@ -93,12 +95,11 @@ class _InputNoise:
 
 @dataclass
 class _CallState:
-    """What one ``attribute`` call needs inside NoiseTunnel's hooks."""
+    """What one ``attribute`` call needs inside NoiseTunnel's hooks (subclassed by NoiseGrad)."""
 
     input_noise: Optional[_InputNoise] = None
     captum_stdevs: Optional[Tuple[float, ...]] = None
     generator: Optional[torch.Generator] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 # Per-call state, keyed by the id of the tunnel object. A context variable
@@ -133,6 +134,84 @@ def _check_nt_args(nt_type: object, nt_samples: object, nt_samples_batch_size: o
         _check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
 
 
+def _check_real_inputs(inputs: Tuple[Any, ...]) -> None:
+    """Meta tensors carry no values to attribute; say so before any check reads them."""
+    for i, inp in enumerate(inputs):
+        if isinstance(inp, Tensor) and inp.is_meta:
+            where = "inputs" if len(inputs) == 1 else f"inputs[{i}]"
+            raise ValueError(
+                f"{where}: a meta tensor has no values to attribute; move the inputs (and the "
+                "model) to a real device such as 'cpu' or 'cuda' first"
+            )
+
+
+def _normal_tensors(value: Any) -> Any:
+    """``value`` with every inference tensor (from ``torch.inference_mode``) cloned.
+
+    Inference tensors cannot be saved for backward; clones made outside
+    inference mode can, so the gradient methods run under
+    ``torch.inference_mode()`` too. Tuples, lists and dicts are walked.
+    """
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, tuple):
+        return tuple(_normal_tensors(v) for v in value)
+    if isinstance(value, list):
+        return [_normal_tensors(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal_tensors(v) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def _grad_capable() -> Iterator[None]:
+    """Leave ``torch.inference_mode`` for the block (autograd cannot run inside it)."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False):
+        yield
+
+
+# Captum's functions that select the target output; an IndexError, AssertionError
+# or RuntimeError raised inside them means the target does not fit the output.
+_TARGET_SELECTION = frozenset({"_select_targets", "_verify_select_column"})
+
+
+def _raised_selecting_target(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in _TARGET_SELECTION:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _naming_target(target: object) -> Iterator[None]:
+    """Turn Captum's bare errors for a target the output does not have into a ``ValueError``."""
+    try:
+        yield
+    except (IndexError, AssertionError, RuntimeError) as err:
+        if not _raised_selecting_target(err):
+            raise
+        raise ValueError(
+            f"target: {target!r} does not select an output of forward_func ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _check_no_nan(output: Any, delta_returned: bool) -> None:
+    """Refuse to return NaN attributions: the model or its gradient was NaN at some sample."""
+    attributions = output[0] if delta_returned else output
+    parts = attributions if isinstance(attributions, tuple) else (attributions,)
+    if any(isinstance(a, Tensor) and bool(torch.isnan(a).any()) for a in parts):
+        raise ValueError(
+            "forward_func: NaN appeared in the attributions at the perturbed points (the model or "
+            "its gradient is NaN there, e.g. sqrt or log of a negative value); use a smaller "
+            "bandwidth, or a model that is defined on the whole support of the noise"
+        )
+
+
 def _plain_stdevs(stdevs: object, n_inputs: int) -> Optional[Tuple[float, ...]]:
     """``stdevs`` as one float per input when it is numbers only, else ``None``."""
     values = stdevs if isinstance(stdevs, (tuple, list)) else (stdevs,) * n_inputs
@@ -161,6 +240,13 @@ def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
 
 class _GeneratorNoiseTunnel(NoiseTunnel):
     """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``."""
+
+    def _run_tunnel(self, state: _CallState, inputs: Any, kwargs: Dict[str, Any], **tunnel: Any) -> Any:
+        """NoiseTunnel's loop with ``state`` in place; a target error names ``target``; NaN raises."""
+        with _call_state(self, state), _naming_target(kwargs.get("target")):
+            out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
+        _check_no_nan(out, self.is_delta_supported and bool(kwargs.get("return_convergence_delta")))
+        return out
 
     def _expand_partial(
         self,
@@ -284,32 +370,69 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         Raises:
             ValueError: ``nt_type`` unknown, ``nt_samples`` or
                 ``nt_samples_batch_size`` < 1, ``stdevs`` negative or not
-                finite or of the wrong length, ``inputs`` with NaN/Inf.
+                finite or of the wrong length, ``inputs`` with NaN/Inf or on
+                the meta device, a ``target`` the output does not have, or
+                NaN attributions (``forward_func`` NaN at perturbed points).
             TypeError: ``generator`` is not a ``torch.Generator``.
+
+        Under ``torch.inference_mode()`` the call runs outside inference mode
+        on clones of the inference tensors it is given.
         """
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
+        _check_real_inputs(tupled)
         _check_inputs(tupled)
-        std = _format_stdevs(stdevs, tupled, allow_zero=True)
-        state = _CallState(generator=generator)
-        plain = _plain_stdevs(stdevs, len(tupled))
-        drop_in = self.sampling == "iid" and isinstance(self.kernel, Gaussian)
-        if drop_in and generator is None and plain is not None:
-            state.captum_stdevs = plain
-        else:
-            state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator), self.sampling)
-        with _call_state(self, state):
-            return NoiseTunnel.attribute.__wrapped__(
-                self,
+        if not self._private and batch_dependent_layers(self.attribution_method.forward_func):
+            # Batch norm in training mode: run this call on a private copy, buffers left as found.
+            return type(self).attribute.__wrapped__(
+                self._on_private_model(),
                 inputs,
                 nt_type=nt_type,
                 nt_samples=nt_samples,
                 nt_samples_batch_size=nt_samples_batch_size,
                 stdevs=stdevs,
                 draw_baseline_from_distrib=draw_baseline_from_distrib,
+                generator=generator,
                 **kwargs,
             )
+        with _grad_capable():
+            inputs, kwargs = _normal_tensors((inputs, kwargs))
+            tupled = inputs if isinstance(inputs, tuple) else (inputs,)
+            std = _format_stdevs(stdevs, tupled, allow_zero=True)
+            state = _CallState(generator=generator)
+            plain = _plain_stdevs(stdevs, len(tupled))
+            drop_in = self.sampling == "iid" and isinstance(self.kernel, Gaussian)
+            if drop_in and generator is None and plain is not None:
+                state.captum_stdevs = plain
+            else:
+                state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator), self.sampling)
+            return self._run_tunnel(
+                state,
+                inputs,
+                kwargs,
+                nt_type=nt_type,
+                nt_samples=nt_samples,
+                nt_samples_batch_size=nt_samples_batch_size,
+                stdevs=stdevs,
+                draw_baseline_from_distrib=draw_baseline_from_distrib,
+            )
+
+    _private = False
+
+    def _on_private_model(self) -> KernelNoiseTunnel:
+        """This tunnel on a private copy of the model (with a warning): for a model in training mode."""
+        method = copy.copy(self.attribution_method)
+        original = method.forward_func
+        method.forward_func = private_if_training(original, type(self).__name__)
+        for name in ("layer", "model"):  # layer methods' layer, DeepLift's model
+            value = getattr(method, name, None)
+            if isinstance(value, nn.Module):
+                setattr(method, name, counterpart(value, original, method.forward_func))
+        tunnel = copy.copy(self)
+        tunnel.attribution_method = method
+        tunnel._private = True
+        return tunnel
 
     def _add_noise_to_inputs(
         self,

@@ -9,40 +9,65 @@ inputs together, each with its own kernel and bandwidth.
 How the perturbed weights reach the wrapped method without touching the
 user's model:
 
-* the wrapped method is shallow-copied once, and the copy's ``forward_func``
-  is replaced by a proxy; the user's method object is not changed;
+* each ``attribute`` call makes a *private copy* of the module once
+  (:class:`_PrivateModel`): every submodule shallow-copied, with its own
+  parameters (clones), buffers and hook tables; other attributes are shared.
+  The user's module is only read, so another thread running it at the same
+  time sees nothing, and a forward that updates buffers (batch norm in
+  training mode) updates the copy's. Hooks registered on the user's model
+  are carried over and run on the copy (their module argument is the copy's
+  submodule).
+* the wrapped method is shallow-copied per call too, its references to the
+  user's modules (``forward_func``, DeepLift's ``model``, ...) pointing to
+  the copy's; the user's method object is not changed.
 * NoiseTunnel's own loop is reused: it repeats every example once per weight
   draw (Captum's ``repeat_interleave`` order) and expands ``target``,
-  ``baselines``, ``additional_forward_args`` and ``feature_mask`` alike;
-* one extra additional forward argument, the draw index of each row, travels
-  with the rows through whatever the wrapped method does with them (scaled
-  copies in IntegratedGradients, internal batches, ...), since Captum keeps
-  additional forward args aligned with the inputs;
-* the proxy groups the rows by draw and evaluates the model with
-  ``torch.func.functional_call`` on the perturbed weights, all draws in one
-  ``torch.func.vmap`` call where the model allows it, else in a loop over the
-  draws (also whenever a module has forward hooks, since hooked tensors
-  must not escape ``vmap``). Buffers are passed as copies, so even a model
-  in training mode with batch norm leaves its running statistics untouched.
-  Layer and neuron methods are refused: their hooks would see one forward
-  call per draw rather than the whole batch. No parameter or
-  buffer of the user's model is edited, and ``functional_call`` restores the
-  module's attributes when a call raises.
+  ``baselines``, ``additional_forward_args`` and ``feature_mask`` alike.
+
+The draws of one partition run in one of two ways, chosen per call from the
+model (the numbers for a seed do not depend on the choice beyond float
+rounding):
+
+* *batched*: all draws of the partition in one call of the wrapped method,
+  whose ``forward_func`` is a proxy that evaluates the copy with
+  ``torch.func.functional_call`` under ``torch.func.vmap`` over the draws. An
+  extra additional forward argument, the draw index of each row, travels
+  with the rows through whatever the wrapped method does with them. This
+  pays for small dense models (many draws of a cheap forward,
+  ``benchmarks/mollify.py``); it is used when every module with parameters is
+  a dense layer, the model has at most ``_BATCHED_MAX_WEIGHTS`` weights, no
+  hooks, no module in training mode with buffers, and the wrapped method
+  reaches the model through ``forward_func`` only. When ``vmap`` cannot run
+  the model (data-dependent control flow, ``.item()``, ...) the call goes on
+  draw by draw; any other exception of the model reaches the user as raised.
+* *draw by draw*: the weights of one draw are loaded into the private copy
+  and the wrapped method runs on it, once per draw. Convolutional networks
+  take this path: on CPU, batching a convolution over weight draws is slower
+  than running the draws one after another. It also serves methods that
+  register hooks on the model (DeepLift, LRP, GuidedBackprop).
+
+With ``nt_samples_batch_size=None`` the draws are split into partitions of
+at most ``_DRAW_ELEMENTS`` weights and input elements, so memory does not grow
+with the number of draws; the result does not depend on the split.
+Layer and neuron methods are refused.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import inspect
 import re
+import types
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import torch
-from captum.attr import Attribution, LayerAttribution, NeuronAttribution, NoiseTunnel
+from captum.attr import Attribution, LayerAttribution, NeuronAttribution
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from ._captum import _format_additional_forward_args, log_usage
+from ._model import warn_if_training
 from ._sampling import NoiseStream, seed_from
 from ._validation import (
     StdevsType,
@@ -54,18 +79,47 @@ from ._validation import (
 from .kernels import Gaussian, Kernel, get_kernel
 from .noise_tunnel import (
     AttributionOutput,
-    _call_state,
     _CallState,
     _check_nt_args,
+    _check_real_inputs,
     _current_state,
+    _format_attributions,
     _GeneratorNoiseTunnel,
+    _grad_capable,
     _InputNoise,
+    _normal_tensors,
 )
 
 __all__ = ["FusionGrad", "NoiseGrad"]
 
 ParamFilter = Union[None, str, Callable[[str], bool], Collection[str]]
 NOISE_TYPES = ("multiplicative", "additive")
+
+# Partitions chosen when nt_samples_batch_size is None: draws x (weights + input
+# elements of the batch) stays under this many elements (64 MiB in float32).
+_DRAW_ELEMENTS = 1 << 24
+# Largest model whose draws are batched through vmap (benchmarks/mollify.py:
+# batching pays for small dense models; conv nets and large models run draw by draw).
+_BATCHED_MAX_WEIGHTS = 1 << 20
+# Layers with batching rules over weight draws (nn.Bilinear has none: vmap loops over it).
+_DENSE = (
+    nn.Linear,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.PReLU,
+)
+# What torch.func raises when vmap cannot run a model (unsupported operations,
+# data-dependent control flow, .item(), in-place updates of unbatched tensors,
+# autograd.Functions without vmap support, tensors without storage).
+_VMAP_UNSUPPORTED = re.compile(
+    r"vmap|functorch|batched tensor|BatchedTensor|batching rule|setup_context|doesn't have storage",
+    re.IGNORECASE,
+)
+
+
+class _Unbatchable(Exception):
+    """vmap cannot run the model: go on draw by draw."""
 
 
 def _module_of(forward_func: Any) -> nn.Module:
@@ -129,15 +183,213 @@ class _WeightNoise:
         self.multiplicative = multiplicative
         self.offset = 0
 
-    def take(self, n: int) -> Dict[str, Tensor]:
-        """The next ``n`` draws: ``{name: (n, *shape)}``."""
+    def take(self, n: int, out: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """The next ``n`` draws: ``{name: (n, *shape)}``, written into ``out`` when it fits.
+
+        Reusing the tensors of the previous draw (``out``) spares a fresh
+        allocation of every weight per draw; the numbers are the same.
+        """
         u = self.stream.take(self.offset, self.offset + n)[0]  # (n, d_w)
         self.offset += n
-        out = {}
+        drawn = {}
         for (name, base), part in zip(self.base.items(), torch.split(u, self.sizes, dim=1)):
-            noise = (self.eps * part).reshape(n, *base.shape).to(base.device, base.dtype)
-            out[name] = base * (1 + noise) if self.multiplicative else base + noise
-        return out
+            # A (1, k) slice keeps the row stride of u, on which CPU kernels are many
+            # times slower: take one draw as a plain view.
+            part = part[0].view(1, *base.shape) if n == 1 else part.reshape(n, *base.shape)
+            w = None if out is None else out.get(name)
+            if w is not None and w.shape == part.shape and w.dtype == part.dtype == base.dtype:
+                w = torch.mul(part, self.eps, out=w)
+            else:
+                w = (part * self.eps).to(base.device, base.dtype)
+            # In place: the same numbers as base * (1 + eps u) (or base + eps u).
+            drawn[name] = w.add_(1).mul_(base) if self.multiplicative else w.add_(base)
+        return drawn
+
+
+def _own_containers(obj: object, keys: Optional[Collection[str]] = None) -> None:
+    """Give a shallow copy its own dicts, lists and sets (all, or those named in ``keys``)."""
+    state = vars(obj)
+    for key, value in list(state.items()):
+        if isinstance(value, (dict, list, set)) and (keys is None or key in keys):
+            state[key] = copy.copy(value)
+
+
+# The tables every nn.Module owns (parameters, buffers, submodules, hooks): a private
+# copy has its own. Other attributes, containers included, are the user's and shared.
+_MODULE_TABLES = frozenset(k for k, v in vars(nn.Module()).items() if isinstance(v, (dict, list, set)))
+
+
+class _PrivateModel:
+    """A copy of the user's module for one ``attribute`` call.
+
+    Every submodule is copied with ``copy.copy`` (code and plain attributes
+    shared) and given its own ``_parameters`` (clones that do not require
+    grad), ``_buffers`` and hook tables, so nothing done to the copy (weights
+    loaded, hooks registered by the wrapped method, buffers updated by a
+    forward) reaches the user's module. Shared submodules and tied parameters
+    stay shared and tied. Every forward call of the copy starts from fresh
+    clones of the user's buffers and is counted in :attr:`calls`.
+    """
+
+    def __init__(self, model: nn.Module, noisy: Collection[str]) -> None:
+        self.twin: Dict[int, nn.Module] = {}  # id(user's module) -> its copy
+        self._params: Dict[int, nn.Parameter] = {}
+        self.root = self._copy(model)
+        for twin in self.twin.values():
+            # Bound methods of the user's modules (in attributes or hook tables) move to the copy.
+            state = vars(twin)
+            for key, value in list(state.items()):
+                if key in _MODULE_TABLES and isinstance(value, dict):  # the copy's own hook tables
+                    for k, v in list(value.items()):
+                        value[k] = _retargeted(v, self.twin)
+                else:
+                    state[key] = _retargeted(value, self.twin)
+        canonical = {id(p): n for n, p in model.named_parameters()}
+        wanted = set(noisy)
+        # Where each noisy parameter lives in the copy, and each buffer with its original.
+        self._slots: Dict[str, List[Tuple[nn.Module, str]]] = {n: [] for n in noisy}
+        self._buffers: List[Tuple[nn.Module, str, Tensor]] = []
+        for module in model.modules():
+            twin = self.twin[id(module)]
+            for key, p in module._parameters.items():
+                if p is not None and canonical.get(id(p)) in wanted:
+                    self._slots[canonical[id(p)]].append((twin, key))
+            for key, b in module._buffers.items():
+                if b is not None:
+                    self._buffers.append((twin, key, b))
+        self.calls = 0
+        forward = self.root.forward
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            for module, key, original in self._buffers:
+                module._buffers[key] = original.detach().clone()
+            return forward(*args, **kwargs)
+
+        # The copy's own forward (what Module.__call__ and the copied bound forward run).
+        self.forward: Callable[..., Any] = counted
+        vars(self.root)["forward"] = counted
+
+    def _copy(self, module: nn.Module) -> nn.Module:
+        if id(module) in self.twin:
+            return self.twin[id(module)]
+        new = copy.copy(module)
+        self.twin[id(module)] = new
+        _own_containers(new, _MODULE_TABLES)
+        state = vars(new)
+        state["_modules"] = {k: None if m is None else self._copy(m) for k, m in module._modules.items()}
+        state["_buffers"] = {k: None if b is None else b.detach().clone() for k, b in module._buffers.items()}
+        for key, p in module._parameters.items():
+            if p is not None and id(p) not in self._params:
+                self._params[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+            setattr(new, key, None if p is None else self._params[id(p)])
+        if isinstance(new, nn.RNNBase):
+            # Its own list of flat weights, which RNNBase.__setattr__ keeps up to date on load.
+            new._init_flat_weights()
+        return new
+
+    def load(self, weights: Dict[str, Tensor]) -> None:
+        """Make ``weights`` (one draw, ``{name: tensor}``) the copy's parameters."""
+        for name, value in weights.items():
+            param = nn.Parameter(value, requires_grad=False)
+            for module, key in self._slots[name]:
+                setattr(module, key, param)
+
+
+def _refers_to(value: Any, modules: Dict[int, nn.Module]) -> bool:
+    if isinstance(value, nn.Module):
+        return id(value) in modules
+    if inspect.ismethod(value):
+        return id(value.__self__) in modules
+    if isinstance(value, (list, tuple)):
+        return any(_refers_to(v, modules) for v in value)
+    return False
+
+
+def _retargeted(value: Any, twin: Dict[int, nn.Module]) -> Any:
+    """``value`` with references to the user's modules replaced by the copy's."""
+    if isinstance(value, nn.Module):
+        return twin.get(id(value), value)
+    if inspect.ismethod(value) and id(value.__self__) in twin:
+        return types.MethodType(value.__func__, twin[id(value.__self__)])
+    if isinstance(value, (list, tuple)) and _refers_to(value, twin):
+        return type(value)(_retargeted(v, twin) for v in value)
+    return value
+
+
+def _method_copy(method: Attribution, twin: Dict[int, nn.Module], forward: Callable[..., Any]) -> Attribution:
+    """A shallow copy of ``method`` (and of attribution objects it holds) on the private model.
+
+    ``forward`` replaces the ``forward_func`` of ``method`` and of the
+    attribution objects that share it; other references to the user's
+    modules (DeepLift's ``model``, ...) point to the copy's.
+    """
+    original = method.forward_func
+
+    def swap(obj: Attribution) -> Attribution:
+        new = copy.copy(obj)
+        _own_containers(new)
+        state = vars(new)
+        for key, value in list(state.items()):
+            if isinstance(value, Attribution):
+                state[key] = swap(value)
+            elif key == "forward_func" and value is original:
+                state[key] = forward
+            else:
+                state[key] = _retargeted(value, twin)
+        return new
+
+    return swap(method)
+
+
+def _holds_modules(method: Attribution, modules: Dict[int, nn.Module]) -> bool:
+    """Whether ``method`` reaches the model other than through ``forward_func`` (hooks, ...)."""
+    for key, value in vars(method).items():
+        if isinstance(value, Attribution):
+            if _holds_modules(value, modules):
+                return True
+        elif key != "forward_func" and _refers_to(value, modules):
+            return True
+    return False
+
+
+def _every_kth(value: Any, j: int, k: int, rows: int, lists: bool = False) -> Any:
+    """Rows ``j, j + k, ...`` (draw ``j`` of every example) of an expanded argument."""
+    if isinstance(value, Tensor):
+        return value[j::k] if value.dim() > 0 and value.shape[0] == rows else value
+    if isinstance(value, tuple):
+        return tuple(_every_kth(v, j, k, rows) for v in value)
+    if lists and isinstance(value, list) and len(value) == rows:
+        return value[j::k]
+    return value
+
+
+# The arguments NoiseTunnel expands per sample (``target`` may be a list).
+_PER_ROW = ("target", "baselines", "additional_forward_args", "feature_mask")
+
+
+def _sample_major(delta: Tensor, batch: int, n: int, size: int) -> Tensor:
+    """Convergence deltas of all partitions in the order of one partition: row ``b * n + j``."""
+    parts = []
+    start = 0
+    while start < n:
+        k = min(size, n - start)
+        parts.append(delta[batch * start : batch * (start + k)].reshape(batch, k, *delta.shape[1:]))
+        start += k
+    return torch.cat(parts, dim=1).reshape(batch * n, *delta.shape[1:])
+
+
+@dataclass(kw_only=True)
+class _WeightCallState(_CallState):
+    """What one NoiseGrad ``attribute`` call needs inside NoiseTunnel's hooks."""
+
+    weights: _WeightNoise
+    model: _PrivateModel
+    method: Attribution  # the wrapped method on the private model, run once per draw
+    proxy: Optional[Attribution] = None  # the wrapped method on the batched proxy forward
+    draws: int = 0  # draws of the current partition
+    params: Optional[Dict[str, Tensor]] = None  # the partition's draws, taken for the batched path
+    scratch: Optional[Dict[str, Tensor]] = None  # the current draw, draw by draw
 
 
 class NoiseGrad(_GeneratorNoiseTunnel):
@@ -150,14 +402,15 @@ class NoiseGrad(_GeneratorNoiseTunnel):
     by all examples of the batch; ``"smoothgrad_sq"`` and ``"vargrad"`` give
     the mean square and the variance. By default every floating parameter
     gets noise; ``param_filter`` narrows the set. The user's model is never
-    modified: the perturbed weights are passed through
-    ``torch.func.functional_call`` (batched over draws with ``vmap`` where
-    the model allows it), see the module documentation.
+    modified nor swapped, not even transiently: each call works on a private
+    copy (batched over draws with ``vmap`` for small dense models, draw by
+    draw otherwise), see the module documentation.
 
     Args:
         attribution_method: A Captum attribution method whose ``forward_func``
             is an ``nn.Module`` (or its bound ``forward``), e.g.
-            ``Saliency(model)`` or ``IntegratedGradients(model)``.
+            ``Saliency(model)``, ``IntegratedGradients(model)`` or
+            ``DeepLift(model)``.
         kernel: Kernel of the weight noise, or its name. The radial Poisson
             kernel treats all perturbed weights of one draw as one point.
         noise: ``"multiplicative"`` (default) or ``"additive"``.
@@ -208,19 +461,12 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         self.kernel = get_kernel(kernel)
         self.noise = noise
         self.param_filter = param_filter
-        self._proxy = self._make_proxy(attribution_method)
-
-    def _make_proxy(self, method: Attribution) -> Attribution:
-        """A shallow copy of ``method`` (and of attribution objects it holds) on the proxy forward."""
-        original = method.forward_func
-        proxy = copy.copy(method)
-        proxy.forward_func = self._forward
-        for key, value in list(vars(proxy).items()):
-            if isinstance(value, Attribution) and value.forward_func is original:
-                inner = copy.copy(value)
-                inner.forward_func = self._forward
-                setattr(proxy, key, inner)
-        return proxy
+        modules = {id(m): m for m in self.model.modules()}
+        # Methods that reach the model other than through forward_func (DeepLift's
+        # hooks, ...) run draw by draw on the private copy.
+        self._hooking = _holds_modules(attribution_method, modules)
+        # Set once vmap has failed on this model: later calls go draw by draw at once.
+        self._unbatchable = False
 
     @log_usage()
     def attribute(
@@ -240,27 +486,33 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             inputs: Tensor or tuple of tensors, batch dimension first.
             nt_type: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``.
             nt_samples: Number of weight draws. Default: 10.
-            nt_samples_batch_size: Weight draws evaluated together (one
-                batched call); ``None`` means all. The result does not depend
-                on it beyond float rounding.
+            nt_samples_batch_size: Weight draws per partition (evaluated in
+                one batched call where the draws are batched); ``None``
+                chooses partitions whose memory does not grow with
+                ``nt_samples``. The result does not depend on it beyond float
+                rounding.
             stdevs: Bandwidth ``eps`` of the weight noise (relative with
                 multiplicative noise). 0 gives the wrapped method. Default: 0.2,
                 the NoiseGrad paper's.
-            draw_baseline_from_distrib: As in NoiseTunnel.
+            draw_baseline_from_distrib: As in NoiseTunnel (with
+                ``nt_samples_batch_size=None`` all draws are then one
+                partition, so that each draw gets its own baseline).
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
             **kwargs: Passed to the wrapped method (``target``,
                 ``additional_forward_args``, ``baselines``, ...).
 
         Returns:
-            The smoothed attributions shaped like the wrapped method's, and the
-            mean convergence delta when ``return_convergence_delta=True`` and
-            the wrapped method supports it.
+            The smoothed attributions shaped like the wrapped method's, and,
+            when ``return_convergence_delta=True`` and the wrapped method
+            supports it, the convergence delta of every sample (row
+            ``b * nt_samples + j`` for example ``b`` and draw ``j``).
 
         Raises:
             ValueError: bad ``nt_type``, ``nt_samples``,
                 ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
-                ``param_filter``.
+                ``param_filter``; a ``target`` the output does not have; NaN
+                attributions (``forward_func`` NaN at perturbed weights).
             TypeError: ``generator`` is not a ``torch.Generator``.
             RuntimeError: the wrapped method never calls its ``forward_func``
                 (so weight noise cannot reach it).
@@ -293,36 +545,75 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         _check_generator(generator)
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
+        _check_real_inputs(tupled)
         _check_inputs(tupled)
         names = _select_names(self.model, self.param_filter)
-        in_std = None
-        if input_stdevs is not None:
-            in_std = _format_stdevs(input_stdevs, tupled, allow_zero=True, argument="input_stdevs")
-        weights = _WeightNoise(
-            self.model,
-            names,
-            self.kernel,
-            eps,
-            self.noise == "multiplicative",
-            seed_from(generator),
-        )
-        state = _CallState(generator=generator)
-        state.extra.update(weights=weights, vmap=True)
-        if in_std is not None and bool((in_std > 0).any()):
-            state.input_noise = _InputNoise(self._input_kernel(), tupled, in_std, seed_from(generator))
-        with _call_state(self, state):
-            return NoiseTunnel.attribute.__wrapped__(
-                self,
+        # Buffers are safe (every forward of the private copy starts from clones of them).
+        warn_if_training(self.model, type(self).__name__)
+        with _grad_capable():
+            inputs, kwargs = _normal_tensors((inputs, kwargs))
+            tupled = inputs if isinstance(inputs, tuple) else (inputs,)
+            in_std = None
+            if input_stdevs is not None:
+                in_std = _format_stdevs(input_stdevs, tupled, allow_zero=True, argument="input_stdevs")
+            weights = _WeightNoise(
+                self.model, names, self.kernel, eps, self.noise == "multiplicative", seed_from(generator)
+            )
+            private = _PrivateModel(self.model, names)
+            own = self.attribution_method.forward_func
+            state = _WeightCallState(
+                generator=generator,
+                weights=weights,
+                model=private,
+                method=_method_copy(
+                    self.attribution_method,
+                    private.twin,
+                    private.root if isinstance(own, nn.Module) else private.forward,
+                ),
+            )
+            if self._batch_draws(sum(weights.sizes)):
+                state.proxy = _method_copy(self.attribution_method, private.twin, self._forward)
+            if in_std is not None and bool((in_std > 0).any()):
+                state.input_noise = _InputNoise(self._input_kernel(), tupled, in_std, seed_from(generator))
+            size = nt_samples_batch_size
+            if size is None and not draw_baseline_from_distrib:
+                elements = sum(weights.sizes) + sum(t.numel() for t in tupled)
+                size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
+            out = self._run_tunnel(
+                state,
                 inputs,
+                kwargs,
                 nt_type=nt_type,
                 nt_samples=nt_samples,
-                nt_samples_batch_size=nt_samples_batch_size,
+                nt_samples_batch_size=size,
                 draw_baseline_from_distrib=draw_baseline_from_distrib,
-                **kwargs,
             )
+        with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
+        if with_delta and size is not None and size < nt_samples:
+            attributions, delta = out
+            out = (attributions, _sample_major(delta, tupled[0].shape[0], nt_samples, size))
+        return out
+
+    def _batch_draws(self, n_weights: int) -> bool:
+        """Whether this call batches the draws through vmap (see the module documentation)."""
+        if self._unbatchable or self._hooking or n_weights > _BATCHED_MAX_WEIGHTS:
+            return False
+        for m in self.model.modules():
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+                return False  # hooked tensors must not escape vmap
+            if m.training and any(b is not None for b in m._buffers.values()):
+                return False  # in-place buffer updates (batch norm statistics) do not batch
+            if any(p is not None for p in m._parameters.values()) and not isinstance(m, _DENSE):
+                return False
+        return True
 
     def _input_kernel(self) -> Kernel:
         return Gaussian()
+
+    def _state(self) -> _WeightCallState:
+        state = _current_state(self)
+        assert isinstance(state, _WeightCallState)
+        return state
 
     # -- NoiseTunnel hooks -------------------------------------------------
 
@@ -332,9 +623,10 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         inputs: Tuple[Tensor, ...],
         stdevs: Any,
     ) -> Tuple[Tensor, ...]:
-        state = _current_state(self)
-        state.extra["params"] = state.extra["weights"].take(nt_samples_partition)
-        state.extra["draws"] = nt_samples_partition
+        state = self._state()
+        state.draws = nt_samples_partition
+        # The batched path needs the partition's draws at once; draw by draw takes them one at a time.
+        state.params = state.weights.take(nt_samples_partition) if state.proxy is not None else None
         if state.input_noise is not None:
             rows = state.input_noise.add(inputs, nt_samples_partition)
         else:
@@ -350,110 +642,110 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         is_inputs_tuple: bool,
         return_convergence_delta: bool,
     ) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor]]:
-        state = _current_state(self)
-        draws = int(state.extra["draws"])
-        rows = inputs_with_noise_partition[0].shape[0]
-        device = inputs_with_noise_partition[0].device
-        # Row b * draws + k of the expanded batch uses weight draw k.
-        ids = torch.arange(draws, device=device).repeat(rows // draws)
+        state = self._state()
         kwargs = dict(kwargs_partition)  # type: ignore[call-overload]
-        afa = _format_additional_forward_args(kwargs.get("additional_forward_args"))
-        kwargs["additional_forward_args"] = (*(afa or ()), ids)
-        state.extra["calls"] = 0
-        attributions = self._proxy.attribute.__wrapped__(
-            self._proxy,
-            inputs_with_noise_partition if is_inputs_tuple else inputs_with_noise_partition[0],
-            **kwargs,
-        )
-        if state.extra["calls"] == 0:
+        calls = state.model.calls
+        result = None
+        if state.proxy is not None:
+            try:
+                result = self._batched(state, inputs_with_noise_partition, kwargs, is_inputs_tuple)
+            except _Unbatchable:
+                self._unbatchable = True
+                state.proxy = None
+        if result is None:
+            result = self._draw_by_draw(state, inputs_with_noise_partition, kwargs, is_inputs_tuple)
+        if state.model.calls == calls:
             raise RuntimeError(
                 f"attribution_method: {type(self.attribution_method).__name__} never called "
                 "its forward_func, so the weight noise could not reach the model"
             )
-        delta = None
-        if self.is_delta_supported and return_convergence_delta:
-            attributions, delta = attributions
-        is_tuple = isinstance(attributions, tuple)
-        attrs = attributions if is_tuple else (attributions,)
-        return attrs, is_tuple, delta
+        return _format_attributions(result, self.is_delta_supported, return_convergence_delta)
 
-    # -- the proxy forward -------------------------------------------------
+    def _batched(
+        self, state: _WeightCallState, rows: Tuple[Tensor, ...], kwargs: Dict[str, Any], is_tuple: bool
+    ) -> Any:
+        """All draws of the partition in one call of the wrapped method, on the vmap proxy."""
+        assert state.proxy is not None
+        # Row b * draws + k of the expanded batch uses weight draw k.
+        ids = torch.arange(state.draws, device=rows[0].device).repeat(rows[0].shape[0] // state.draws)
+        afa = _format_additional_forward_args(kwargs.get("additional_forward_args"))
+        kwargs = {**kwargs, "additional_forward_args": (*(afa or ()), ids)}
+        return state.proxy.attribute.__wrapped__(state.proxy, rows if is_tuple else rows[0], **kwargs)
+
+    def _draw_by_draw(
+        self, state: _WeightCallState, rows: Tuple[Tensor, ...], kwargs: Dict[str, Any], is_tuple: bool
+    ) -> Any:
+        """The wrapped method once per draw on the private copy; results in the partition's row order."""
+        k, total = state.draws, rows[0].shape[0]
+        results = []
+        for j in range(k):
+            if state.params is None:
+                # The previous draw's tensors are free again (its attribution is done): reuse them.
+                state.scratch = state.weights.take(1, out=state.scratch)
+                draw = {n: p[0] for n, p in state.scratch.items()}
+            else:
+                draw = {n: p[j] for n, p in state.params.items()}
+            state.model.load(draw)
+            inputs = tuple(t[j::k].detach().requires_grad_(t.requires_grad) for t in rows) if k > 1 else rows
+            kw = {
+                key: _every_kth(value, j, k, total, lists=key == "target") if key in _PER_ROW else value
+                for key, value in kwargs.items()
+            }
+            method = state.method
+            results.append(method.attribute.__wrapped__(method, inputs if is_tuple else inputs[0], **kw))
+        return results[0] if k == 1 else _interleave(results)
+
+    # -- the batched proxy forward -------------------------------------------
 
     def _forward(self, *args: Any) -> Tensor:
-        """The model on perturbed weights; the last argument gives each row's draw."""
-        state = _current_state(self)
-        state.extra["calls"] += 1
+        """The private model on the partition's draws; the last argument gives each row's draw."""
+        state = self._state()
         *rest, ids = args
-        params: Dict[str, Tensor] = state.extra["params"]
-        draws = int(state.extra["draws"])
+        assert state.params is not None
+        draws = state.draws
         rows = ids.shape[0]
-        perm = torch.argsort(ids, stable=True)
-        counts = torch.bincount(ids, minlength=draws)
-        batched = [isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == rows for a in rest]
-        grouped = [a.index_select(0, perm) if b else a for a, b in zip(rest, batched)]
-        out_sorted = None
         per_draw = rows // draws
-        if (
-            state.extra["vmap"]
-            and not self._hooked()
-            and rows % draws == 0
-            and bool((counts == per_draw).all())
-        ):
-            try:
-                out_sorted = self._forward_vmap(params, grouped, batched, draws)
-            except Exception:  # any failure: the loop below is exact, and re-raises real errors
-                state.extra["vmap"] = False
-        if out_sorted is None:
-            out_sorted = self._forward_loop(params, grouped, batched, counts.tolist())
+        counts = torch.bincount(ids, minlength=draws)
+        if rows % draws or not bool((counts == per_draw).all()):
+            raise _Unbatchable  # rows not evenly spread over the draws
+        perm = torch.argsort(ids, stable=True)
+        batched = [isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == rows for a in rest]
+        grouped = [
+            a.index_select(0, perm).reshape(draws, per_draw, *a.shape[1:]) if b else a
+            for a, b in zip(rest, batched)
+        ]
+        root = state.model.root
+
+        def one(p: Dict[str, Tensor], *a: Any) -> Tensor:
+            return functional_call(root, p, tuple(a))
+
+        try:
+            out = vmap(one, in_dims=(0, *[0 if b else None for b in batched]), randomness="different")(
+                state.params, *grouped
+            )
+        except (RuntimeError, NotImplementedError) as err:
+            if _VMAP_UNSUPPORTED.search(str(err)):
+                raise _Unbatchable from err
+            raise
+        if not isinstance(out, Tensor):
+            raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
+        out_sorted = out.reshape(-1, *out.shape[2:])
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(rows, device=perm.device)
         return out_sorted.index_select(0, inverse)
 
-    def _hooked(self) -> bool:
-        # Forward hooks (layer and neuron methods register them) would capture
-        # tensors from inside vmap, which must not escape it: use the loop.
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules())
 
-    def _buffers(self) -> Dict[str, Tensor]:
-        # Copies: a forward that updates buffers (batch norm in training mode)
-        # updates these, not the user's model.
-        return {n: b.clone() for n, b in self.model.named_buffers()}
+def _interleave(results: List[Any]) -> Any:
+    """Per-draw results (attributions, or ``(attributions, delta)``) merged in row order ``b * k + j``."""
 
-    def _forward_vmap(
-        self, params: Dict[str, Tensor], grouped: List[Any], batched: List[bool], draws: int
-    ) -> Tensor:
-        buffers = self._buffers()
-        model = self.model
+    def merge(parts: List[Tensor]) -> Tensor:
+        stacked = torch.stack(parts, dim=1)
+        return stacked.reshape(-1, *stacked.shape[2:])
 
-        def one(p: Dict[str, Tensor], *a: Any) -> Tensor:
-            return functional_call(model, (p, buffers), tuple(a))
-
-        args = [
-            a.reshape(draws, a.shape[0] // draws, *a.shape[1:]) if b else a for a, b in zip(grouped, batched)
-        ]
-        in_dims = (0, *[0 if b else None for b in batched])
-        out = vmap(one, in_dims=in_dims, randomness="different")(params, *args)
-        if not isinstance(out, Tensor):
-            raise TypeError("forward_func: expected a Tensor output")
-        return out.reshape(-1, *out.shape[2:])
-
-    def _forward_loop(
-        self, params: Dict[str, Tensor], grouped: List[Any], batched: List[bool], counts: List[int]
-    ) -> Tensor:
-        buffers = self._buffers()
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
-        outs = []
-        for k, (lo, hi) in enumerate(itertools.pairwise(starts)):
-            if hi == lo:
-                continue
-            args = tuple(a[lo:hi] if b else a for a, b in zip(grouped, batched))
-            out = functional_call(self.model, ({n: p[k] for n, p in params.items()}, buffers), args)
-            if not isinstance(out, Tensor):
-                raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
-            outs.append(out)
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+    first = results[0]
+    if isinstance(first, Tensor):
+        return merge(results)
+    return type(first)(_interleave([r[i] for r in results]) for i in range(len(first)))
 
 
 class FusionGrad(NoiseGrad):
@@ -524,7 +816,8 @@ class FusionGrad(NoiseGrad):
             inputs: Tensor or tuple of tensors, batch dimension first.
             nt_type: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``.
             nt_samples: Number of joint (weight, input) draws. Default: 10.
-            nt_samples_batch_size: Draws evaluated together; ``None`` means all.
+            nt_samples_batch_size: Draws per partition; ``None`` chooses
+                partitions whose memory does not grow with ``nt_samples``.
             stdevs: Bandwidth of the weight noise. Default: 0.2.
             input_stdevs: Bandwidth of the input noise, in input units: a
                 number, one per input tensor, or per-feature tensors. 0 means
@@ -536,12 +829,13 @@ class FusionGrad(NoiseGrad):
 
         Returns:
             The smoothed attributions shaped like the wrapped method's, and the
-            mean convergence delta when requested and supported.
+            convergence delta of every sample when requested and supported.
 
         Raises:
             ValueError: bad ``nt_type``, ``nt_samples``,
                 ``nt_samples_batch_size``, ``stdevs``, ``input_stdevs``,
-                ``inputs`` or ``param_filter``.
+                ``inputs`` or ``param_filter``; a ``target`` the output does
+                not have; NaN attributions.
             TypeError: ``generator`` is not a ``torch.Generator``.
             RuntimeError: the wrapped method never calls its ``forward_func``.
         """

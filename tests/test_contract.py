@@ -44,8 +44,9 @@ class TwoInputNet(nn.Module):
 
     def forward(self, a: Tensor, b: Optional[Tensor] = None) -> Tensor:
         if self.fail_at is not None:
-            _CALLS[id(self)] = _CALLS.get(id(self), 0) + 1
-            if _CALLS[id(self)] >= self.fail_at:
+            # Counted by name, not by object: a method may run a private copy of the model.
+            _CALLS["forward"] = _CALLS.get("forward", 0) + 1
+            if _CALLS["forward"] >= self.fail_at:
                 raise _ModelError("the model failed")
         x = a if b is None else torch.cat([a, b], dim=1)
         return self.body(x) + self.offset
@@ -56,7 +57,7 @@ class _ModelError(RuntimeError):
 
 
 # Forward calls per model, kept outside the model so that counting does not change it.
-_CALLS: Dict[int, int] = {}
+_CALLS: Dict[str, int] = {}
 
 
 @dataclass
@@ -205,11 +206,11 @@ def test_model_left_as_found_after_an_exception(spec: Spec) -> None:
     net = TwoInputNet()
     method = spec.make(net)
     net.fail_at = 2  # the first forward succeeds, a later one raises inside the method
-    _CALLS.pop(id(net), None)
+    _CALLS.pop("forward", None)
     before = _snapshot(net)
     with pytest.raises(_ModelError):
         spec.call(method, _inputs(), 1, 0, 2)
-    assert _CALLS[id(net)] == 2, "the model's forward was run again after it raised"
+    assert _CALLS["forward"] == 2, "the model's forward was run again after it raised"
     _assert_untouched(net, before)
     # The method is still usable once the model works again.
     net.fail_at = None

@@ -364,3 +364,156 @@ def test_bad_constructor_and_inputs() -> None:
     a = NoiseGrad(Saliency(net.forward)).attribute(x, target=0, generator=torch.Generator().manual_seed(0))
     b = NoiseGrad(Saliency(net)).attribute(x, target=0, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b)
+
+
+# -- two ways to run the draws, one set of numbers ------------------------------------
+
+
+def _force(monkeypatch: pytest.MonkeyPatch, batched: bool) -> None:
+    original = NoiseGrad._batch_draws
+
+    def forced(self: NoiseGrad, n_weights: int) -> bool:
+        assert original(self, n_weights) or not batched  # only force batching where it can run
+        return batched
+
+    monkeypatch.setattr(NoiseGrad, "_batch_draws", forced)
+
+
+def _conv(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 3),
+    ).double()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("method", [Saliency, IntegratedGradients])
+def test_batched_and_draw_by_draw_paths_give_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch, method: Any
+) -> None:
+    model = _Scaled()
+    x, y = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    scale = torch.rand(3, 1, dtype=torch.float64) + 0.5
+    extra = {"return_convergence_delta": True, "n_steps": 6} if method is IntegratedGradients else {}
+
+    def run(cls: Any, batched: bool, **kw: Any) -> Any:
+        with monkeypatch.context() as m:
+            _force(m, batched)
+            return cls(method(model), Hyperbolic()).attribute(
+                (x, y),
+                nt_type="vargrad",
+                nt_samples=7,
+                stdevs=0.3,
+                target=[0, 1, 1],
+                additional_forward_args=(scale,),
+                generator=torch.Generator().manual_seed(4),
+                **extra,
+                **kw,
+            )
+
+    for cls, kw in ((NoiseGrad, {}), (FusionGrad, {"input_stdevs": 0.2})):
+        batched = run(cls, True, **kw)
+        for size in (None, 3, 1):
+            torch.testing.assert_close(run(cls, False, nt_samples_batch_size=size, **kw), batched)
+
+
+def test_draw_by_draw_conv_net_equals_deep_copy_loop() -> None:
+    # A conv net runs draw by draw on a private copy: the same numbers as deep copies.
+    net = _conv()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    snap = _snapshot(net)
+    ng = NoiseGrad(Saliency(net))
+    assert not ng._batch_draws(sum(p.numel() for p in net.parameters()))
+    got = ng.attribute(
+        x, nt_samples=5, stdevs=0.3, target=2, abs=False, generator=torch.Generator().manual_seed(1)
+    )
+    names = [n for n, _ in net.named_parameters()]
+    seed = seed_from(torch.Generator().manual_seed(1))
+    outs = [
+        Saliency(m).attribute(x.clone().requires_grad_(), target=2, abs=False)
+        for m in _loop_draws(net, names, Gaussian(), 0.3, True, seed, 5)
+    ]
+    torch.testing.assert_close(got, torch.stack(outs).mean(0))
+    _assert_untouched(net, snap)
+
+
+def test_partitions_of_one_draw_when_the_model_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Memory bound: with nt_samples_batch_size=None the wrapped method never sees
+    # more than one draw of the batch at once when draws x weights exceed the budget,
+    # whatever nt_samples; the result does not depend on that split.
+    seen: List[int] = []
+
+    class Recording(Saliency):
+        @log_usage()
+        def attribute(self, inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            seen.append(inputs.shape[0])
+            return Saliency.attribute.__wrapped__(self, inputs, **kwargs)  # type: ignore[attr-defined]
+
+    net = _conv()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    kw = dict(stdevs=0.2, target=0, abs=False)
+    whole = NoiseGrad(Recording(net)).attribute(
+        x, nt_samples=6, generator=torch.Generator().manual_seed(0), **kw
+    )
+    import captum_smoothhess.noisegrad as ng_module
+
+    monkeypatch.setattr(ng_module, "_DRAW_ELEMENTS", 1)
+    for n in (3, 12):
+        seen.clear()
+        NoiseGrad(Recording(net)).attribute(x, nt_samples=n, **kw)
+        assert seen == [2] * n
+    split = NoiseGrad(Recording(net)).attribute(
+        x, nt_samples=6, generator=torch.Generator().manual_seed(0), **kw
+    )
+    torch.testing.assert_close(split, whole)
+
+
+def test_user_forward_hooks_run_and_the_model_is_never_swapped() -> None:
+    # A hook on the user's layer runs on every draw (on the private copy), and
+    # the user's module holds its own parameters all along, on both paths.
+    cases = [(_mlp(), torch.randn(2, 4)), (_conv(), torch.randn(2, 2, 5, 5))]
+    for net, x in cases:
+        own = {n: (p, p.detach().clone()) for n, p in net.named_parameters()}
+        seen = {"calls": 0, "swapped": 0}
+
+        def check() -> None:
+            for n, p in net.named_parameters():  # noqa: B023 - used within the iteration
+                if p is not own[n][0] or not torch.equal(p.detach(), own[n][1]):  # noqa: B023
+                    seen["swapped"] += 1  # noqa: B023
+
+        def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+            seen["calls"] += 1  # noqa: B023
+            check()
+            return 2 * out
+
+        class Checked(Saliency):
+            @log_usage()
+            def attribute(self, inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                check()
+                return Saliency.attribute.__wrapped__(self, inputs, **kwargs)  # type: ignore[attr-defined]
+
+        def run() -> Tensor:
+            return NoiseGrad(Checked(net)).attribute(  # noqa: B023
+                x.double(),  # noqa: B023
+                nt_samples=4,
+                target=0,
+                abs=False,
+                generator=torch.Generator().manual_seed(2),
+            )
+
+        unhooked = run()
+        handle = net[-1].register_forward_hook(hook)
+        try:
+            hooked = run()
+        finally:
+            handle.remove()
+        assert seen["swapped"] == 0 and seen["calls"] == 4
+        # Doubling the output doubles the saliency.
+        torch.testing.assert_close(hooked, 2 * unhooked)

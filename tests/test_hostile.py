@@ -1,0 +1,261 @@
+"""Hostile but realistic use (issue 14): each test reproduces a defect found by trying to break a method.
+
+Sections name the method(s) and the issue item; further methods add their own sections.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+import torch
+from captum.attr import (
+    LRP,
+    DeepLift,
+    GuidedBackprop,
+    IntegratedGradients,
+    NoiseTunnel,
+    Saliency,
+)
+from test_noisegrad import _assert_untouched, _loop_draws, _snapshot
+from torch import Tensor, nn
+
+from captum_smoothhess._sampling import seed_from
+from captum_smoothhess.kernels import Gaussian
+from captum_smoothhess.noise_tunnel import KernelNoiseTunnel
+from captum_smoothhess.noisegrad import FusionGrad, NoiseGrad
+
+
+def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype).eval()
+
+
+def _g(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- NoiseGrad / FusionGrad: another thread running the model sees nothing (item 1) ---------
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["batched", "hooked-draw-by-draw"])
+def test_noisegrad_threads_never_see_swapped_weights(hooked: bool) -> None:
+    # Thread A runs the model and checks its output; threads B and C run NoiseGrad
+    # and FusionGrad on it (the same explainer objects) for about a second.
+    model = _mlp()
+    x = torch.randn(4, 4)
+    with torch.no_grad():
+        ref = model(x)
+    if hooked:  # a hook sends the draws one by one through the private copy
+        model[0].register_forward_hook(lambda *args: None)
+    snap = _snapshot(model)
+    explainers = {"ng": NoiseGrad(Saliency(model)), "fg": FusionGrad(Saliency(model))}
+
+    def run(name: str, seed: int) -> Tensor:
+        out = explainers[name].attribute(x, target=0, nt_samples=8, generator=_g(seed))
+        assert isinstance(out, Tensor)
+        return out
+
+    expected = {(name, s): run(name, s) for name in explainers for s in range(3)}
+    deadline = time.monotonic() + 1.0
+    errors: List[BaseException] = []
+    wrong = {"outputs": 0, "results": 0, "checks": 0, "calls": 0}
+
+    def guarded(body: Callable[[], None]) -> Callable[[], None]:
+        def target() -> None:
+            try:
+                body()
+            except BaseException as err:  # reported by the main thread
+                errors.append(err)
+
+        return target
+
+    def watcher() -> None:
+        while time.monotonic() < deadline:
+            with torch.no_grad():
+                out = model(x)
+            wrong["checks"] += 1
+            if not torch.equal(out, ref):
+                wrong["outputs"] += 1
+
+    def worker(name: str) -> None:
+        i = 0
+        while time.monotonic() < deadline or i == 0:
+            if not torch.equal(run(name, i % 3), expected[(name, i % 3)]):
+                wrong["results"] += 1
+            wrong["calls"] += 1
+            i += 1
+
+    threads = [threading.Thread(target=guarded(watcher))]
+    threads += [threading.Thread(target=guarded(lambda n=name: worker(n))) for name in explainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[0]
+    assert wrong["outputs"] == 0 and wrong["results"] == 0, wrong
+    assert wrong["checks"] > 0 and wrong["calls"] >= 2
+    _assert_untouched(model, snap)
+
+
+# -- NoiseGrad: the model's own exceptions are not swallowed by vmap (item 6) ---------------
+
+
+class _Counting(nn.Module):
+    """A small MLP whose forward counts its calls (a side effect the user sees); may raise or use .item()."""
+
+    def __init__(self, raise_on: int = 0, item: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+        self.log = {"calls": 0}
+        self.raise_on = raise_on
+        self.item = item
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.log["calls"] += 1
+        if self.log["calls"] == self.raise_on:
+            raise ValueError("the model's own error")
+        out = self.body(x)
+        if self.item and float(out.abs().max().item()) > 1e6:  # data-dependent: vmap cannot run it
+            return out / 2
+        return out
+
+
+def test_noisegrad_model_error_reaches_the_user_once() -> None:
+    model = _Counting(raise_on=1)
+    with pytest.raises(ValueError, match="the model's own error"):
+        NoiseGrad(Saliency(model)).attribute(torch.randn(3, 4, dtype=torch.float64), nt_samples=6, target=0)
+    assert model.log["calls"] == 1  # not re-run draw by draw to hide the error
+
+
+def test_noisegrad_forward_runs_once_per_batched_partition() -> None:
+    model = _Counting()
+    NoiseGrad(Saliency(model)).attribute(torch.randn(3, 4, dtype=torch.float64), nt_samples=6, target=0)
+    assert model.log["calls"] == 1
+
+
+def test_noisegrad_falls_back_when_vmap_cannot_run_the_model() -> None:
+    # .item() inside the forward: vmap refuses, the draws run one by one, with
+    # the numbers of the same model without it.
+    x = torch.randn(3, 4, dtype=torch.float64)
+    kw = dict(nt_samples=5, stdevs=0.3, target=1, abs=False)
+    model = _Counting(item=True)
+    ng = NoiseGrad(Saliency(model))
+    got = ng.attribute(x, generator=_g(3), **kw)
+    plain = NoiseGrad(Saliency(_Counting())).attribute(x, generator=_g(3), **kw)
+    torch.testing.assert_close(got, plain)
+    model.log["calls"] = 0
+    ng.attribute(x, generator=_g(3), **kw)
+    assert model.log["calls"] == 5  # the failed vmap attempt is not repeated on later calls
+
+
+# -- NoiseGrad with methods that hook the model: DeepLift, LRP, GuidedBackprop (item 7) -----
+
+
+@pytest.mark.parametrize("method", [DeepLift, LRP, GuidedBackprop])
+def test_noisegrad_runs_hooking_methods_on_a_private_copy(method: Any) -> None:
+    net = _mlp(dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    snap = _snapshot(net)
+    plain = method(net).attribute(x, target=1)
+    ng = NoiseGrad(method(net))
+    torch.testing.assert_close(ng.attribute(x, nt_samples=2, stdevs=0.0, target=1), plain)
+    got = ng.attribute(x, nt_samples=4, stdevs=0.2, target=1, generator=_g(5))
+    names = [n for n, _ in net.named_parameters()]
+    draws = _loop_draws(net, names, Gaussian(), 0.2, True, seed_from(_g(5)), 4)
+    expected = torch.stack([method(m).attribute(x, target=1) for m in draws]).mean(0)
+    torch.testing.assert_close(got, expected)
+    _assert_untouched(net, snap)
+
+
+# -- no silent NaN: KernelNoiseTunnel, NoiseGrad, FusionGrad (item 2) -----------------------
+
+
+class _Sqrt(nn.Module):
+    """sqrt of a linear map: NaN value and gradient wherever the map is negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.eye(3))
+            self.lin.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sqrt(self.lin(x)).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: (KernelNoiseTunnel(Saliency(m)), {}),  # drop-in path
+        lambda m: (KernelNoiseTunnel(Saliency(m), "poisson"), {"generator": _g()}),
+        lambda m: (NoiseGrad(Saliency(m), noise="additive"), {"generator": _g()}),
+        lambda m: (FusionGrad(Saliency(m)), {"generator": _g()}),
+    ],
+    ids=["knt-drop-in", "knt-kernel", "noisegrad", "fusiongrad"],
+)
+def test_nan_attributions_raise(make: Callable[[nn.Module], Tuple[Any, Dict[str, Any]]]) -> None:
+    # Positive inputs close to 0: the noise takes some samples (or weights) below 0.
+    x = torch.full((2, 3), 0.05)
+    explainer, kw = make(_Sqrt())
+    with pytest.raises(ValueError, match=r"^forward_func: NaN appeared in the attributions"):
+        explainer.attribute(x, nt_samples=16, stdevs=0.5, target=0, **kw)
+
+
+def test_knt_drop_in_numbers_unchanged_when_finite() -> None:
+    net = _mlp()
+    x = torch.randn(3, 4)
+    torch.manual_seed(7)
+    expected = NoiseTunnel(Saliency(net)).attribute(x, nt_samples=6, stdevs=0.3, target=2)
+    torch.manual_seed(7)
+    got = KernelNoiseTunnel(Saliency(net)).attribute(x, nt_samples=6, stdevs=0.3, target=2)
+    assert torch.equal(got, expected)
+
+
+# -- messages: target, inference mode, meta tensors (item 8) --------------------------------
+
+
+_TUNNELS: List[Tuple[str, Callable[[nn.Module], Any], Dict[str, Any]]] = [
+    ("knt", lambda m: KernelNoiseTunnel(Saliency(m)), {}),
+    ("knt-kernel", lambda m: KernelNoiseTunnel(IntegratedGradients(m), "sigmoid"), {"n_steps": 4}),
+    ("noisegrad", lambda m: NoiseGrad(Saliency(m)), {}),
+    ("fusiongrad", lambda m: FusionGrad(IntegratedGradients(m)), {"n_steps": 4}),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "extra"), _TUNNELS, ids=[t[0] for t in _TUNNELS])
+@pytest.mark.parametrize("target", [3, -4, torch.tensor([0, 5]), [1, 7], (0, 1)], ids=repr)
+def test_out_of_range_target_names_target(name: str, make: Any, extra: Dict[str, Any], target: Any) -> None:
+    with pytest.raises(ValueError, match=r"^target: "):
+        make(_mlp()).attribute(torch.randn(2, 4), nt_samples=3, target=target, **extra)
+
+
+@pytest.mark.parametrize(("name", "make", "extra"), _TUNNELS, ids=[t[0] for t in _TUNNELS])
+def test_inference_mode_works_and_gives_the_same_numbers(name: str, make: Any, extra: Dict[str, Any]) -> None:
+    net = _mlp()
+    x = torch.randn(2, 4)
+    kw = dict(nt_samples=3, stdevs=0.2, target=1, **extra)
+    if name != "knt":
+        kw["generator"] = _g(2)
+    else:
+        torch.manual_seed(2)
+    expected = make(net).attribute(x, **kw)
+    if name != "knt":
+        kw["generator"] = _g(2)
+    else:
+        torch.manual_seed(2)
+    with torch.inference_mode():
+        x_inf = x.clone()
+        got = make(net).attribute(x_inf, **kw)
+    assert x_inf.is_inference() and not x_inf.requires_grad
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "make", "extra"), _TUNNELS, ids=[t[0] for t in _TUNNELS])
+def test_meta_inputs_name_inputs(name: str, make: Any, extra: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"^inputs: a meta tensor"):
+        make(_mlp()).attribute(torch.randn(2, 4, device="meta"), nt_samples=3, target=0, **extra)

@@ -65,6 +65,7 @@ def resnet18(seed: int = 0, n_classes: int = 1000) -> ResNet18:
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
                 m.weight.copy_(1.0 + 0.1 * torch.randn(c, generator=gen))

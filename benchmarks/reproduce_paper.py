@@ -35,9 +35,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from captum_smoothhess._training import _fit
 from captum_smoothhess.baselines import exact_hessian, softplus_surrogate
 from captum_smoothhess.datasets import four_quadrant, four_quadrant_interaction, load_digits_tensors
+from captum_smoothhess.demo._training import _fit
 from captum_smoothhess.metrics import perturbation_mse
 from captum_smoothhess.robust import ClassProbability, solve_trust_region
 from captum_smoothhess.smoothhess import SmoothHess

@@ -10,6 +10,8 @@ Public API:
 * :class:`KernelNoiseTunnel`, :class:`NoiseGrad`, :class:`FusionGrad`: gradient
   smoothing with any kernel in input space, weight space, or both.
 * :class:`CASO`, :class:`CAFO`: second- and first-order sparse saliency.
+* :func:`global_interactions`: interactions summarised over a dataset (mean,
+  mean absolute value, standard errors), a :class:`GlobalInteractions`.
 * Submodules :mod:`~captum_smoothhess.metrics` (perturbation MSE),
   :mod:`~captum_smoothhess.baselines` (SoftPlus surrogate, exact Hessian),
   :mod:`~captum_smoothhess.robust` (trust-region step, second-order attack),
@@ -20,6 +22,7 @@ Public API:
 from . import baselines, datasets, metrics, robust, visualization
 from .caso import CAFO, CASO
 from .factors import SmoothHessFactors, TopPairs
+from .global_interactions import GlobalInteractions, global_interactions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 from .noise_tunnel import KernelNoiseTunnel
 from .noisegrad import FusionGrad, NoiseGrad
@@ -32,6 +35,7 @@ __all__ = [
     "CASO",
     "FusionGrad",
     "Gaussian",
+    "GlobalInteractions",
     "Hyperbolic",
     "Kernel",
     "KernelNoiseTunnel",
@@ -46,6 +50,7 @@ __all__ = [
     "baselines",
     "datasets",
     "get_kernel",
+    "global_interactions",
     "metrics",
     "robust",
     "visualization",

@@ -1,6 +1,4 @@
-"""The Monte-Carlo engine shared by every method that averages over kernel noise.
-
-Three pieces, each used by SmoothHess, the kernel noise tunnels and CASO:
+"""Kernel noise by sample index, and the samplers that turn it into Stein pairs.
 
 * :class:`NoiseStream` draws canonical kernel noise for (example, sample
   index) pairs. The noise of sample ``j`` depends only on the seed and ``j``:
@@ -9,34 +7,27 @@ Three pieces, each used by SmoothHess, the kernel noise tunnels and CASO:
   samples are split into chunks (``n_samples_batch_size``) or across
   processes. On CPU, where a generator is sequential, independent blocks are
   drawn by several threads at once.
-* :class:`GradientEvaluator` evaluates, with one forward and one backward
-  pass, the gradient of the selected scalar output (Captum's ``target``) for
-  every perturbed copy of a batch, expanding ``target`` and
-  ``additional_forward_args`` per copy the way Captum does
-  (``repeat_interleave``: the copies of one example are contiguous).
-* :func:`chunks` / :func:`default_chunk` plan the chunks, so memory does
-  not grow with the number of samples.
+* A :class:`Sampler` owns one stream and its variance reduction: it draws the
+  noise of a range of draws, forms the perturbed points, and combines the
+  gradients at those points into ``(scores, gradient terms)`` pairs, the two
+  factors of the Stein estimate ``H = (1/eps) E[s(u) grad f(x + eps u)^T]``.
+  :class:`PlainSampler` (one gradient call per draw) and
+  :class:`AntitheticSampler` (the pair ``u, -u``) are the two of today; a new
+  sampler is one more subclass, and the estimator loop does not change.
+* :func:`chunks` / :func:`default_chunk` plan the chunks lazily, so memory
+  does not grow with the number of samples.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import ClassVar, Dict, Iterator, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 
-from ._captum import (
-    ExpansionTypes,
-    TargetType,
-    _expand_additional_forward_args,
-    _expand_target,
-    _format_additional_forward_args,
-    _run_forward,
-    _select_targets,
-    progress,
-)
-from ._validation import _unflatten
+from ._captum import progress
 from .kernels import Kernel
 
 _MASK64 = (1 << 64) - 1
@@ -155,101 +146,102 @@ def default_chunk(n: int, batch: int, dim: int, copies: int = 1) -> int:
 
 
 def chunks(n: int, size: int, show_progress: bool = False, desc: str = "") -> Iterator[Tuple[int, int]]:
-    """Consecutive ``(start, stop)`` ranges of at most ``size`` covering ``range(n)``."""
-    bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
-    if not show_progress:
-        yield from bounds
-        return
-    bar = progress(total=len(bounds), desc=desc)
+    """Consecutive ``(start, stop)`` ranges of at most ``size`` covering ``range(n)``, made lazily."""
+    bar = progress(total=-(-n // size), desc=desc) if show_progress else None
     try:
-        for b in bounds:
-            yield b
-            bar.update()
+        for start in range(0, n, size):
+            yield start, min(n, start + size)
+            if bar is not None:
+                bar.update()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
-def _scalar_per_row(out: Tensor, rows: int, argument: str = "target") -> Tensor:
-    if out.dim() == 2 and out.shape[1] == 1:
-        out = out[:, 0]
-    if out.dim() != 1 or out.shape[0] != rows:
-        raise ValueError(
-            f"{argument}: forward_func must give one scalar per example after target "
-            f"selection, got an output of shape {tuple(out.shape)} for {rows} example(s); "
-            "pass a `target` that selects one output per example"
-        )
-    return out
+class Sampler(ABC):
+    """Canonical kernel noise for a batch, the perturbed points, and their Stein pairs.
 
-
-def selected_outputs(
-    forward_func: Callable[..., Any],
-    inputs: Tuple[Tensor, ...],
-    target: TargetType = None,
-    additional_forward_args: Any = None,
-) -> Tensor:
-    """The scalar output that ``target`` selects, one per example: shape ``(B,)``.
-
-    Raises a ``ValueError`` naming ``target`` when the target does not exist
-    in the output, or when the output is not one scalar per example.
-    """
-    afa = _format_additional_forward_args(additional_forward_args)
-    out = _run_forward(forward_func, inputs, None, afa)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
-    try:
-        sel = _select_targets(out, target)
-    except (IndexError, AssertionError, RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"target: {target!r} does not select an output of forward_func, whose output "
-            f"has shape {tuple(out.shape)} ({err})"
-        ) from err
-    return _scalar_per_row(sel, inputs[0].shape[0])
-
-
-class GradientEvaluator:
-    """Gradients of the selected scalar output at many perturbed copies of a batch.
+    A sampler addresses its noise by *draw* index (one draw is one canonical
+    noise vector per example; it may be evaluated at several points, e.g.
+    ``u`` and ``-u``), so draw ``j`` depends only on ``(seed, j)``.
 
     Args:
-        forward_func: The model or function, as given to the attribution method.
-        inputs: The original inputs (their shapes define the flat layout).
-        target: Captum target for the original batch.
-        additional_forward_args: Captum additional forward args for the batch.
+        kernel: The kernel to draw from.
+        batch: Number of examples ``B``.
+        dim: Features per example ``d``.
+        seed: Base seed, e.g. from :func:`seed_from`.
+        device: Device of the noise.
+        dtype: Floating dtype of the noise.
+        draws: Number of draws that will be taken, if known.
     """
+
+    #: Gradient calls per draw.
+    copies: ClassVar[int] = 1
 
     def __init__(
         self,
-        forward_func: Callable[..., Any],
-        inputs: Tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Any,
+        kernel: Kernel,
+        batch: int,
+        dim: int,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        draws: Optional[int] = None,
     ) -> None:
-        self.forward_func = forward_func
-        self.inputs = inputs
-        self.target = target
-        self.afa = _format_additional_forward_args(additional_forward_args)
-        self._expanded: Dict[int, Tuple[TargetType, Any]] = {}
+        self.kernel = kernel
+        self.stream = NoiseStream(kernel, batch, dim, seed, device, dtype, draws)
 
-    def _expand(self, copies: int) -> Tuple[TargetType, Any]:
-        if copies not in self._expanded:
-            kind = ExpansionTypes.repeat_interleave
-            self._expanded[copies] = (
-                _expand_target(self.target, copies, kind),
-                _expand_additional_forward_args(self.afa, copies, kind),
-            )
-        return self._expanded[copies]
+    def noise(self, start: int, stop: int) -> Tensor:
+        """Canonical noise of draws ``start .. stop-1``, ``(B, stop-start, d)``."""
+        return self.stream.take(start, stop)
 
-    def __call__(self, points: Tensor) -> Tensor:
-        """Gradients at ``points`` of shape ``(B, r, d)``; returns ``(B, r, d)``."""
-        batch, copies, dim = points.shape
-        x = points.detach().reshape(batch * copies, dim).requires_grad_(True)
-        target, afa = self._expand(copies)
-        with torch.enable_grad():
-            parts = _unflatten(x, self.inputs)
-            out = _run_forward(self.forward_func, parts, target, afa)
-            if not isinstance(out, Tensor):
-                raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
-            out = _scalar_per_row(out, batch * copies)
-            (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(x)
-        return grad.reshape(batch, copies, dim)
+    @abstractmethod
+    def points(self, x: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        """Perturbed points ``(B, copies * c, d)`` of the ``c`` draws ``u`` around ``x`` ``(B, d)``."""
+
+    @abstractmethod
+    def pairs(self, u: Tensor, grads: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(scores, terms)``, both ``(B, c, d)``, from the gradients at :meth:`points`.
+
+        ``sum_j scores_j terms_j^T / (eps * n)`` over all draws is the Stein
+        estimate of the smoothed Hessian from ``n`` gradient calls.
+        """
+
+
+class PlainSampler(Sampler):
+    """One gradient call per draw: the terms are the gradients at ``x + eps u``."""
+
+    copies = 1
+
+    def points(self, x: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        return torch.addcmul(x[:, None, :], eps, u)
+
+    def pairs(self, u: Tensor, grads: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.kernel.score(u), grads
+
+
+class AntitheticSampler(Sampler):
+    """Antithetic pairs ``(u, -u)``: the terms are ``grad f(x + eps u) - grad f(x - eps u)``.
+
+    For a symmetric kernel the score is odd, so the pair cancels the even part
+    of the gradient's noise; two gradient calls per draw.
+    """
+
+    copies = 2
+
+    def points(self, x: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        batch, c, dim = u.shape
+        x_rows = x[:, None, :]
+        points = x.new_empty(batch, 2 * c, dim)
+        torch.addcmul(x_rows, eps, u, out=points[:, :c])
+        torch.addcmul(x_rows, eps, u, value=-1, out=points[:, c:])
+        return points
+
+    def pairs(self, u: Tensor, grads: Tensor) -> Tuple[Tensor, Tensor]:
+        c = u.shape[1]
+        return self.kernel.score(u), grads[:, :c] - grads[:, c:]
+
+
+def sampler_class(antithetic: bool) -> Type[Sampler]:
+    """The sampler of the ``antithetic`` flag."""
+    return AntitheticSampler if antithetic else PlainSampler

@@ -25,6 +25,8 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs") -> None:
         where = argument if len(inputs) == 1 else f"{argument}[{i}]"
         if not isinstance(inp, Tensor):
             raise TypeError(f"{where}: expected a torch.Tensor, got {type(inp).__name__}")
+        if inp.device.type == "meta":
+            raise ValueError(f"{where}: meta tensors hold no values to attribute; move them to a real device")
         if not inp.is_floating_point():
             raise TypeError(f"{where}: expected a floating-point tensor, got dtype {inp.dtype}")
         if inp.dim() == 0:
@@ -120,27 +122,6 @@ def _format_stdevs(
             v = _check_number(s, where, allow_zero=allow_zero)
             parts.append(torch.full((math.prod(shape),), v, device=inp.device, dtype=inp.dtype))
     return torch.cat(parts)
-
-
-def _flatten(inputs: Tuple[Tensor, ...]) -> Tensor:
-    """(B, d) view/copy of a tuple of (B, *S_i) tensors, detached."""
-    batch = inputs[0].shape[0]
-    flat = [inp.detach().reshape(batch, -1) for inp in inputs]
-    return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
-
-
-def _sizes(inputs: Tuple[Tensor, ...]) -> list[int]:
-    return [math.prod(inp.shape[1:]) for inp in inputs]
-
-
-def _unflatten(flat: Tensor, inputs: Tuple[Tensor, ...], lead: int = 1) -> Tuple[Tensor, ...]:
-    """Split the last dim of ``flat`` (..., d) back into the inputs' shapes."""
-    head = flat.shape[:lead]
-    if len(inputs) == 1:
-        # A view: no split, so autograd does not copy the gradient back through a cat.
-        return (flat.reshape(*head, *inputs[0].shape[1:]),)
-    parts = torch.split(flat, _sizes(inputs), dim=lead)
-    return tuple(p.reshape(*head, *inp.shape[1:]) for p, inp in zip(parts, inputs))
 
 
 def _format_feature_mask(

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
-from ._sampling import selected_outputs
-from ._validation import _check_inputs, _check_number, _check_positive_int, _flatten, _unflatten
-from .smoothhess import GradientType, HessianType, _split_hessian
+from ._evaluators import selected_outputs
+from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian, _unflatten
+from ._validation import _check_inputs, _check_number, _check_positive_int
 
 __all__ = ["ExactHessian", "exact_hessian", "softplus_surrogate"]
 
@@ -87,6 +87,30 @@ def softplus_surrogate(model: nn.Module, beta: float, threshold: float = 20.0) -
     return surrogate
 
 
+@overload
+def exact_hessian(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    return_gradient: Literal[False] = False,
+    chunk_size: Optional[int] = None,
+) -> HessianType: ...
+
+
+@overload
+def exact_hessian(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    *,
+    return_gradient: Literal[True],
+    chunk_size: Optional[int] = None,
+) -> Tuple[HessianType, TensorOrTuple]: ...
+
+
+@overload
 def exact_hessian(
     forward_func: Callable[..., Any],
     inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -94,7 +118,17 @@ def exact_hessian(
     additional_forward_args: Any = None,
     return_gradient: bool = False,
     chunk_size: Optional[int] = None,
-) -> Union[HessianType, Tuple[HessianType, GradientType]]:
+) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]: ...
+
+
+def exact_hessian(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    return_gradient: bool = False,
+    chunk_size: Optional[int] = None,
+) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
     """Exact input Hessian (and gradient) of the selected output, by ``torch.func``.
 
     Forward-over-reverse differentiation: one Hessian-vector product per
@@ -164,8 +198,7 @@ def exact_hessian(
     out = _split_hessian(hess, inps, is_tuple)
     if grad is None:
         return out
-    grads = _unflatten(grad.detach(), inps)
-    return out, (grads if is_tuple else grads[0])
+    return out, _format_flat(grad.detach(), inps, is_tuple)
 
 
 class ExactHessian(GradientAttribution):
@@ -190,6 +223,37 @@ class ExactHessian(GradientAttribution):
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         super().__init__(forward_func)
 
+    @overload
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_gradient: Literal[False] = False,
+        chunk_size: Optional[int] = None,
+    ) -> HessianType: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        return_gradient: Literal[True],
+        chunk_size: Optional[int] = None,
+    ) -> Tuple[HessianType, TensorOrTuple]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_gradient: bool = False,
+        chunk_size: Optional[int] = None,
+    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]: ...
+
     @log_usage()
     def attribute(
         self,
@@ -198,7 +262,7 @@ class ExactHessian(GradientAttribution):
         additional_forward_args: Any = None,
         return_gradient: bool = False,
         chunk_size: Optional[int] = None,
-    ) -> Union[HessianType, Tuple[HessianType, GradientType]]:
+    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
         """Exact Hessian (and gradient) at ``inputs``; see :func:`exact_hessian`.
 
         Args:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,74 +43,32 @@ from ._captum import (
     _run_forward,
     log_usage,
 )
+from ._evaluators import LossFunc, LossGradientEvaluator, autograd_allowed, check_losses
+from ._layout import TensorOrTuple, _flatten, _format_flat, _unflatten
+from ._model import batch_dependent_layers, private_if_training
+from ._sampling import seed_from
 from ._validation import (
     StdevsType,
     _check_generator,
     _check_inputs,
+    _check_n_samples,
     _check_number,
     _check_positive_int,
-    _flatten,
-    _unflatten,
+    _format_stdevs,
 )
+from .factors import _matvec
 from .kernels import Gaussian, Kernel, get_kernel
+from .solvers import DenseQuadratic, Quadratic, Solution, _soft, fista, sparsity_solve, top_eigenvalue
 
 __all__ = ["CAFO", "CASO"]
 
-TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
-LossFunc = Callable[[Tensor, Tensor], Tensor]
-HVP = Callable[[Tensor], Tensor]
-
+Curvature = Literal["autograd", "smoothhess"]
 _CURVATURES = ("autograd", "smoothhess")
-# Power iteration: relative change of the Rayleigh quotient at which it stops, and a cap.
-_POWER_TOL = 1e-5
-_POWER_MAX_ITER = 500
-# Doublings of the FISTA step constant L allowed in one iteration before giving up.
-_MAX_BACKTRACK = 60
-# Bisection steps of lambda1 for `sparsity`, and the accepted error in zeros (fraction of d).
-_BISECT_STEPS = 40
-_SPARSITY_SLACK = 0.005
 
 
 def _default_loss(outputs: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy of the logits ``(B, C)`` against class indices ``(B,)``, per example."""
     return F.cross_entropy(outputs, target, reduction="none")
-
-
-def _soft(v: Tensor, tau: Tensor) -> Tensor:
-    """Soft-thresholding ``sign(v) max(|v| - tau, 0)``, ``tau`` broadcast per example."""
-    return torch.sign(v) * (v.abs() - tau).clamp_min(0)
-
-
-class _LossForward:
-    """``(*inputs, target, *additional_forward_args) -> per-example loss (B,)``.
-
-    The forward function SmoothHess is applied to for the ``"smoothhess"``
-    curvature: the target travels as the first additional forward argument,
-    so the sampling engine expands it per perturbed copy.
-    """
-
-    def __init__(self, forward_func: Callable[..., Any], loss_func: LossFunc, n_inputs: int) -> None:
-        self.forward_func = forward_func
-        self.loss_func = loss_func
-        self.n_inputs = n_inputs
-
-    def __call__(self, *args: Any) -> Tensor:
-        inputs, target, rest = args[: self.n_inputs], args[self.n_inputs], args[self.n_inputs + 1 :]
-        out = self.forward_func(*inputs, *rest)
-        return _check_losses(self.loss_func(out, target), inputs[0].shape[0])
-
-
-def _check_losses(losses: Any, batch: int) -> Tensor:
-    if not isinstance(losses, Tensor):
-        raise TypeError(f"loss_func: expected a Tensor of per-example losses, got {type(losses).__name__}")
-    if losses.dim() == 2 and losses.shape[1] == 1:
-        losses = losses[:, 0]
-    if losses.shape != (batch,):
-        raise ValueError(
-            f"loss_func: must return one loss per example, shape ({batch},) (e.g. "
-            f"reduction='none'), got shape {tuple(losses.shape)}"
-        )
-    return losses
 
 
 def _format_target(target: TargetType, outputs: Tensor, default_loss: bool) -> Tensor:
@@ -155,223 +113,6 @@ def _format_target(target: TargetType, outputs: Tensor, default_loss: bool) -> T
     return t
 
 
-class _Quadratic(NamedTuple):
-    """The quadratic model of the loss: gradient ``g`` ``(B, d)`` and ``v -> H v``."""
-
-    g: Tensor
-    hvp: HVP
-
-
-class _Solution(NamedTuple):
-    delta: Tensor
-    objective: Tensor
-    residual: Tensor
-    iterations: Tensor
-    hvps: Tensor
-    lambda2: Tensor
-
-
-def _residual(
-    quad: _Quadratic, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor, step: Tensor, scale: Tensor
-) -> Tensor:
-    """Norm of the gradient mapping ``L (x - prox(x - grad/L))``, relative to ``|g|``."""
-    grad = lam2[:, None] * x - quad.g - hx
-    inv = 1.0 / step[:, None]
-    mapped = _soft(x - grad * inv, lam1[:, None] * inv)
-    return (x - mapped).norm(dim=1) * step / scale
-
-
-def _objective(quad: _Quadratic, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
-    """``g^T x + 1/2 x^T H x - lambda1 |x|_1 - lambda2/2 |x|^2`` per example."""
-    return (quad.g * x).sum(1) + 0.5 * (x * hx).sum(1) - lam1 * x.abs().sum(1) - 0.5 * lam2 * (x * x).sum(1)
-
-
-def _checked_hvp(hvp: HVP, v: Tensor) -> Tensor:
-    hv = hvp(v)
-    if not bool(torch.isfinite(hv).all()):
-        raise ValueError(
-            "forward_func: the Hessian-vector product of the loss is NaN or Inf (the model or "
-            "loss is not twice differentiable at these inputs, or overflows)"
-        )
-    return hv
-
-
-def _top_eigenvalue(quad: _Quadratic) -> Tuple[Tensor, Tensor]:
-    """``max(0, lambda_max(H))`` per example by power iteration; also the HVPs used.
-
-    Power iteration finds the eigenvalue of largest magnitude; where it is
-    negative, a second run on ``H + |mu| I`` (whose top eigenvalue is
-    ``lambda_max + |mu|``) finds the largest one.
-    """
-    g = quad.g
-    batch = g.shape[0]
-    gen = torch.Generator(device=g.device)
-    gen.manual_seed(0)
-    noise = torch.randn(1, g.shape[1], generator=gen, device=g.device, dtype=g.dtype)
-    tiny = torch.finfo(g.dtype).tiny
-    # Start from the gradient (nearly the top eigenvector in the high-confidence regime)
-    # plus a fixed random direction, so no eigenvector is missed; the same direction for
-    # every example, so that an example's result does not depend on its batch.
-    v0 = g / g.norm(dim=1, keepdim=True).clamp_min(tiny) + noise / noise.norm(dim=1, keepdim=True)
-    hvps = torch.zeros(batch, dtype=torch.long, device=g.device)
-
-    def power(shift: Tensor, active: Tensor) -> Tensor:
-        v = v0 / v0.norm(dim=1, keepdim=True).clamp_min(tiny)
-        mu = torch.zeros(batch, dtype=g.dtype, device=g.device)
-        for it in range(_POWER_MAX_ITER):
-            w = _checked_hvp(quad.hvp, v) + shift[:, None] * v
-            hvps.add_(active.long())
-            mu_new = (v * w).sum(1)
-            norm = w.norm(dim=1)
-            done = (norm <= tiny) | ((mu_new - mu).abs() <= _POWER_TOL * mu_new.abs())
-            mu = torch.where(active, mu_new, mu)
-            v = torch.where(active[:, None], w / norm.clamp_min(tiny)[:, None], v)
-            if it > 0:
-                active = active & ~done
-            if not bool(active.any()):
-                break
-        return mu
-
-    everyone = torch.ones(batch, dtype=torch.bool, device=g.device)
-    mu = power(torch.zeros_like(hvps, dtype=g.dtype), everyone)
-    negative = mu < 0
-    if bool(negative.any()):
-        shift = torch.where(negative, -mu, torch.zeros_like(mu))
-        top = power(shift, negative) - shift
-        mu = torch.where(negative, top, mu)
-    return mu.clamp_min(0), hvps
-
-
-def _fista(
-    quad: _Quadratic,
-    lam1: Tensor,
-    lam2: Tensor,
-    lam2_eff: Tensor,
-    tol: float,
-    max_iter: int,
-    active: Tensor,
-) -> _Solution:
-    """FISTA with backtracking and adaptive restart for every active example at once.
-
-    Minimises ``-(objective)``; its smooth part has gradient
-    ``lambda2_eff x - g - H x``. One Hessian-vector product per iteration (plus
-    one per rejected step): ``H`` of the candidate gives both the
-    backtracking test and the next gradient, and ``H y`` follows from ``H x``
-    by linearity. Should the solved problem turn out non-concave (a step
-    with ``d^T H d > lambda2_eff |d|^2``, i.e. power iteration
-    underestimated ``lambda_max``), ``lambda2_eff`` is raised to
-    ``lambda2 + d^T H d / |d|^2`` and that example restarts from zero.
-    Examples whose residual falls below ``tol`` are frozen.
-    """
-    g = quad.g
-    batch = g.shape[0]
-    eps = torch.finfo(g.dtype).eps
-    scale = g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
-    lam2_eff = lam2_eff.clone()
-    x = torch.zeros_like(g)
-    x_prev, hx, hx_prev = x.clone(), x.clone(), x.clone()
-    t = torch.ones_like(scale)
-    step = lam2_eff.clone()
-    iters = torch.zeros(batch, dtype=torch.long, device=g.device)
-    hvps = torch.zeros_like(iters)
-    res = _residual(quad, x, hx, lam1, lam2_eff, step, scale)
-    active = active & (res > tol)
-    while bool(active.any()):
-        t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
-        beta = ((t - 1) / t_next)[:, None]
-        y = x + beta * (x - x_prev)
-        hy = hx + beta * (hx - hx_prev)
-        grad_y = lam2_eff[:, None] * y - g - hy
-        z, hz = y.clone(), hy.clone()
-        pending = active.clone()
-        reset = torch.zeros_like(active)
-        for _ in range(_MAX_BACKTRACK):
-            inv = 1.0 / step[:, None]
-            z = torch.where(pending[:, None], _soft(y - grad_y * inv, lam1[:, None] * inv), z)
-            hz = torch.where(pending[:, None], _checked_hvp(quad.hvp, z), hz)
-            hvps.add_(pending.long())
-            d = z - y
-            dd = (d * d).sum(1)
-            dhd = (d * (hz - hy)).sum(1)
-            # Rounding of d^T (Hz - Hy) and of lambda2 |d|^2: a few ulps of the terms.
-            slack = 16 * eps * (d.norm(dim=1) * (hz.norm(dim=1) + hy.norm(dim=1)) + lam2_eff * dd)
-            bad = pending & (dhd > lam2_eff * dd + slack) & (dd > 0)
-            if bool(bad.any()):
-                lam2_eff = torch.where(bad, lam2 + dhd / dd.clamp_min(eps), lam2_eff)
-                step = torch.where(bad, torch.maximum(step, lam2_eff), step)
-                reset |= bad
-                pending &= ~bad
-            accept = lam2_eff * dd - dhd <= step * dd + slack
-            pending &= ~accept
-            if not bool(pending.any()):
-                break
-            step = torch.where(pending, 2 * step, step)
-        else:
-            raise RuntimeError("CASO: the step-size search failed; the Hessian-vector products look wrong")
-        upd = active & ~reset
-        restart = ((y - z) * (z - x)).sum(1) > 0
-        x_prev = torch.where(upd[:, None], x, x_prev)
-        hx_prev = torch.where(upd[:, None], hx, hx_prev)
-        x = torch.where(upd[:, None], z, x)
-        hx = torch.where(upd[:, None], hz, hx)
-        t = torch.where(upd, torch.where(restart, torch.ones_like(t), t_next), t)
-        iters += upd.long()
-        if bool(reset.any()):
-            zero = reset[:, None]
-            x, x_prev = x.masked_fill(zero, 0), x_prev.masked_fill(zero, 0)
-            hx, hx_prev = hx.masked_fill(zero, 0), hx_prev.masked_fill(zero, 0)
-            t = t.masked_fill(reset, 1.0)
-        res = torch.where(active, _residual(quad, x, hx, lam1, lam2_eff, step, scale), res)
-        active = active & (res > tol) & (iters < max_iter)
-    objective = _objective(quad, x, hx, lam1, lam2_eff)
-    return _Solution(x, objective, res, iters, hvps, lam2_eff)
-
-
-def _merge(keep: Tensor, new: _Solution, old: _Solution) -> _Solution:
-    """Per example: ``new`` where ``keep``, else ``old``."""
-    return _Solution(*(torch.where(keep[:, None] if a.dim() == 2 else keep, a, b) for a, b in zip(new, old)))
-
-
-def _sparsity_solve(
-    quad: _Quadratic, lam2: Tensor, lam2_eff: Tensor, eta: float, tol: float, max_iter: int
-) -> Tuple[_Solution, Tensor]:
-    """Bisect ``lambda1`` per example so that a fraction ``eta`` of ``delta`` is exactly 0.
-
-    At ``lambda1 >= |g|_inf`` the solution is 0; the number of zeros grows
-    with ``lambda1``. Each step solves all unfinished examples at once.
-    Returns the solution closest to the target count, and its ``lambda1``.
-    """
-    g = quad.g
-    batch, dim = g.shape
-    want = round(eta * dim)
-    slack = int(_SPARSITY_SLACK * dim)
-    lo = torch.zeros(batch, dtype=g.dtype, device=g.device)
-    hi = g.abs().amax(1)
-    best_lam = hi.clone()
-    zero = torch.zeros(batch, dtype=g.dtype, device=g.device)
-    count = torch.zeros(batch, dtype=torch.long, device=g.device)
-    best = _Solution(torch.zeros_like(g), zero, zero, count, count, lam2_eff)
-    best_err = torch.full_like(count, dim - want)
-    hvps = torch.zeros_like(count)
-    active = best_err > slack
-    for _ in range(_BISECT_STEPS):
-        if not bool(active.any()):
-            break
-        mid = 0.5 * (lo + hi)
-        sol = _fista(quad, mid, lam2, lam2_eff, tol, max_iter, active)
-        hvps += sol.hvps
-        zeros = (sol.delta == 0).sum(1)
-        err = (zeros - want).abs()
-        better = active & (err < best_err)
-        best = _merge(better, sol, best)
-        best_lam = torch.where(better, mid, best_lam)
-        best_err = torch.where(better, err, best_err)
-        lo = torch.where(active & (zeros < want), mid, lo)
-        hi = torch.where(active & (zeros > want), mid, hi)
-        active = active & (best_err > slack) & (hi - lo > 1e-7 * hi)
-    return best._replace(hvps=hvps), best_lam
-
-
 def _check_lambdas(
     lambda1: Optional[float], lambda2: float, sparsity: Optional[float]
 ) -> Tuple[float, float]:
@@ -392,8 +133,85 @@ def _check_lambdas(
     return (0.0 if lambda1 is None else _check_number(lambda1, "lambda1", allow_zero=True)), lam2
 
 
+def _rows(args: Any, index: Tensor, batch: int) -> Any:
+    """The rows ``index`` of every tensor in ``args`` whose first dimension is the batch."""
+    if args is None:
+        return None
+    return tuple(
+        a.index_select(0, index) if isinstance(a, Tensor) and a.dim() and a.shape[0] == batch else a
+        for a in args
+    )
+
+
+class _AutogradQuadratic(Quadratic):
+    """Exact gradient of the loss and its Hessian-vector products by double backprop.
+
+    The graph of the first backward pass is kept, so each product is one more
+    backward pass; :meth:`subset` builds the graph of fewer examples, so that
+    finished examples stop costing anything.
+    """
+
+    def __init__(self, model: _LossModel, x: Tensor, target: Tensor, afa: Any) -> None:
+        self.model, self.target, self.afa = model, target, afa
+        self.x = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            losses = model.losses(self.x, target, afa)
+            (grad,) = torch.autograd.grad(losses.sum(), self.x, create_graph=True, allow_unused=True)
+        g = torch.zeros_like(self.x) if grad is None else grad
+        if not bool(torch.isfinite(g).all()):
+            raise ValueError("forward_func: the gradient of the loss is NaN or Inf at these inputs")
+        super().__init__(g.detach())
+        # The loss is (at most) linear in the inputs where the gradient has no graph: H = 0.
+        self._graph = g if g.requires_grad else None
+
+    def hvp(self, v: Tensor) -> Tensor:
+        if self._graph is None:
+            return torch.zeros_like(v)
+        with torch.enable_grad():
+            (hv,) = torch.autograd.grad(
+                self._graph, self.x, grad_outputs=v, retain_graph=True, allow_unused=True
+            )
+        return torch.zeros_like(v) if hv is None else hv
+
+    @property
+    def separable(self) -> bool:
+        # Batch norm in training mode couples the examples: the batch then stays whole.
+        return not self.model.mixes_examples
+
+    def subset(self, index: Tensor) -> Quadratic:
+        if self._graph is None:
+            return DenseQuadratic(
+                self.g.index_select(0, index),
+                self.g.new_zeros(len(index), 1, 1).expand(-1, self.g.shape[1], self.g.shape[1]),
+            )
+        batch = self.x.shape[0]
+        return _AutogradQuadratic(
+            self.model,
+            self.x.index_select(0, index),
+            self.target.index_select(0, index),
+            _rows(self.afa, index, batch),
+        )
+
+
+class _FactorsQuadratic(Quadratic):
+    """The smoothed gradient and the SmoothHess factors of the loss: ``O(n d)`` products."""
+
+    def __init__(
+        self, g: Tensor, scores: List[Tensor], diffs: List[Tensor], row_scale: Tensor, count: int
+    ) -> None:
+        super().__init__(g)
+        self.scores, self.diffs, self.row_scale, self.count = scores, diffs, row_scale, count
+
+    def hvp(self, v: Tensor) -> Tensor:
+        return _matvec(self.scores, self.diffs, self.row_scale, self.count, v)
+
+    def subset(self, index: Tensor) -> Quadratic:
+        pick = [t.index_select(0, index) for t in self.scores], [t.index_select(0, index) for t in self.diffs]
+        return _FactorsQuadratic(self.g.index_select(0, index), *pick, self.row_scale, self.count)
+
+
 class _LossModel:
-    """Evaluates the loss of ``forward_func`` at the inputs and its derivatives."""
+    """The per-example loss of ``forward_func`` at the inputs, and its quadratic models."""
 
     def __init__(
         self,
@@ -408,38 +226,42 @@ class _LossModel:
         self.loss_func: LossFunc = _default_loss if loss_func is None else loss_func
         self.inputs = inputs
         self.afa = _format_additional_forward_args(additional_forward_args)
-        self.target_arg = target
+        self.mixes_examples = bool(batch_dependent_layers(forward_func))
+        with torch.no_grad():
+            out = self._outputs(_flatten(inputs), self.afa)
+            self.target = _format_target(target, out, self.default_loss)
+            self._check(self.loss_func(out, self.target), inputs[0].shape[0])
 
-    def _forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        out = _run_forward(self.forward_func, _unflatten(x, self.inputs), None, self.afa)
+    def _outputs(self, x: Tensor, afa: Any) -> Tensor:
+        out = _run_forward(self.forward_func, _unflatten(x, self.inputs), None, afa)
         if not isinstance(out, Tensor):
             raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
-        self.target = _format_target(self.target_arg, out, self.default_loss)
-        losses = _check_losses(self.loss_func(out, self.target), x.shape[0])
+        return out
+
+    @staticmethod
+    def _check(losses: Any, rows: int) -> Tensor:
+        losses = check_losses(losses, rows)
         if not bool(torch.isfinite(losses).all()):
             raise ValueError("loss_func: the loss is NaN or Inf at these inputs")
-        return out, losses
+        return losses
 
-    def autograd(self, second_order: bool) -> _Quadratic:
-        """Exact gradient, and Hessian-vector products by double backprop on one graph."""
+    def losses(self, x: Tensor, target: Tensor, afa: Any) -> Tensor:
+        """Per-example losses at flat points ``x`` for the rows' ``target`` and forward args."""
+        return self._check(self.loss_func(self._outputs(x, afa), target), x.shape[0])
+
+    def gradient(self) -> Tensor:
+        """The exact gradient of the loss, ``(B, d)`` (first order only)."""
         x = _flatten(self.inputs).clone().requires_grad_(True)
         with torch.enable_grad():
-            _, losses = self._forward(x)
-            (g,) = torch.autograd.grad(losses.sum(), x, create_graph=second_order, allow_unused=True)
-        if g is None:
-            g = torch.zeros_like(x)
+            (g,) = torch.autograd.grad(self.losses(x, self.target, self.afa).sum(), x, allow_unused=True)
+        g = torch.zeros_like(x) if g is None else g
         if not bool(torch.isfinite(g).all()):
             raise ValueError("forward_func: the gradient of the loss is NaN or Inf at these inputs")
-        if not (second_order and g.requires_grad):
-            # The loss is (at most) linear in the inputs here: H = 0.
-            return _Quadratic(g.detach(), torch.zeros_like)
+        return g
 
-        def hvp(v: Tensor) -> Tensor:
-            with torch.enable_grad():
-                (hv,) = torch.autograd.grad(g, x, grad_outputs=v, retain_graph=True, allow_unused=True)
-            return torch.zeros_like(v) if hv is None else hv
-
-        return _Quadratic(g.detach(), hvp)
+    def autograd(self) -> Quadratic:
+        """Exact gradient and Hessian-vector products by double backprop."""
+        return _AutogradQuadratic(self, _flatten(self.inputs), self.target, self.afa)
 
     def smoothhess(
         self,
@@ -448,40 +270,34 @@ class _LossModel:
         n_samples: int,
         n_samples_batch_size: Optional[int],
         generator: Optional[torch.Generator],
-    ) -> _Quadratic:
-        """SmoothHess of the loss, held as sample factors, and the smoothed gradient."""
+    ) -> Quadratic:
+        """The SmoothHess estimate of the loss, held as sample factors, and the smoothed gradient."""
         from .smoothhess import SmoothHess
 
-        with torch.no_grad():
-            self._forward(_flatten(self.inputs))
-        loss_forward = _LossForward(self.forward_func, self.loss_func, len(self.inputs))
-        factors = SmoothHess(loss_forward, kernel=kernel).attribute(
-            self.inputs,
-            target=None,
-            additional_forward_args=(self.target, *(self.afa or ())),
-            stdevs=stdevs,
-            n_samples=n_samples,
-            n_samples_batch_size=n_samples_batch_size,
-            generator=generator,
-            output="factors",
+        evaluate = LossGradientEvaluator(
+            self.forward_func, self.loss_func, self.inputs, self.target, self.afa
         )
-        grad = factors.gradient
-        g = _flatten(grad if isinstance(grad, tuple) else (grad,))
-        inputs = self.inputs
+        factors = SmoothHess(self.forward_func, kernel=kernel)._attribute(
+            self.inputs,
+            is_tuple=True,
+            evaluate=evaluate,
+            eps=_format_stdevs(stdevs, self.inputs),
+            n=_check_n_samples(n_samples, antithetic=True),
+            n_samples_batch_size=n_samples_batch_size,
+            antithetic=True,
+            mask=None,
+            n_groups=0,
+            return_gradient=False,
+            seed=seed_from(generator),
+            show_progress=False,
+            output="factors",
+            group=None,
+        )
+        g = _flatten(factors.gradient)
+        return _FactorsQuadratic(g, factors._scores, factors._diffs, factors._row_scale, factors.count)
 
-        def hvp(v: Tensor) -> Tensor:
-            hv = factors.matvec(_unflatten(v, inputs))
-            return _flatten(hv if isinstance(hv, tuple) else (hv,))
 
-        return _Quadratic(g, hvp)
-
-
-def _format_result(delta: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> TensorOrTuple:
-    parts = _unflatten(delta, inputs)
-    return parts if is_tuple else parts[0]
-
-
-def _info(sol: _Solution, lam1: Tensor) -> Dict[str, Tensor]:
+def _info(sol: Solution, lam1: Tensor) -> Dict[str, Tensor]:
     return {
         "lambda1": lam1,
         "lambda2_effective": sol.lambda2,
@@ -649,35 +465,36 @@ class CASO(_LossSaliency):
         tol = _check_number(tol, "tol", allow_zero=False)
         _check_generator(generator)
 
-        model = _LossModel(self.forward_func, self.loss_func, inps, target, additional_forward_args)
-        if curvature == "autograd":
-            quad = model.autograd(second_order=True)
-        else:
-            kern = get_kernel(kernel)
-            n = _check_positive_int(n_samples, "n_samples")
-            quad = model.smoothhess(kern, stdevs, n, n_samples_batch_size, generator)
+        with autograd_allowed():
+            forward = private_if_training(self.forward_func, "CASO")
+            model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)
+            if curvature == "autograd":
+                quad = model.autograd()
+            else:
+                quad = model.smoothhess(
+                    get_kernel(kernel), stdevs, n_samples, n_samples_batch_size, generator
+                )
 
-        g = quad.g
-        top, power_hvps = _top_eigenvalue(quad)
-        lam2 = torch.full_like(top, lam2_value)
-        lam2_eff = lam2 + top
-        if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:
-            sol, lam1 = _sparsity_solve(quad, lam2, lam2_eff, float(sparsity), tol, max_iter)
-        else:
-            lam1 = torch.full_like(top, lam1_value)
-            everyone = torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
-            sol = _fista(quad, lam1, lam2, lam2_eff, tol, max_iter, everyone)
-        sol = sol._replace(hvps=sol.hvps + power_hvps)
-        missed = int((sol.residual > tol).sum())
-        if missed:
-            warnings.warn(
-                f"CASO: {missed} example(s) stopped at max_iter={max_iter} before reaching "
-                f"tol={tol:g} (largest residual {float(sol.residual.max()):.3g}); raise max_iter",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        delta = _format_result(sol.delta.to(inps[0].dtype), inps, is_tuple)
-        return (delta, _info(sol, lam1)) if return_info else delta
+            g = quad.g
+            top, power_hvps = top_eigenvalue(quad)
+            lam2 = torch.full_like(top, lam2_value)
+            lam2_eff = lam2 + top
+            if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:
+                sol, lam1 = sparsity_solve(quad, lam2, lam2_eff, float(sparsity), tol, max_iter)
+            else:
+                lam1 = torch.full_like(top, lam1_value)
+                sol = fista(quad, lam1, lam2, lam2_eff, tol, max_iter)
+            sol = sol._replace(hvps=sol.hvps + power_hvps)
+            missed = int((sol.residual > tol).sum())
+            if missed:
+                warnings.warn(
+                    f"CASO: {missed} example(s) stopped at max_iter={max_iter} before reaching "
+                    f"tol={tol:g} (largest residual {float(sol.residual.max()):.3g}); raise max_iter",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            delta = _format_flat(sol.delta.to(inps[0].dtype), inps, is_tuple)
+            return (delta, _info(sol, lam1)) if return_info else delta
 
 
 class CAFO(_LossSaliency):
@@ -755,24 +572,26 @@ class CAFO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
-        model = _LossModel(self.forward_func, self.loss_func, inps, target, additional_forward_args)
-        g = model.autograd(second_order=False).g
-        batch, dim = g.shape
-        if sparsity is not None and round(float(sparsity) * dim) > 0:
-            k = round(float(sparsity) * dim)
-            lam1 = g.abs().kthvalue(k, dim=1).values
-        else:
-            lam1 = torch.full((batch,), lam1_value, dtype=g.dtype, device=g.device)
-        soft = _soft(g, lam1[:, None])
-        delta = soft / lam2_value
-        zero = torch.zeros(batch, dtype=torch.long, device=g.device)
-        sol = _Solution(
-            delta,
-            (soft * soft).sum(1) / (2 * lam2_value),
-            torch.zeros_like(lam1),
-            zero,
-            zero,
-            torch.full_like(lam1, lam2_value),
-        )
-        result = _format_result(delta, inps, is_tuple)
-        return (result, _info(sol, lam1)) if return_info else result
+        with autograd_allowed():
+            forward = private_if_training(self.forward_func, "CAFO")
+            model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)
+            g = model.gradient()
+            batch, dim = g.shape
+            if sparsity is not None and round(float(sparsity) * dim) > 0:
+                k = round(float(sparsity) * dim)
+                lam1 = g.abs().kthvalue(k, dim=1).values
+            else:
+                lam1 = torch.full((batch,), lam1_value, dtype=g.dtype, device=g.device)
+            soft = _soft(g, lam1[:, None])
+            delta = soft / lam2_value
+            zero = torch.zeros(batch, dtype=torch.long, device=g.device)
+            sol = Solution(
+                delta,
+                (soft * soft).sum(1) / (2 * lam2_value),
+                torch.zeros_like(lam1),
+                zero,
+                zero,
+                torch.full_like(lam1, lam2_value),
+            )
+            result = _format_flat(delta, inps, is_tuple)
+            return (result, _info(sol, lam1)) if return_info else result

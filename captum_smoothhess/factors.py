@@ -14,17 +14,16 @@ two agree exactly.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ._validation import _format_feature_mask, _sizes, _unflatten
+from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
+from ._validation import _format_feature_mask
 
 __all__ = ["SmoothHessFactors", "TopPairs"]
 
-HessianType = Union[Tensor, Tuple[Tuple[Tensor, ...], ...]]
-TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
 # Elements of a (B, rows, d) slab of H computed at once by top_pairs.
 _SLAB_ELEMENTS = 1 << 24
@@ -73,26 +72,41 @@ class _HessianSums:
             scores, diffs = self._group(scores * self.row_scale), self._group(diffs)
         self.total.baddbmm_(scores.transpose(1, 2), diffs)
 
+    def all_reduce(self, group: Any) -> None:
+        torch.distributed.all_reduce(self.total, group=group)
+
     def result(self, count: int) -> Tensor:
         """The symmetrised mean ``sym(diag(1/eps) sum) / count``."""
         h = self.total * (self.row_scale[:, None] / count) if self.mask is None else self.total / count
         return (h + h.transpose(1, 2)).mul_(0.5)
 
 
-def _split_hessian(hess: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> HessianType:
-    """(B, d, d) -> (B, *S, *S), or the k x k nested tuple of blocks for tuple inputs."""
-    batch = hess.shape[0]
-    if not is_tuple:
-        shape = inputs[0].shape[1:]
-        return hess.reshape(batch, *shape, *shape)
-    sizes = _sizes(inputs)
-    return tuple(
-        tuple(
-            blk.reshape(batch, *a.shape[1:], *b.shape[1:])
-            for blk, b in zip(torch.split(row, sizes, dim=2), inputs)
-        )
-        for row, a in zip(torch.split(hess, sizes, dim=1), inputs)
-    )
+class _KeptFactors:
+    """Keeps every chunk's ``(scores, terms)``: the reduction behind ``output="factors"``."""
+
+    def __init__(self) -> None:
+        self.scores: List[Tensor] = []
+        self.diffs: List[Tensor] = []
+
+    def add(self, scores: Tensor, diffs: Tensor) -> None:
+        self.scores.append(scores)
+        self.diffs.append(diffs)
+
+    def all_reduce(self, group: Any) -> None:
+        raise ValueError("output: 'factors' is computed in one process; use output='dense' across ranks")
+
+
+def _matvec(scores: List[Tensor], diffs: List[Tensor], row_scale: Tensor, count: int, v: Tensor) -> Tensor:
+    """``H v`` for flat ``v`` ``(B, d)``, from the raw factor chunks; ``O(n d)`` work."""
+    # Row-vector products (1 x m)(m x d) stream the factors in memory order,
+    # several times faster than (m x d)(d x 1) batched products on CPUs.
+    x = v[:, None, :]
+    rx = x * row_scale
+    left, right = torch.zeros_like(x), torch.zeros_like(x)
+    for s, d in zip(scores, diffs):
+        left += (x @ d.transpose(1, 2)) @ s
+        right += (rx @ s.transpose(1, 2)) @ d
+    return (left * row_scale + right)[:, 0] / (2 * count)
 
 
 class SmoothHessFactors:
@@ -155,8 +169,7 @@ class SmoothHessFactors:
         return torch.cat(self._diffs, dim=1)
 
     def _format(self, flat: Tensor) -> TensorOrTuple:
-        parts = _unflatten(flat, self._inputs)
-        return parts if self._is_tuple else parts[0]
+        return _format_flat(flat, self._inputs, self._is_tuple)
 
     def _flat(self, v: TensorOrTuple, argument: str) -> Tensor:
         parts = (v,) if isinstance(v, Tensor) else tuple(v)
@@ -184,15 +197,9 @@ class SmoothHessFactors:
 
     def matvec(self, v: TensorOrTuple) -> TensorOrTuple:
         """``H v`` per example, ``v`` shaped like the inputs; ``O(n d)`` work."""
-        # Row-vector products (1 x m)(m x d) stream the factors in memory order,
-        # several times faster than (m x d)(d x 1) batched products on CPUs.
-        x = self._flat(v, "v")[:, None, :]
-        rx = x * self._row_scale
-        left, right = torch.zeros_like(x), torch.zeros_like(x)
-        for s, d in zip(self._scores, self._diffs):
-            left += (x @ d.transpose(1, 2)) @ s
-            right += (rx @ s.transpose(1, 2)) @ d
-        return self._format((left * self._row_scale + right)[:, 0] / (2 * self.count))
+        return self._format(
+            _matvec(self._scores, self._diffs, self._row_scale, self.count, self._flat(v, "v"))
+        )
 
     def diagonal(self) -> TensorOrTuple:
         """The diagonal of ``H``, shaped like the inputs."""

@@ -248,7 +248,9 @@ class Poisson(Kernel):
 
     def score(self, u: Tensor) -> Tensor:
         d = u.shape[-1]
-        return (d + 1) * u / (1 + (u * u).sum(-1, keepdim=True))
+        # |u|^2 of heavy-tailed draws overflows half precision: accumulate in float32 at least.
+        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        return ((d + 1) * wide / (1 + (wide * wide).sum(-1, keepdim=True))).to(u.dtype)
 
     def log_prob(self, u: Tensor) -> Tensor:
         d = u.shape[-1]

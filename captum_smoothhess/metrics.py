@@ -15,7 +15,7 @@ value, not a smoothed one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -28,83 +28,21 @@ from ._captum import (
     _format_additional_forward_args,
     _format_tensor_into_tuples,
 )
-from ._sampling import NoiseStream, chunks, default_chunk, seed_from, selected_outputs
+from ._evaluators import selected_outputs
+from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
+from ._sampling import NoiseStream, chunks, default_chunk, seed_from
 from ._validation import (
     _check_generator,
     _check_inputs,
     _check_number,
     _check_positive_int,
-    _flatten,
-    _sizes,
-    _unflatten,
 )
 from .kernels import Gaussian
 
 __all__ = ["perturbation_mse"]
 
-HessianLike = Union[Tensor, Sequence[Sequence[Tensor]]]
-GradientLike = Union[Tensor, Sequence[Tensor]]
 
 _RADIUS_DISTRIBUTIONS = ("uniform", "ball")
-
-
-def _flat_gradient(gradient: GradientLike, inputs: Tuple[Tensor, ...], argument: str = "gradient") -> Tensor:
-    """A gradient shaped like ``inputs`` (tensor or tuple) as a ``(B, d)`` tensor."""
-    grads = _format_tensor_into_tuples(gradient)
-    if len(grads) != len(inputs):
-        raise ValueError(f"{argument}: got {len(grads)} tensor(s) for {len(inputs)} input tensor(s)")
-    for i, (g, inp) in enumerate(zip(grads, inputs)):
-        if not isinstance(g, Tensor) or g.shape != inp.shape:
-            shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
-            raise ValueError(
-                f"{argument}: tensor {i} has shape {shape}, expected the input's shape {tuple(inp.shape)}"
-            )
-    flat = _flatten(grads).to(dtype=inputs[0].dtype)
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError(f"{argument}: contains NaN or Inf values")
-    return flat
-
-
-def _flat_hessian(hessian: HessianLike, inputs: Tuple[Tensor, ...], argument: str = "hessian") -> Tensor:
-    """A Hessian in SmoothHess's output layout as a ``(B, d, d)`` tensor.
-
-    Accepts a tensor ``(B, *S, *S)`` (or already ``(B, d, d)``) for one input,
-    or the ``k x k`` nested tuple of blocks ``(B, *S_i, *S_j)`` for ``k`` inputs.
-    """
-    batch = inputs[0].shape[0]
-    sizes = _sizes(inputs)
-    dim = sum(sizes)
-    if isinstance(hessian, Tensor):
-        if hessian.numel() != batch * dim * dim or hessian.shape[0] != batch:
-            raise ValueError(
-                f"{argument}: shape {tuple(hessian.shape)} does not fit inputs with {batch} example(s) "
-                f"of {dim} feature(s); expected (B, *S, *S) as SmoothHess returns (a grouped "
-                "(B, G, G) Hessian from feature_mask cannot be used here)"
-            )
-        flat = hessian.reshape(batch, dim, dim)
-    else:
-        rows = list(hessian)
-        if len(rows) != len(inputs) or any(len(list(r)) != len(inputs) for r in rows):
-            raise ValueError(
-                f"{argument}: expected a {len(inputs)} x {len(inputs)} nested tuple of blocks, one per "
-                "pair of input tensors"
-            )
-        blocks = []
-        for i, row in enumerate(rows):
-            line = []
-            for j, blk in enumerate(row):
-                if not isinstance(blk, Tensor) or blk.numel() != batch * sizes[i] * sizes[j]:
-                    raise ValueError(
-                        f"{argument}: block [{i}][{j}] does not have shape (B, *S_{i}, *S_{j}) = "
-                        f"({batch}, {tuple(inputs[i].shape[1:])}, {tuple(inputs[j].shape[1:])})"
-                    )
-                line.append(blk.reshape(batch, sizes[i], sizes[j]))
-            blocks.append(torch.cat(line, dim=2))
-        flat = torch.cat(blocks, dim=1)
-    flat = flat.detach().to(dtype=inputs[0].dtype)
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError(f"{argument}: contains NaN or Inf values")
-    return flat
 
 
 def perturbation_mse(

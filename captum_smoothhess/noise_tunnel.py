@@ -37,6 +37,7 @@ from captum.attr import Attribution, NoiseTunnel
 from torch import Tensor
 
 from ._captum import log_usage
+from ._layout import _sizes
 from ._sampling import NoiseStream, seed_from
 from ._validation import (
     StdevsType,
@@ -44,7 +45,6 @@ from ._validation import (
     _check_inputs,
     _check_positive_int,
     _format_stdevs,
-    _sizes,
 )
 from .kernels import Gaussian, Kernel, get_kernel
 

@@ -22,160 +22,14 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple
-from ._sampling import selected_outputs
-from ._validation import _check_inputs, _check_positive_int, _flatten, _unflatten
-from .metrics import _flat_gradient, _flat_hessian
+from ._captum import TargetType, _format_additional_forward_args, _format_tensor_into_tuples, _is_tuple
+from ._evaluators import selected_outputs
+from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
+from ._validation import _check_inputs, _check_positive_int
 from .smoothhess import SmoothHess
+from .solvers import RadiusType, _check_radius, solve_trust_region
 
 __all__ = ["ClassProbability", "SecondOrderAttack", "solve_trust_region"]
-
-RadiusType = Union[float, Tensor]
-
-
-def _check_radius(radius: RadiusType, batch: int, like: Tensor, argument: str = "radius") -> Tensor:
-    """Radius as a ``(B,)`` tensor of positive finite values."""
-    if isinstance(radius, bool):
-        raise TypeError(f"{argument}: expected a number or a tensor, got {radius!r}")
-    if isinstance(radius, Tensor):
-        r = radius.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
-        if r.numel() == 1:
-            r = r.expand(batch)
-        elif r.numel() != batch:
-            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {r.numel()}")
-    elif isinstance(radius, (int, float)):
-        r = torch.full((batch,), float(radius), device=like.device, dtype=like.dtype)
-    else:
-        raise TypeError(f"{argument}: expected a number or a tensor, got {type(radius).__name__}")
-    if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
-        raise ValueError(f"{argument}: must be finite and > 0")
-    return r
-
-
-def solve_trust_region(
-    gradient: Tensor,
-    hessian: Tensor,
-    radius: RadiusType,
-    max_iter: int = 100,
-    rtol: Optional[float] = None,
-) -> Tensor:
-    r"""Exact minimiser of ``g^T d + 1/2 d^T H d`` over the ball ``|d|_2 <= r``, batched.
-
-    The global minimiser ``d*`` satisfies ``(H + mu I) d* = -g``,
-    ``H + mu I`` positive semi-definite, ``mu >= 0`` and ``mu (|d*| - r) = 0``
-    (Moré and Sorensen). With ``H = Q diag(lam) Q^T``:
-
-    * if ``H`` is positive definite and ``|H^{-1} g| <= r``, ``d* = -H^{-1} g``
-      (interior; ``mu = 0``); a singular positive semi-definite ``H`` with
-      ``g`` in its range gives the minimum-norm interior solution;
-    * otherwise ``mu > max(0, -lam_min)`` solves ``1/|d(mu)| = 1/r``, found
-      by Newton's method on this concave, increasing function, safeguarded by
-      bisection on a bracket that always contains the root;
-    * in the hard case (``g`` orthogonal to the eigenspace of ``lam_min < 0``
-      and ``|d(-lam_min)| <= r``) ``mu = -lam_min`` and
-      ``d* = d(-lam_min) + tau q_min`` with ``tau`` bringing ``d*`` to the
-      boundary.
-
-    Computed in float64 (cast back to the input dtype). The Hessian is
-    symmetrised first.
-
-    Args:
-        gradient: ``(B, d)`` (or ``(d,)`` for one problem).
-        hessian: ``(B, d, d)`` (or ``(d, d)``).
-        radius: ``r`` > 0: a number, or a tensor with one value per problem.
-        max_iter: Iteration cap of the secular-equation solve (each iteration
-            at least halves the bracket, so 100 reaches float64 resolution).
-        rtol: Relative tolerance on ``|d*| = r``; default ``1e-10``. It also
-            decides the hard case: ``g``'s component on the ``lam_min``
-            eigenspace counts as zero below ``sqrt(rtol) * |g|``.
-
-    Returns:
-        The minimisers ``d*``, shaped like ``gradient``.
-
-    Raises:
-        ValueError: Shapes that do not match, NaN/Inf values, or a ``radius``
-            that is not positive and finite.
-
-    Examples:
-        >>> import torch
-        >>> from captum_smoothhess.robust import solve_trust_region
-        >>> H = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-        >>> solve_trust_region(torch.tensor([3.0, 0.0]), H, 0.5)  # Newton step (-3, 0) is outside
-        tensor([-0.5000,  0.0000])
-        >>> H = torch.tensor([[1.0, 0.0], [0.0, -2.0]])
-        >>> solve_trust_region(torch.tensor([1.0, 0.0]), H, 0.5).abs()  # hard case: mu = 2
-        tensor([0.3333, 0.3727])
-    """
-    if not isinstance(gradient, Tensor) or not isinstance(hessian, Tensor):
-        raise TypeError("gradient, hessian: expected tensors")
-    single = gradient.dim() == 1
-    g = gradient[None] if single else gradient
-    h = hessian[None] if hessian.dim() == 2 else hessian
-    if g.dim() != 2 or h.dim() != 3 or h.shape != (g.shape[0], g.shape[1], g.shape[1]):
-        raise ValueError(
-            f"hessian: shape {tuple(hessian.shape)} does not match gradient of shape "
-            f"{tuple(gradient.shape)}; expected (B, d, d) for gradient (B, d)"
-        )
-    if not bool(torch.isfinite(g).all()):
-        raise ValueError("gradient: contains NaN or Inf values")
-    if not bool(torch.isfinite(h).all()):
-        raise ValueError("hessian: contains NaN or Inf values")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    tol = 1e-10 if rtol is None else float(rtol)
-    if not 0 < tol < 1:
-        raise ValueError(f"rtol: must be in (0, 1), got {rtol}")
-    out_dtype = g.dtype
-    g = g.detach().to(torch.float64)
-    h = h.detach().to(torch.float64)
-    r = _check_radius(radius, g.shape[0], g)
-
-    h = 0.5 * (h + h.transpose(1, 2))
-    lam, q = torch.linalg.eigh(h)  # ascending
-    gt = torch.einsum("bji,bj->bi", q, g)  # Q^T g
-    gnorm = g.norm(dim=1)
-    lam_min = lam[:, 0]
-    scale = lam.abs().amax(dim=1).clamp_min(1.0)
-    eig_tol = 1e3 * torch.finfo(torch.float64).eps * scale
-    mu_lo = (-lam_min).clamp_min(0.0)
-
-    # Solution at mu = mu_lo, ignoring the (numerically) singular directions.
-    shifted = lam + mu_lo[:, None]
-    singular = shifted <= eig_tol[:, None]
-    coef_lo = torch.where(singular, torch.zeros_like(gt), -gt / torch.where(singular, 1.0, shifted))
-    norm_lo = coef_lo.norm(dim=1)
-    g_sing = torch.where(singular, gt, torch.zeros_like(gt)).norm(dim=1)
-    at_lo = (g_sing <= tol**0.5 * gnorm) & (norm_lo <= r * (1 + tol))
-    coef = coef_lo.clone()
-    hard = at_lo & (lam_min < 0)
-    if bool(hard.any()):
-        tau = (r.pow(2) - norm_lo.pow(2)).clamp_min(0.0).sqrt()
-        coef[:, 0] = torch.where(hard, coef[:, 0] + tau, coef[:, 0])
-
-    easy = ~at_lo
-    if bool(easy.any()):
-        # The root of phi(mu) = 1/|d(mu)| - 1/r lies in (mu_lo, mu_hi]:
-        # |d(mu)| <= |g| / (mu + lam_min) <= r for mu >= mu_hi.
-        lo = mu_lo.clone()
-        hi = torch.maximum(mu_lo, gnorm / r - lam_min) * (1 + tol) + tol
-        mu = hi.clone()
-        for _ in range(max_iter):
-            den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
-            norm = (gt / den).norm(dim=1)
-            phi = 1.0 / norm.clamp_min(torch.finfo(torch.float64).tiny) - 1.0 / r
-            done = (norm - r).abs() <= tol * r
-            if bool((done | ~easy).all()):
-                break
-            low_side = phi < 0  # |d| > r: mu too small
-            lo = torch.where(low_side, torch.maximum(lo, mu), lo)
-            hi = torch.where(low_side, hi, torch.minimum(hi, mu))
-            dphi = (gt.pow(2) / den.pow(3)).sum(1) / norm.pow(3)
-            newton = mu - phi / dphi.clamp_min(torch.finfo(torch.float64).tiny)
-            inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
-            mu = torch.where(done, mu, torch.where(inside, newton, 0.5 * (lo + hi)))
-        den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
-        coef = torch.where(easy[:, None], -gt / den, coef)
-    d = torch.einsum("bij,bj->bi", q, coef).to(out_dtype)
-    return d[0] if single else d
 
 
 class ClassProbability(nn.Module):
@@ -324,8 +178,9 @@ class SecondOrderAttack:
         batch, dim = x.shape
         r = _check_radius(radius, batch, x)
         if target is None:
+            extra = _format_additional_forward_args(additional_forward_args) or ()
             with torch.no_grad():
-                out = self.forward_func(*inps, *_extra(additional_forward_args))
+                out = self.forward_func(*inps, *extra)
             if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != batch:
                 raise ValueError(
                     "target: None needs forward_func to return scores (B, C) to take the predicted class"
@@ -350,16 +205,7 @@ class SecondOrderAttack:
                 step = _subspace_step(g, h, r, top_k)
             else:
                 step = solve_trust_region(g, h, r)
-        parts = _unflatten(x + step.to(x.dtype), inps)
-        return parts if is_tuple else parts[0]
-
-
-def _extra(additional_forward_args: Any) -> Tuple[Any, ...]:
-    if additional_forward_args is None:
-        return ()
-    if isinstance(additional_forward_args, tuple):
-        return additional_forward_args
-    return (additional_forward_args,)
+        return _format_flat(x + step.to(x.dtype), inps, is_tuple)
 
 
 def _subspace_step(g: Tensor, h: Tensor, r: Tensor, k: int) -> Tensor:

@@ -17,31 +17,33 @@ the Gaussian kernel) comes from the same samples.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
-from ._sampling import GradientEvaluator, NoiseStream, chunks, default_chunk, seed_from, selected_outputs
+from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
+from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
+from ._model import private_if_training
+from ._sampling import sampler_class, seed_from
+from ._stein import chunk_size, distributed_seed, resolve_group, stein_estimate
 from ._validation import (
     StdevsType,
     _check_generator,
     _check_inputs,
     _check_n_samples,
-    _check_positive_int,
-    _flatten,
     _format_feature_mask,
     _format_stdevs,
-    _unflatten,
 )
-from .factors import HessianType, SmoothHessFactors, _HessianSums, _split_hessian
+from .factors import SmoothHessFactors, _HessianSums, _KeptFactors
 from .kernels import Gaussian, Kernel, get_kernel
 
 __all__ = ["SmoothHess"]
 
-GradientType = Union[Tensor, Tuple[Tensor, ...]]
+GradientType = TensorOrTuple
+OutputType = Literal["dense", "factors"]
 
 
 class SmoothHess(GradientAttribution):
@@ -87,6 +89,80 @@ class SmoothHess(GradientAttribution):
                 "choose Gaussian(), Poisson(), Hyperbolic() or Sigmoid()"
             )
 
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        antithetic: bool = True,
+        feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None,
+        return_gradient: Literal[False] = False,
+        generator: Optional[torch.Generator] = None,
+        show_progress: bool = False,
+        output: Literal["dense"] = "dense",
+        process_group: Optional[Any] = None,
+    ) -> HessianType: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        antithetic: bool = True,
+        feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None,
+        *,
+        return_gradient: Literal[True],
+        generator: Optional[torch.Generator] = None,
+        show_progress: bool = False,
+        output: Literal["dense"] = "dense",
+        process_group: Optional[Any] = None,
+    ) -> Tuple[HessianType, TensorOrTuple]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        antithetic: bool = True,
+        feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None,
+        return_gradient: bool = False,
+        generator: Optional[torch.Generator] = None,
+        show_progress: bool = False,
+        *,
+        output: Literal["factors"],
+        process_group: Optional[Any] = None,
+    ) -> SmoothHessFactors: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        antithetic: bool = True,
+        feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None,
+        return_gradient: bool = False,
+        generator: Optional[torch.Generator] = None,
+        show_progress: bool = False,
+        output: str = "dense",
+        process_group: Optional[Any] = None,
+    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]: ...
+
     @log_usage()
     def attribute(
         self,
@@ -101,9 +177,9 @@ class SmoothHess(GradientAttribution):
         return_gradient: bool = False,
         generator: Optional[torch.Generator] = None,
         show_progress: bool = False,
-        output: str = "dense",
+        output: OutputType = "dense",
         process_group: Optional[Any] = None,
-    ) -> Union[HessianType, Tuple[HessianType, GradientType], SmoothHessFactors]:
+    ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple], SmoothHessFactors]:
         r"""Estimate the smoothed Hessian (feature interactions) at ``inputs``.
 
         Args:
@@ -153,6 +229,7 @@ class SmoothHess(GradientAttribution):
                 call with the same inputs) and all-reduce the sums: each rank
                 gets the single-process result for rank 0's seed, up to float
                 rounding of the sums.
+                ``False`` keeps the call in this process even then.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
@@ -189,87 +266,75 @@ class SmoothHess(GradientAttribution):
         _check_generator(generator)
         eps = _format_stdevs(stdevs, inps)
         mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, inps)
-        batch = inps[0].shape[0]
         if output not in ("dense", "factors"):
             raise ValueError(f"output: expected 'dense' or 'factors', got {output!r}")
-        group = _process_group(process_group)
+        group = resolve_group(process_group)
         if output == "factors" and (mask is not None or group is not None):
             raise ValueError(
                 "output: 'factors' is computed in one process and without feature_mask; "
                 "group the factors afterwards with SmoothHessFactors.group(feature_mask)"
             )
+        forward = private_if_training(self.forward_func, "SmoothHess")
+        with autograd_allowed():
+            # One plain forward checks `target` and the output's shape up front.
+            with torch.no_grad():
+                selected_outputs(forward, inps, target, additional_forward_args)
+            evaluate = GradientEvaluator(forward, inps, target, additional_forward_args)
+            return self._attribute(
+                inps,
+                is_tuple,
+                evaluate,
+                eps,
+                n,
+                n_samples_batch_size,
+                antithetic,
+                mask,
+                n_groups,
+                return_gradient,
+                seed_from(generator),
+                show_progress,
+                output,
+                group,
+            )
 
-        # One plain forward checks `target` and the output's shape up front.
-        with torch.no_grad():
-            selected_outputs(self.forward_func, inps, target, additional_forward_args)
+    def _attribute(
+        self,
+        inputs: Tuple[Tensor, ...],
+        is_tuple: bool,
+        evaluate: Evaluator,
+        eps: Tensor,
+        n: int,
+        n_samples_batch_size: Optional[int],
+        antithetic: bool,
+        mask: Optional[Tensor],
+        n_groups: int,
+        return_gradient: bool,
+        seed: int,
+        show_progress: bool,
+        output: str,
+        group: Optional[Any],
+    ) -> Any:
+        """The estimate at the validated, tuple-formatted ``inputs``, differentiated by ``evaluate``.
 
-        x = _flatten(inps)
-        dim = x.shape[1]
-        copies = 2 if antithetic else 1
-        m = n // copies
-        if n_samples_batch_size is None:
-            chunk = default_chunk(m, batch, dim, copies)
-        else:
-            chunk = max(1, _check_positive_int(n_samples_batch_size, "n_samples_batch_size") // copies)
-
-        seed = seed_from(generator)
-        world, rank = 1, 0
+        ``inputs`` give the flat layout (the evaluator's points and the
+        result's shapes); the evaluator says which scalar is differentiated
+        and how the points reach the model, so layer and loss variants reuse
+        everything else.
+        """
+        x = _flatten(inputs)
+        batch, dim = x.shape
+        sampler_type = sampler_class(antithetic)
+        draws = n // sampler_type.copies
+        chunk = chunk_size(n_samples_batch_size, draws, batch, dim, sampler_type.copies)
         if group is not None:
-            seed, world, rank = _distributed_seed(seed, group, x.device)
-        stream = NoiseStream(self.kernel, batch, dim, seed, x.device, x.dtype, m)
-        evaluate = GradientEvaluator(self.forward_func, inps, target, additional_forward_args)
+            seed = distributed_seed(seed, group, x.device)
+        sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws)
         inv_eps = 1.0 / eps
-        sums = None if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
-        kept_scores: list[Tensor] = []
-        kept_diffs: list[Tensor] = []
-        grad_sum = torch.zeros_like(x)
-        x_rows = x[:, None, :]
-        for i, (start, stop) in enumerate(chunks(m, chunk, show_progress, desc="SmoothHess")):
-            if i % world != rank:
-                continue
-            u = stream.take(start, stop)
-            c = stop - start
-            points = x.new_empty(batch, copies * c, dim)
-            torch.addcmul(x_rows, eps, u, out=points[:, :c])
-            if antithetic:
-                torch.addcmul(x_rows, eps, u, value=-1, out=points[:, c:])
-            grads = evaluate(points)
-            grad_sum += grads.sum(1)
-            diffs = grads[:, :c] - grads[:, c:] if antithetic else grads
-            scores = self.kernel.score(u)
-            if sums is None:
-                kept_scores.append(scores)
-                kept_diffs.append(diffs)
-            else:
-                sums.add(scores, diffs)
-        if group is not None:
-            assert sums is not None
-            torch.distributed.all_reduce(sums.total, group=group)
-            torch.distributed.all_reduce(grad_sum, group=group)
-
-        grads_out = _unflatten(grad_sum / n, inps)
-        gradient = grads_out if is_tuple else grads_out[0]
-        if sums is None:
-            return SmoothHessFactors(kept_scores, kept_diffs, inv_eps, n, gradient, inps, is_tuple)
+        sums = _KeptFactors() if output == "factors" else _HessianSums(batch, dim, inv_eps, mask, n_groups)
+        grad_sum = stein_estimate(x, eps, evaluate, sampler, draws, chunk, sums, group, show_progress)
+        gradient = _format_flat(grad_sum / n, inputs, is_tuple)
+        if isinstance(sums, _KeptFactors):
+            return SmoothHessFactors(sums.scores, sums.diffs, inv_eps, n, gradient, inputs, is_tuple)
         hess = sums.result(n)
-        out_h: HessianType = hess if mask is not None else _split_hessian(hess, inps, is_tuple)
+        out_h: HessianType = hess if mask is not None else _split_hessian(hess, inputs, is_tuple)
         return (out_h, gradient) if return_gradient else out_h
-
-
-def _process_group(process_group: Optional[Any]) -> Optional[Any]:
-    """The process group to split samples over: the given one, else the default one if any."""
-    if not torch.distributed.is_available():
-        return None
-    if process_group is None:
-        if not torch.distributed.is_initialized():
-            return None
-        process_group = torch.distributed.group.WORLD
-    return process_group if torch.distributed.get_world_size(process_group) > 1 else None
-
-
-def _distributed_seed(seed: int, group: Any, device: torch.device) -> Tuple[int, int, int]:
-    """Rank 0's seed on every rank, with the world size and this rank."""
-    backend_device = device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
-    t = torch.tensor([seed], dtype=torch.int64, device=backend_device)
-    torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)
-    return int(t.item()), torch.distributed.get_world_size(group), torch.distributed.get_rank(group)

@@ -15,6 +15,13 @@ scripts and servers. Images are drawn by Captum's own
   with every other feature, over the image (:func:`image_interaction_map`
   computes the map drawn);
 - :func:`top_interactions`: the strongest pairs as a table;
+- :func:`visualize_interaction_network`: the strongest pairs as edges between
+  features on a circle (readable with hundreds of features);
+- :func:`visualize_top_pairs`: the strongest pairs as a bar chart, with error
+  bars from a :class:`~captum_smoothhess.GlobalInteractions` or given
+  standard errors;
+- :func:`visualize_token_interactions`: a sentence with arcs between its
+  interacting tokens;
 - :func:`visualize_kernels`: the 1-D densities of the smoothing kernels at a
   bandwidth (:func:`kernel_densities` computes the curves drawn).
 """
@@ -34,9 +41,12 @@ from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import Arc, PathPatch, Rectangle
+from matplotlib.path import Path as MplPath
 from torch import Tensor
 
+from .global_interactions import GlobalInteractions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 
 __all__ = [
@@ -46,8 +56,11 @@ __all__ = [
     "kernel_densities",
     "top_interactions",
     "visualize_image_interactions",
+    "visualize_interaction_network",
     "visualize_interactions",
     "visualize_kernels",
+    "visualize_token_interactions",
+    "visualize_top_pairs",
 ]
 
 ArrayLike = Union[Tensor, npt.NDArray[Any]]
@@ -365,10 +378,7 @@ def visualize_interactions(
         clip_percentile = _check_positive(clip_percentile, "clip_percentile")
         if clip_percentile > 100:
             raise ValueError(f"clip_percentile: expected a percentile in (0, 100], got {clip_percentile}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise TypeError(f"top_k: expected an integer, got {type(top_k).__name__}")
-    if top_k < 0:
-        raise ValueError(f"top_k: expected a non-negative integer, got {top_k}")
+    top_k = _check_count(top_k, "top_k", 0)
 
     hidden = np.zeros((d, d), dtype=bool)
     if not show_diagonal:
@@ -701,6 +711,412 @@ def visualize_image_interactions(
     ax.set_xlim(-0.5, hwc.shape[1] - 0.5)
     ax.set_ylim(hwc.shape[0] - 0.5, -0.5)
     ax.set_title(title if title is not None else f"Interactions of feature {index}")
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax
+
+
+# --------------------------------------------------------------------------- pair plots
+
+
+def _check_count(value: object, argument: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        qualifier = "a non-negative integer" if minimum == 0 else f"at least {minimum}"
+        raise ValueError(f"{argument}: expected {qualifier}, got {value}")
+    return int(value)
+
+
+def _summary_matrix(
+    interactions: Union[ArrayLike, GlobalInteractions], argument: str = "interactions"
+) -> Tuple[npt.NDArray[np.float64], Tuple[int, ...], Optional[npt.NDArray[np.float64]]]:
+    """Matrix, feature shape and (for a GlobalInteractions of several examples) standard errors."""
+    if isinstance(interactions, GlobalInteractions):
+        matrix, feat_shape = _as_matrix(interactions.mean, argument)
+        stderr = None
+        if interactions.n_examples > 1:
+            stderr = _to_numpy(interactions.stderr, f"{argument}.stderr").reshape(matrix.shape)
+        return matrix, feat_shape, stderr
+    matrix, feat_shape = _as_matrix(interactions, argument)
+    return matrix, feat_shape, None
+
+
+def _strongest(
+    matrix: npt.NDArray[np.float64], top_k: int
+) -> Tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """The ``top_k`` strongest nonzero pairs ``i < j`` of the symmetrised matrix, strongest first."""
+    rows, cols, vals = _ranked_pairs(matrix)
+    keep = np.flatnonzero(vals != 0)[:top_k]
+    return rows[keep], cols[keep], vals[keep]
+
+
+def _line_widths(values: npt.NDArray[np.float64], max_width: float) -> npt.NDArray[np.float64]:
+    """Widths proportional to ``|value|``, the strongest ``max_width``, none thinner than 0.5."""
+    mags = np.abs(values)
+    top = float(mags.max()) if mags.size else 1.0
+    return np.maximum(0.5, max_width * mags / top)
+
+
+def _sign_legend(ax: Axes, positive_color: str, negative_color: str, outside: bool = False) -> None:
+    """A legend of the two sign colours: in the lower right corner, or outside the axes on the right."""
+    handles = [
+        Line2D([], [], color=positive_color, linewidth=3, label="positive"),
+        Line2D([], [], color=negative_color, linewidth=3, label="negative"),
+    ]
+    if outside:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
+    else:
+        ax.legend(handles=handles, loc="lower right", fontsize=9, frameon=False)
+
+
+def visualize_interaction_network(
+    interactions: Union[ArrayLike, GlobalInteractions],
+    feature_names: Optional[Sequence[str]] = None,
+    top_k: int = 20,
+    *,
+    positive_color: str = "tab:red",
+    negative_color: str = "tab:blue",
+    max_width: float = 6.0,
+    label_all: Optional[bool] = None,
+    title: Optional[str] = "Strongest interactions",
+    show_legend: bool = True,
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Tuple[float, float] = (7.0, 7.0),
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """The strongest pairs as a network: features on a circle, one edge per pair.
+
+    Features sit on a circle clockwise from the top, in order; the ``top_k``
+    strongest pairs ``i < j`` of the symmetrised matrix are drawn as curved
+    edges, their width proportional to ``|value|`` and their colour by sign.
+    Only those edges and their endpoints' labels are drawn (the other
+    features are small grey dots), so the plot stays readable with hundreds
+    of features.
+
+    Args:
+        interactions: Interactions of one example, ``(d, d)``, group
+            ``(G, G)`` or ``(*S, *S)`` (optionally with a leading batch
+            dimension of 1), or a
+            :class:`~captum_smoothhess.GlobalInteractions` (its ``mean`` is
+            drawn). Tensor or array.
+        feature_names: Optional ``d`` names. Default: indices (index tuples
+            for features shaped ``S``).
+        top_k: Number of pairs drawn (fewer if fewer are nonzero).
+        positive_color: Colour of positive interactions.
+        negative_color: Colour of negative interactions.
+        max_width: Line width of the strongest edge, in points.
+        label_all: Label every feature, not only the edges' endpoints.
+            Default: only when there are at most 24 features.
+        title: Title, or ``None`` for none.
+        show_legend: Draw a legend of the two colours.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches.
+        use_pyplot: Create the figure through pyplot and show it (Captum's
+            convention); ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``interactions`` is not square, is a batch of several
+            examples or holds NaN/Inf; ``feature_names`` has the wrong
+            length; ``top_k`` < 1; ``max_width`` is not positive.
+        TypeError: ``interactions`` is of another type.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import visualize_interaction_network
+        >>> h = torch.zeros(100, 100)
+        >>> h[3, 40] = h[40, 3] = 2.0
+        >>> h[7, 8] = h[8, 7] = -1.0
+        >>> fig, ax = visualize_interaction_network(h, top_k=5, use_pyplot=False)
+        >>> len(ax.patches), sorted(t.get_text() for t in ax.texts)
+        (2, ['3', '40', '7', '8'])
+    """
+    matrix, feat_shape, _ = _summary_matrix(interactions)
+    d = matrix.shape[0]
+    names = _feature_names(feature_names, feat_shape)
+    top_k = _check_count(top_k, "top_k", 1)
+    max_width = _check_positive(max_width, "max_width")
+    rows, cols, vals = _strongest(matrix, top_k)
+
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
+    angles = np.pi / 2 - 2 * np.pi * np.arange(d) / d
+    pos = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    ends = sorted(set(rows.tolist()) | set(cols.tolist()))
+    ax.scatter(pos[:, 0], pos[:, 1], s=max(2.0, min(30.0, 1500.0 / d)), color="0.75", zorder=2)
+    if ends:
+        ax.scatter(pos[ends, 0], pos[ends, 1], s=40, color="0.15", zorder=4)
+    widths = _line_widths(vals, max_width)
+    for i, j, v, w in reversed(list(zip(rows, cols, vals, widths))):  # strongest on top
+        control = 0.35 * (pos[i] + pos[j]) / 2  # pulled towards the centre: a chord-diagram curve
+        path = MplPath([pos[i], control, pos[j]], [MplPath.MOVETO, MplPath.CURVE3, MplPath.CURVE3])
+        colour = positive_color if v > 0 else negative_color
+        ax.add_patch(PathPatch(path, facecolor="none", edgecolor=colour, linewidth=w, alpha=0.85, zorder=3))
+    labelled = range(d) if (label_all if label_all is not None else d <= 24) else ends
+    font = 10 if len(labelled) <= 24 else max(5.0, 10 - 0.1 * (len(labelled) - 24))
+    for k in labelled:
+        angle = float(np.degrees(angles[k])) % 360
+        left = 90 < angle < 270
+        ax.text(
+            1.07 * pos[k, 0],
+            1.07 * pos[k, 1],
+            names[k],
+            rotation=angle - 180 if left else angle,
+            rotation_mode="anchor",
+            ha="right" if left else "left",
+            va="center",
+            fontsize=font,
+        )
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.45, 1.45)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    if show_legend and len(vals):
+        _sign_legend(ax, positive_color, negative_color)
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax
+
+
+def visualize_top_pairs(
+    interactions: Union[ArrayLike, GlobalInteractions],
+    feature_names: Optional[Sequence[str]] = None,
+    top_k: int = 10,
+    *,
+    stderr: Optional[ArrayLike] = None,
+    error_scale: float = 1.0,
+    positive_color: str = "tab:red",
+    negative_color: str = "tab:blue",
+    title: Optional[str] = "Strongest interactions",
+    xlabel: str = "interaction",
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Optional[Tuple[float, float]] = None,
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """Horizontal bar chart of the strongest pairs, with error bars when standard errors are known.
+
+    The ``top_k`` pairs ``i < j`` with the largest ``|value|`` of the
+    symmetrised matrix, strongest at the top, each bar its signed value,
+    coloured by sign. Standard errors come from a
+    :class:`~captum_smoothhess.GlobalInteractions` (of two or more examples)
+    or from ``stderr``; the bars then carry ``error_scale`` standard errors
+    either side.
+
+    Args:
+        interactions: A :class:`~captum_smoothhess.GlobalInteractions`, or the
+            interactions of one example, ``(d, d)``, ``(G, G)`` or
+            ``(*S, *S)`` (optionally with a leading batch dimension of 1).
+        feature_names: Optional ``d`` names. Default: indices (index tuples
+            for features shaped ``S``).
+        top_k: Number of pairs (fewer if there are fewer pairs).
+        stderr: Standard errors of a matrix ``interactions``, shaped like it
+            (not with a ``GlobalInteractions``, which carries its own).
+        error_scale: Multiple of the standard error drawn, e.g. 1.96 for
+            approximate 95% intervals.
+        positive_color: Colour of positive interactions.
+        negative_color: Colour of negative interactions.
+        title: Title, or ``None`` for none.
+        xlabel: Label of the value axis.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches; default grows with ``top_k``.
+        use_pyplot: Create the figure through pyplot and show it (Captum's
+            convention); ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``interactions`` is not square, is a batch of several
+            examples or holds NaN/Inf; ``stderr`` does not match it, is
+            negative or is given with a ``GlobalInteractions``;
+            ``feature_names`` has the wrong length; ``top_k`` < 1;
+            ``error_scale`` is not positive.
+        TypeError: ``interactions`` or ``stderr`` is of another type.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import visualize_top_pairs
+        >>> h = torch.tensor([[0.0, -3.0, 1.0], [-3.0, 0.0, 2.0], [1.0, 2.0, 0.0]])
+        >>> fig, ax = visualize_top_pairs(h, ["age", "dose", "bmi"], top_k=2,
+        ...                               stderr=torch.full((3, 3), 0.2), use_pyplot=False)
+        >>> [t.get_text() for t in ax.get_yticklabels()]
+        ['age x dose', 'dose x bmi']
+        >>> [float(b.get_width()) for b in ax.patches]
+        [-3.0, 2.0]
+    """
+    matrix, feat_shape, errors = _summary_matrix(interactions)
+    if stderr is not None:
+        if isinstance(interactions, GlobalInteractions):
+            raise ValueError("stderr: a GlobalInteractions carries its own standard errors")
+        errors = _to_numpy(stderr, "stderr")
+        if errors.size != matrix.size:
+            raise ValueError(
+                f"stderr: shape {tuple(errors.shape)} does not match interactions of "
+                f"{matrix.shape[0]} features"
+            )
+        errors = errors.reshape(matrix.shape)
+        if np.any(errors < 0):
+            raise ValueError("stderr: standard errors must be non-negative")
+    names = _feature_names(feature_names, feat_shape)
+    top_k = _check_count(top_k, "top_k", 1)
+    error_scale = _check_positive(error_scale, "error_scale")
+    rows, cols, vals = _ranked_pairs(matrix)
+    rows, cols, vals = rows[:top_k], cols[:top_k], vals[:top_k]
+
+    k = len(vals)
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size or (7.0, 1.2 + 0.38 * max(k, 1)))
+    xerr = None
+    if errors is not None:
+        sym_err = 0.5 * (errors + errors.T)
+        xerr = error_scale * sym_err[rows, cols]
+    colours = [positive_color if v > 0 else negative_color for v in vals]
+    ax.barh(
+        np.arange(k), vals, xerr=xerr, color=colours, edgecolor="0.2", linewidth=0.5, capsize=3, height=0.7
+    )
+    ax.axvline(0.0, color="0.3", linewidth=0.8)
+    ax.set_yticks(np.arange(k))
+    ax.set_yticklabels([f"{names[i]} x {names[j]}" for i, j in zip(rows, cols)])
+    ax.set_ylim(k - 0.5, -0.5)  # strongest at the top
+    ax.set_xlabel(xlabel if xerr is None else f"{xlabel} (± {error_scale:g} s.e.)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if use_pyplot and plt_fig_axis is None:
+        plt.show()
+    return fig, ax
+
+
+def _token_matrix(
+    interactions: Union[ArrayLike, GlobalInteractions], n_tokens: int
+) -> npt.NDArray[np.float64]:
+    """``(T, T)`` token interactions; ``(T, *E, T, *E)`` summed over the embedding dimensions."""
+    matrix, feat_shape, _ = _summary_matrix(interactions)
+    if feat_shape[0] != n_tokens:
+        raise ValueError(
+            f"interactions: {feat_shape[0]} features along the first dimension for {n_tokens} tokens "
+            "(expected (T, T), or (T, *E, T, *E) per embedding dimension)"
+        )
+    per = math.prod(feat_shape[1:])
+    return matrix.reshape(n_tokens, per, n_tokens, per).sum(axis=(1, 3))
+
+
+def visualize_token_interactions(
+    tokens: Sequence[str],
+    interactions: Union[ArrayLike, GlobalInteractions],
+    top_k: int = 10,
+    *,
+    positive_color: str = "tab:red",
+    negative_color: str = "tab:blue",
+    max_width: float = 5.0,
+    fontsize: float = 12.0,
+    title: Optional[str] = None,
+    show_legend: bool = True,
+    plt_fig_axis: Optional[FigAxis] = None,
+    fig_size: Optional[Tuple[float, float]] = None,
+    use_pyplot: bool = True,
+) -> FigAxis:
+    """A sentence as a row of tokens, with arcs between the most interacting tokens.
+
+    Each of the ``top_k`` strongest token pairs ``i < j`` (of the symmetrised
+    matrix) gets an arc above the text, from token ``i`` to token ``j``: its
+    width is proportional to ``|value|``, its colour gives the sign, its
+    height grows with the distance, so nested arcs do not overlap. Tokens in
+    a drawn pair are black, the others grey.
+
+    Args:
+        tokens: The ``T`` tokens, as strings, in order.
+        interactions: ``(T, T)`` token interactions (e.g. SmoothHess with a
+            ``feature_mask`` of one group per token), or ``(T, *E, T, *E)``
+            interactions of the token embeddings, summed over the embedding
+            dimensions (which equals the grouped result), optionally with a
+            leading batch dimension of 1; or a
+            :class:`~captum_smoothhess.GlobalInteractions` over tokens.
+        top_k: Number of arcs (fewer if fewer pairs are nonzero).
+        positive_color: Colour of positive interactions.
+        negative_color: Colour of negative interactions.
+        max_width: Line width of the strongest arc, in points.
+        fontsize: Font size of the tokens.
+        title: Title, or ``None`` for none.
+        show_legend: Draw a legend of the two colours.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        fig_size: Size of a new figure, in inches; default grows with the text.
+        use_pyplot: Create the figure through pyplot and show it (Captum's
+            convention); ``False`` returns a bare figure without showing it.
+
+    Returns:
+        ``(figure, axis)`` of the plot.
+
+    Raises:
+        ValueError: ``tokens`` is empty; ``interactions`` does not have one
+            row per token, is not square or holds NaN/Inf; ``top_k`` < 1;
+            ``max_width`` or ``fontsize`` is not positive.
+        TypeError: ``tokens`` is a single string; ``interactions`` is of
+            another type.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.visualization import visualize_token_interactions
+        >>> tokens = ["not", "very", "good", "at", "all"]
+        >>> h = torch.zeros(5, 5)
+        >>> h[0, 2] = h[2, 0] = -1.5
+        >>> h[1, 2] = h[2, 1] = 0.5
+        >>> fig, ax = visualize_token_interactions(tokens, h, top_k=3, use_pyplot=False)
+        >>> len(ax.patches), [t.get_text() for t in ax.texts]
+        (2, ['not', 'very', 'good', 'at', 'all'])
+    """
+    if isinstance(tokens, str):
+        raise TypeError("tokens: expected a sequence of token strings, got a single string")
+    words = [str(t) for t in tokens]
+    if not words:
+        raise ValueError("tokens: expected at least one token")
+    matrix = _token_matrix(interactions, len(words))
+    top_k = _check_count(top_k, "top_k", 1)
+    max_width = _check_positive(max_width, "max_width")
+    fontsize = _check_positive(fontsize, "fontsize")
+    rows, cols, vals = _strongest(matrix, top_k)
+
+    # Token centres in character units, one space between tokens.
+    lengths = np.array([max(1, len(w)) for w in words], dtype=np.float64)
+    starts = np.concatenate([[0.0], np.cumsum(lengths + 1.0)[:-1]])
+    centres = starts + lengths / 2
+    total = float(starts[-1] + lengths[-1])
+    span = max((float(abs(centres[j] - centres[i])) for i, j in zip(rows, cols)), default=1.0)
+    height = 0.45 * span  # the highest arc, in character units
+    unit = 0.7 * fontsize / 72  # inches per character unit, the same along both axes
+    size = fig_size or (min(30.0, max(4.0, unit * (total + 2.0) + 0.4)), unit * (height + 3.0) + 0.8)
+    fig, ax = _create_figure(plt_fig_axis, use_pyplot, size)
+
+    ends = set(rows.tolist()) | set(cols.tolist())
+    for k, (word, x) in enumerate(zip(words, centres)):
+        ax.text(
+            x, 0.0, word, ha="center", va="top", fontsize=fontsize, color="black" if k in ends else "0.55"
+        )
+    widths = _line_widths(vals, max_width)
+    for i, j, v, w in reversed(list(zip(rows, cols, vals, widths))):  # strongest on top
+        a, b = float(centres[i]), float(centres[j])
+        ax.add_patch(
+            Arc(
+                ((a + b) / 2, 0.3),
+                abs(b - a),
+                2 * height * abs(b - a) / span,
+                theta1=0,
+                theta2=180,
+                edgecolor=positive_color if v > 0 else negative_color,
+                linewidth=w,
+                alpha=0.85,
+            )
+        )
+    ax.set_xlim(-1.0, total + 1.0)
+    ax.set_ylim(-2.0, height + 1.0)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    if show_legend and len(vals):
+        _sign_legend(ax, positive_color, negative_color, outside=True)
     if use_pyplot and plt_fig_axis is None:
         plt.show()
     return fig, ax

@@ -1,8 +1,13 @@
 """Worker for test_distributed.py, launched by ``torch.distributed.run`` with 2 processes.
 
-Each rank computes SmoothHess with the default process group (the ranks split
-the samples) and saves its result; rank 0 also saves the single-process result
-for the same seed, computed with an explicit one-rank-free call.
+Mode ``smoothhess`` (the default): each rank computes SmoothHess with the
+default process group (the ranks split the samples) and saves its result; rank
+0 also saves the single-process result for the same seed, computed after the
+process group is destroyed.
+
+Mode ``global``: each rank computes :func:`global_interactions` over the same
+batches (the ranks split the batches), and rank 0 saves the single-process
+result for the same seed the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +18,41 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from captum_smoothhess import SmoothHess
+from captum_smoothhess import SmoothHess, global_interactions
+
+
+def main_global(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    rows = [0]
+
+    def counted(inp: torch.Tensor) -> torch.Tensor:
+        rows[0] += inp.shape[0]
+        return net(inp)
+
+    def run(seed: int) -> dict:
+        gi = global_interactions(
+            SmoothHess(counted),
+            x,
+            target=y,
+            batch_size=3,
+            stdevs=0.5,
+            n_samples=40,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return {"mean": gi.mean, "mean_abs": gi.mean_abs, "stderr": gi.stderr, "n": gi.n_examples}
+
+    # Each rank passes a different generator: rank 0's seed is broadcast.
+    got = run(7 + rank)
+    torch.save({**got, "rows": rows[0]}, f"{out}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        rows[0] = 0
+        torch.save({**run(7), "rows": rows[0]}, f"{out}/single.pt")
 
 
 def main(out: str) -> None:
@@ -56,4 +95,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) > 2 and sys.argv[2] == "global":
+        main_global(sys.argv[1])
+    else:
+        main(sys.argv[1])

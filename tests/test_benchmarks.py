@@ -30,3 +30,9 @@ def test_suite_quick(tmp_path: Path, cases: str) -> None:
     assert text.strip() == out.strip()
     # One row per case at least, each with a finite ratio or an explicit memory figure.
     assert text.count("\n| ") >= len(cases.split(",")) + 1
+
+
+@pytest.mark.parametrize("flags", [["--quick", "--repeat", "1"], ["--quick", "--reference"]])
+def test_caso_benchmark_quick(flags: list[str]) -> None:
+    out = _run([str(BENCH / "caso.py"), *flags])
+    assert ("rows" in out) if "--reference" not in flags else ("reference" in out and "lambda2 = 4" in out)

@@ -84,7 +84,7 @@ def test_hvp_of_relu_net_is_jacobian_form() -> None:
     net = _mlp(12, 20, 5, nn.ReLU(), seed=1, scale=2.0)
     x = _inputs(4, 12, seed=2)
     labels = torch.tensor([0, 1, 2, 3])
-    quad = _LossModel(net, None, (x,), labels, None).autograd(second_order=True)
+    quad = _LossModel(net, None, (x,), labels, None).autograd()
     v = _inputs(4, 12, seed=3)
     jac = torch.func.vmap(torch.func.jacrev(lambda xi: net(xi[None])[0]))(x).detach()  # (B, C, d)
     p = torch.softmax(net(x), dim=1).detach()
@@ -130,7 +130,7 @@ def test_optimal_against_dense_solve_100_features(act: nn.Module, lam1: float) -
 
 def test_indefinite_hessian_and_poor_eigen_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tanh net has negative curvature; with one power step the solver keeps concavity."""
-    import captum_smoothhess.caso as caso
+    import captum_smoothhess.solvers as solvers
 
     net = _mlp(30, 30, 4, nn.Tanh(), seed=6, scale=4.0)
     x = _inputs(3, 30, seed=7)
@@ -138,7 +138,7 @@ def test_indefinite_hessian_and_poor_eigen_estimate(monkeypatch: pytest.MonkeyPa
     g, h = _dense(net, x, labels)
     evals = torch.linalg.eigvalsh(h)
     assert float(evals[:, 0].max()) < 0 < float(evals[:, -1].min())
-    monkeypatch.setattr(caso, "_POWER_MAX_ITER", 1)
+    monkeypatch.setattr(solvers, "_POWER_MAX_ITER", 1)
     lam2 = 0.01
     delta, info = CASO(net).attribute(x, lambda1=0.01, lambda2=lam2, tol=1e-8, return_info=True)
     lam2_eff = info["lambda2_effective"]
@@ -434,7 +434,7 @@ def test_model_and_inputs_untouched(curvature: str) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        CASO(flaky).attribute(x, curvature="smoothhess", n_samples=50)
+        CASO(flaky).attribute(x, curvature="smoothhess", n_samples=50, n_samples_batch_size=10)
     with pytest.raises(RuntimeError, match="boom"):
         CASO(net, failing_loss).attribute(x, curvature=curvature, n_samples=50)
     assert x.requires_grad and x.grad is None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
-
-pytest.importorskip("sklearn")
 
 from captum_smoothhess.__main__ import main
 
@@ -23,6 +23,7 @@ EXPECTED_FIGURES = {
     "kernel_gradients.png",
     "caso_vs_cafo.png",
     "pmse.png",
+    "interactions_dataset.png",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,6 +36,7 @@ class DemoRun(NamedTuple):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    pytest.importorskip("sklearn")
     out = tmp_path_factory.mktemp("demo") / "out"
     state = torch.get_rng_state()
     buffer = io.StringIO()
@@ -58,7 +60,7 @@ def test_report_embeds_figures_and_tables(demo_run: DemoRun) -> None:
     links = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
     assert links == EXPECTED_FIGURES  # relative links, one per figure
     sections = ("SmoothHess pixel interactions", "Four Quadrant", "kernels", "CASO vs CAFO")
-    for heading in (*sections, "Perturbation MSE"):
+    for heading in (*sections, "Perturbation MSE", "Across the test set"):
         assert heading in report
     for method in ("SmoothHess + SmoothGrad", "SmoothGrad", "SoftPlus Hessian", "Gradient"):
         assert f"\n| {method}" in report
@@ -71,3 +73,14 @@ def test_demo_prints_where_it_wrote(demo_run: DemoRun) -> None:
 
 def test_demo_leaves_global_rng_alone(demo_run: DemoRun) -> None:
     assert demo_run.rng_unchanged
+
+
+def test_package_root_imports_no_demo_code() -> None:
+    # A fresh interpreter (this process may have imported the demo already), run from the repository
+    # root so that it imports this checkout.
+    code = "import captum_smoothhess, sys; print(sorted(m for m in sys.modules if 'demo' in m))"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "[]"

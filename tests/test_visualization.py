@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from typing import Any
 
 import matplotlib
 
@@ -14,8 +15,12 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
+from captum_smoothhess import GlobalInteractions
 from captum_smoothhess.kernels import Gaussian, Hyperbolic, Poisson, Rect, Sigmoid
 from captum_smoothhess.visualization import (
     Interaction,
@@ -24,8 +29,11 @@ from captum_smoothhess.visualization import (
     kernel_densities,
     top_interactions,
     visualize_image_interactions,
+    visualize_interaction_network,
     visualize_interactions,
     visualize_kernels,
+    visualize_token_interactions,
+    visualize_top_pairs,
 )
 
 
@@ -394,3 +402,184 @@ def test_top_k_on_many_features_lists_pairs_instead_of_cell_labels() -> None:
     texts = [t.get_text() for t in ax.texts]
     assert texts == ["strongest pairs: #1 (3, 17): 5;  #2 (4, 5): -2"]
     fig.clf()
+
+
+# ---------------------------------------------------------------- pair plots
+
+
+def _rendered(fig: Figure) -> np.ndarray:
+    """The figure drawn on an Agg canvas, as an (H, W, 3) array in [0, 1]."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3] / 255.0
+
+
+def _assert_drawn(fig: Figure, min_ink: float = 0.01) -> None:
+    pixels = _rendered(fig)
+    ink = float((pixels.min(axis=2) < 0.9).mean())  # fraction of non-white pixels
+    assert ink > min_ink and float(pixels.var()) > 1e-3, ink
+
+
+def _bars(ax: Axes) -> BarContainer:
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    return bars
+
+
+def _texts(ax: Axes) -> list:
+    return [t.get_text() for t in ax.texts]
+
+
+def _pairs_matrix(d: int, pairs: dict) -> np.ndarray:
+    h = np.zeros((d, d))
+    for (i, j), v in pairs.items():
+        h[i, j] = h[j, i] = v
+    return h
+
+
+def test_network_draws_top_k_edges_width_by_magnitude_colour_by_sign() -> None:
+    h = _pairs_matrix(6, {(0, 3): 4.0, (1, 2): -2.0, (4, 5): 1.0, (0, 1): 0.5})
+    names = ["a", "b", "c", "d", "e", "f"]
+    fig, ax = visualize_interaction_network(h, names, top_k=3, use_pyplot=False, max_width=8.0)
+    assert isinstance(fig, Figure) and isinstance(ax, Axes)
+    edges = ax.patches
+    assert len(edges) == 3  # the weakest pair (0, 1) is left out
+    by_width = sorted(edges, key=lambda e: -e.get_linewidth())
+    assert [e.get_linewidth() for e in by_width] == [8.0, 4.0, 2.0]  # proportional to |value|
+    assert by_width[0].get_edgecolor()[:3] == to_rgba("tab:red")[:3]
+    assert by_width[1].get_edgecolor()[:3] == to_rgba("tab:blue")[:3]
+    assert set(_texts(ax)) == set(names)  # few features: all labelled
+    assert ax.get_title() == "Strongest interactions"
+    _assert_drawn(fig)
+
+
+def test_network_with_hundreds_of_features_labels_only_the_endpoints() -> None:
+    h = 1e-3 * _sym(300)
+    h[10, 250] = h[250, 10] = 5.0
+    h[11, 12] = h[12, 11] = -4.0
+    fig, ax = visualize_interaction_network(h, [f"f{k}" for k in range(300)], top_k=2, use_pyplot=False)
+    assert len(ax.patches) == 2
+    assert sorted(_texts(ax)) == ["f10", "f11", "f12", "f250"]
+    _assert_drawn(fig)
+
+
+def test_network_accepts_global_interactions_and_skips_zero_pairs() -> None:
+    mean = torch.from_numpy(_pairs_matrix(4, {(0, 2): 1.0})).float()
+    gi = GlobalInteractions(mean, mean.abs(), torch.full((4, 4), 0.1), 5)
+    _, ax = visualize_interaction_network(gi, top_k=5, use_pyplot=False)
+    assert len(ax.patches) == 1
+    _, ax = visualize_interaction_network(np.zeros((4, 4)), use_pyplot=False)
+    assert len(ax.patches) == 0 and ax.get_legend() is None  # nothing to draw, still a figure
+
+
+def test_top_pairs_bars_and_error_bars_from_global_interactions() -> None:
+    mean = torch.from_numpy(_pairs_matrix(4, {(0, 1): -3.0, (1, 2): 2.0, (2, 3): 1.0, (0, 3): 0.5})).float()
+    stderr = torch.from_numpy(_pairs_matrix(4, {(0, 1): 0.3, (1, 2): 0.2, (2, 3): 0.1, (0, 3): 0.05})).float()
+    gi = GlobalInteractions(mean, mean.abs(), stderr, 20)
+    fig, ax = visualize_top_pairs(gi, ["a", "b", "c", "d"], top_k=3, error_scale=2.0, use_pyplot=False)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a x b", "b x c", "c x d"]
+    assert [b.get_width() for b in ax.patches] == pytest.approx([-3.0, 2.0, 1.0])
+    assert ax.patches[0].get_facecolor()[:3] == to_rgba("tab:blue")[:3]
+    assert ax.patches[1].get_facecolor()[:3] == to_rgba("tab:red")[:3]
+    bars = _bars(ax)
+    assert bars.errorbar is not None
+    segments = bars.errorbar.lines[2][0].get_segments()
+    half_widths = [(seg[1][0] - seg[0][0]) / 2 for seg in segments]
+    assert half_widths == pytest.approx([0.6, 0.4, 0.2])  # 2 standard errors either side
+    assert "s.e." in ax.get_xlabel()
+    _assert_drawn(fig)
+
+
+def test_top_pairs_matrix_with_and_without_stderr() -> None:
+    h = _pairs_matrix(3, {(0, 1): 1.0, (1, 2): -2.0})
+    fig, ax = visualize_top_pairs(h, use_pyplot=False)
+    assert _bars(ax).errorbar is None and len(ax.patches) == 3  # all 3 pairs
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["1 x 2", "0 x 1"]
+    fig, ax = visualize_top_pairs(h, top_k=2, stderr=np.full((3, 3), 0.5), use_pyplot=False)
+    assert _bars(ax).errorbar is not None
+    # One example: no standard errors to draw.
+    one = GlobalInteractions(torch.tensor(h), torch.tensor(h), torch.full((3, 3), float("nan")), 1)
+    fig, ax = visualize_top_pairs(one, use_pyplot=False)
+    assert _bars(ax).errorbar is None
+    _assert_drawn(fig)
+
+
+def test_token_arcs_between_interacting_tokens() -> None:
+    tokens = ["the", "film", "is", "not", "bad", "at", "all"]
+    h = _pairs_matrix(7, {(3, 4): -2.0, (3, 6): 1.0, (0, 1): 0.1})
+    fig, ax = visualize_token_interactions(tokens, h, top_k=2, use_pyplot=False, title="sentence")
+    assert _texts(ax) == tokens
+    arcs = ax.patches
+    assert len(arcs) == 2
+    strongest = max(arcs, key=lambda a: a.get_linewidth())
+    assert strongest.get_edgecolor()[:3] == to_rgba("tab:blue")[:3]
+    widest = max(arcs, key=lambda a: a.width)  # "not" ... "all" spans farther, and is drawn higher
+    assert widest.height > min(arcs, key=lambda a: a.width).height
+    colours = {t.get_text(): t.get_color() for t in ax.texts}
+    assert colours["not"] == "black" and colours["the"] != "black"  # (0, 1) is not among the top 2
+    _assert_drawn(fig, min_ink=0.005)
+
+
+def test_token_interactions_sum_embedding_dimensions() -> None:
+    full = _sym(4 * 3).reshape(4, 3, 4, 3)
+    grouped = full.sum(axis=(1, 3))
+    tokens = ["a", "b", "c", "d"]
+    _, ax_full = visualize_token_interactions(tokens, full[None], top_k=3, use_pyplot=False)
+    _, ax_grp = visualize_token_interactions(tokens, grouped, top_k=3, use_pyplot=False)
+    assert [a.get_linewidth() for a in ax_full.patches] == pytest.approx(
+        [a.get_linewidth() for a in ax_grp.patches]
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: visualize_interaction_network(np.eye(3), top_k=0, use_pyplot=False), ValueError, "^top_k"),
+        (
+            lambda: visualize_interaction_network(np.eye(3), ["a"], use_pyplot=False),
+            ValueError,
+            "^feature_names",
+        ),
+        (
+            lambda: visualize_interaction_network(np.ones((2, 3)), use_pyplot=False),
+            ValueError,
+            "^interactions",
+        ),
+        (
+            lambda: visualize_interaction_network(np.eye(3), max_width=0, use_pyplot=False),
+            ValueError,
+            "^max_width",
+        ),
+        (lambda: visualize_top_pairs(np.eye(3), stderr=np.eye(2), use_pyplot=False), ValueError, "^stderr"),
+        (lambda: visualize_top_pairs(np.eye(3), stderr=-np.eye(3), use_pyplot=False), ValueError, "^stderr"),
+        (
+            lambda: visualize_top_pairs(np.eye(3), error_scale=-1, use_pyplot=False),
+            ValueError,
+            "^error_scale",
+        ),
+        (
+            lambda: visualize_top_pairs(
+                GlobalInteractions(torch.eye(3), torch.eye(3), torch.eye(3), 4),
+                stderr=np.eye(3),
+                use_pyplot=False,
+            ),
+            ValueError,
+            "^stderr",
+        ),
+        (lambda: visualize_top_pairs("matrix", use_pyplot=False), TypeError, "^interactions"),
+        (
+            lambda: visualize_token_interactions(["a", "b"], np.eye(3), use_pyplot=False),
+            ValueError,
+            "^interactions",
+        ),
+        (lambda: visualize_token_interactions("ab", np.eye(2), use_pyplot=False), TypeError, "^tokens"),
+        (lambda: visualize_token_interactions([], np.eye(2), use_pyplot=False), ValueError, "^tokens"),
+        (
+            lambda: visualize_token_interactions(["a", "b"], np.eye(2), fontsize=0, use_pyplot=False),
+            ValueError,
+            "^fontsize",
+        ),
+    ],
+)
+def test_pair_plot_errors(call: Any, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        call()

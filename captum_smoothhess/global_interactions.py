@@ -1,0 +1,416 @@
+"""Dataset-level interactions: the mean of per-example interactions over many examples.
+
+:func:`global_interactions` runs an interaction method (:class:`~captum_smoothhess.SmoothHess`,
+or any object whose ``attribute`` returns per-example interaction matrices) batch by batch over
+a tensor, a tuple of tensors or an iterable of batches (e.g. a ``DataLoader``), and streams the
+sums of ``H``, ``H ** 2`` and ``|H|`` over the examples in float64, so memory does not grow with
+the number of examples. The result, a :class:`GlobalInteractions`, holds the mean interaction,
+the mean absolute interaction and the standard error of the mean, and ranks the strongest pairs
+with their standard errors (:meth:`GlobalInteractions.top_pairs`).
+
+Seeds: one seed is drawn from ``generator``; batch ``i`` is explained with a fresh
+``torch.Generator`` seeded by a hash of ``(seed, i)``. A run therefore depends on the seed, the
+batches (their order and sizes: the noise of a SmoothHess call depends on the batch it explains)
+and the method's settings, not on ``show_progress`` nor on the number of processes.
+
+Processes: when a ``torch.distributed`` default process group of several ranks is initialised,
+the ranks take the batches round-robin (rank ``r`` explains batches ``r, r + W, ...``) and
+all-reduce the sums, so every rank returns the one-process result. Every rank must call with the
+same batches in the same order (not a ``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._captum import TargetType, _format_tensor_into_tuples, progress
+from ._layout import _flat_hessian, _sizes
+from ._sampling import _mix, seed_from
+from ._stein import distributed_seed, resolve_group
+from ._validation import _check_generator, _check_inputs, _check_positive_int
+
+__all__ = ["GlobalInteractions", "GlobalTopPairs", "global_interactions"]
+
+InputsType = Union[Tensor, Tuple[Tensor, ...], Iterable[Any]]
+
+# Floating dtypes a result may have, by code (0: this rank explained no batch).
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class GlobalTopPairs(NamedTuple):
+    """The ``k`` strongest mean interactions ``mean[i, j]``, ``i < j``, strongest first.
+
+    All four are tensors ``(k,)``: the mean interaction, its standard error
+    and the flat feature (or group) indices of the pair.
+    """
+
+    values: Tensor
+    stderr: Tensor
+    index_i: Tensor
+    index_j: Tensor
+
+
+@dataclass(frozen=True)
+class GlobalInteractions:
+    """Interactions summarised over a set of examples (see :func:`global_interactions`).
+
+    Attributes:
+        mean: ``(d, d)`` (or ``(G, G)`` with a ``feature_mask``) mean over the
+            examples of their interaction matrices, flattened over the
+            concatenated features of the inputs in row-major order.
+        mean_abs: Mean of the absolute interactions (large where pairs
+            interact strongly but with signs that cancel in ``mean``).
+        stderr: Standard error of ``mean``: the sample standard deviation over
+            the examples (``N - 1`` in the denominator) over ``sqrt(N)``. It
+            includes the Monte-Carlo noise of each example's estimate; NaN
+            when ``N = 1``.
+        n_examples: Number of examples ``N``.
+    """
+
+    mean: Tensor
+    mean_abs: Tensor
+    stderr: Tensor
+    n_examples: int
+
+    def top_pairs(self, k: int = 10) -> GlobalTopPairs:
+        """The ``k`` pairs ``i < j`` with the largest ``|mean[i, j]|``, with their standard errors.
+
+        Ties keep the row-major order of the pairs; ``k`` larger than the
+        ``d (d - 1) / 2`` pairs returns all of them.
+
+        Args:
+            k: Number of pairs, at least 1.
+
+        Returns:
+            A :class:`GlobalTopPairs` of ``(k,)`` tensors, strongest first.
+
+        Raises:
+            ValueError: ``k`` < 1, or there is a single feature (no pair).
+
+        Examples:
+            >>> import torch
+            >>> from captum_smoothhess import GlobalInteractions
+            >>> mean = torch.tensor([[0.0, -3.0, 1.0], [-3.0, 0.0, 2.0], [1.0, 2.0, 0.0]])
+            >>> gi = GlobalInteractions(mean, mean.abs(), torch.full((3, 3), 0.1), 10)
+            >>> top = gi.top_pairs(2)
+            >>> top.values.tolist(), top.index_i.tolist(), top.index_j.tolist()
+            ([-3.0, 2.0], [0, 1], [1, 2])
+        """
+        k = _check_positive_int(k, "k")
+        d = self.mean.shape[0]
+        if d < 2:
+            raise ValueError(f"k: the interactions have {d} feature(s), so no pair i < j")
+        rows, cols = torch.triu_indices(d, d, offset=1, device=self.mean.device)
+        vals = self.mean[rows, cols]
+        order = torch.sort(vals.abs(), descending=True, stable=True).indices[:k]
+        return GlobalTopPairs(vals[order], self.stderr[rows, cols][order], rows[order], cols[order])
+
+
+def _accepts(method: Any, name: str) -> bool:
+    """Whether ``method.attribute`` takes a keyword ``name`` (or any keyword)."""
+    try:
+        params = inspect.signature(method.attribute).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _count(inputs: Tuple[Tensor, ...]) -> int:
+    return int(inputs[0].shape[0])
+
+
+def _batches(inputs: InputsType, batch_size: int) -> Tuple[Iterable[Any], Optional[int], Optional[int]]:
+    """The batches to explain, their number and the number of examples where known.
+
+    A tensor or a tuple of tensors is split here into ``(x,)`` batches.
+    """
+    if isinstance(inputs, Tensor) or (
+        isinstance(inputs, tuple) and len(inputs) > 0 and all(isinstance(t, Tensor) for t in inputs)
+    ):
+        inps = _format_tensor_into_tuples(inputs)
+        _check_inputs(inps)
+        n = _count(inps)
+        parts = [tuple(t[s : s + batch_size] for t in inps) for s in range(0, n, batch_size)]
+        batches = [(p[0] if isinstance(inputs, Tensor) else p,) for p in parts]
+        return batches, len(batches), n
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
+        raise TypeError(
+            "inputs: expected a tensor, a tuple of tensors or an iterable of batches (e.g. a "
+            f"DataLoader), got {type(inputs).__name__}"
+        )
+    try:
+        total: Optional[int] = len(inputs)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    return inputs, total, None
+
+
+def _split_batch(batch: Any, index: int) -> Tuple[Union[Tensor, Tuple[Tensor, ...]], Any]:
+    """``x``, ``(x,)`` or ``(x, y)`` -> (inputs, labels or None)."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        x = batch[0]
+        if isinstance(x, list):
+            x = tuple(x)
+        if isinstance(x, Tensor) or (isinstance(x, tuple) and all(isinstance(t, Tensor) for t in x)):
+            return x, (batch[1] if len(batch) == 2 else None)
+    raise TypeError(
+        f"inputs: batch {index} is a {type(batch).__name__}; expected a tensor x, (x,) or (x, y), "
+        "x a tensor or a tuple of tensors (for several model inputs, yield ((x1, x2), y))"
+    )
+
+
+def _per_example(target: TargetType) -> bool:
+    """Whether ``target`` holds one entry per example (and is sliced with the batches)."""
+    return isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1)
+
+
+def _flat_result(result: Any, inputs: Tuple[Tensor, ...]) -> Tensor:
+    """``(B, *S, *S)``, ``(B, G, G)`` or the nested tuple of blocks -> ``(B, D, D)``."""
+    if isinstance(result, tuple):
+        return _flat_hessian(result, inputs, argument="method")
+    if not isinstance(result, Tensor):
+        raise TypeError(
+            f"method: attribute returned a {type(result).__name__}; expected interactions, a tensor "
+            "(B, *S, *S) or (B, G, G), or a nested tuple of blocks for tuple inputs"
+        )
+    batch, dim = _count(inputs), sum(_sizes(inputs))
+    if result.dim() == 3 and result.shape[0] == batch and result.shape[1] == result.shape[2]:
+        return result.detach()  # (B, d, d), or grouped (B, G, G)
+    if result.shape[0] != batch or result.numel() != batch * dim * dim:
+        raise ValueError(
+            f"method: attribute returned shape {tuple(result.shape)} for {batch} example(s) of {dim} "
+            "feature(s); expected (B, *S, *S) or (B, G, G)"
+        )
+    return result.detach().reshape(batch, dim, dim)
+
+
+class _Sums:
+    """float64 sums of ``H``, ``H ** 2`` and ``|H|`` over the examples seen so far."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: Optional[Tensor] = None  # (3, D, D)
+        self.dtype: Optional[torch.dtype] = None
+
+    def add(self, h: Tensor, index: int) -> None:
+        device = torch.device("cpu") if h.device.type == "mps" else h.device  # MPS has no float64
+        h64 = h.to(device=device, dtype=torch.float64)
+        part = torch.stack([h64.sum(0), (h64 * h64).sum(0), h64.abs().sum(0)])
+        if self.total is None:
+            self.total, self.dtype = part, h.dtype
+        elif part.shape != self.total.shape:
+            raise ValueError(
+                f"inputs: batch {index} gives {tuple(h.shape[1:])} interactions, earlier batches "
+                f"{tuple(self.total.shape[1:])}"
+            )
+        else:
+            self.total += part
+        self.count += h.shape[0]
+
+    def all_reduce(self, group: Any) -> None:
+        """Sum over the ranks of ``group``; ranks that explained no batch receive the shape too."""
+        nccl = torch.distributed.get_backend(group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        dim = 0 if self.total is None else self.total.shape[1]
+        code = 0 if self.dtype is None else _DTYPES.index(self.dtype) + 1
+        meta = torch.tensor([dim, code], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(meta, op=torch.distributed.ReduceOp.MAX, group=group)
+        dim_all, code_all = int(meta[0]), int(meta[1])
+        if dim not in (0, dim_all):
+            raise ValueError(f"inputs: the ranks' batches give interactions of sizes {dim} and {dim_all}")
+        local = (
+            self.total if self.total is not None else torch.zeros(3, dim_all, dim_all, dtype=torch.float64)
+        )
+        out_device = local.device
+        packed = torch.cat([local.reshape(-1), local.new_tensor([float(self.count)])]).to(device)
+        torch.distributed.all_reduce(packed, group=group)
+        packed = packed.to(out_device)
+        self.total = packed[:-1].reshape(3, dim_all, dim_all)
+        self.count = round(float(packed[-1]))
+        self.dtype = _DTYPES[code_all - 1] if code_all else None
+
+    def result(self) -> GlobalInteractions:
+        if self.total is None or self.count == 0:
+            raise ValueError("inputs: no examples (an empty tensor or an iterable without batches)")
+        n = self.count
+        s1, s2, sa = self.total
+        mean = s1 / n
+        if n > 1:
+            var = ((s2 - s1 * mean) / (n - 1)).clamp_min(0.0)
+            stderr = (var / n).sqrt()
+        else:
+            stderr = torch.full_like(mean, math.nan)
+        dtype = self.dtype or torch.float64
+        return GlobalInteractions(mean.to(dtype), (sa / n).to(dtype), stderr.to(dtype), n)
+
+
+def _batch_generator(seed: int, index: int) -> torch.Generator:
+    """The generator batch ``index`` is explained with, for the run seed ``seed``."""
+    return torch.Generator().manual_seed(_mix(seed, index))
+
+
+def global_interactions(
+    method: Any,
+    inputs: InputsType,
+    target: TargetType = None,
+    batch_size: int = 32,
+    show_progress: bool = False,
+    generator: Optional[torch.Generator] = None,
+    **attribute_kwargs: Any,
+) -> GlobalInteractions:
+    r"""Mean, mean absolute value and standard error of per-example interactions over a dataset.
+
+    ``method.attribute`` is called once per batch; its per-example results
+    ``(B, *S, *S)`` (or ``(B, G, G)`` with a ``feature_mask``, or the nested
+    tuple of blocks for tuple inputs) are flattened to ``(B, D, D)`` over the
+    concatenated features and summed in float64. Memory holds one batch and
+    three ``D x D`` sums, whatever the number of examples.
+
+    Args:
+        method: An interaction method such as :class:`~captum_smoothhess.SmoothHess`:
+            any object whose ``attribute(inputs, target=..., **kwargs)`` returns
+            per-example interactions as SmoothHess does.
+        inputs: The examples, in one of three forms:
+
+            * a tensor ``(N, *S)``, split into batches of ``batch_size``;
+            * a tuple of tensors ``(N, *S_i)`` (the inputs of a model with
+              several inputs), split the same way;
+            * any other iterable of batches, e.g. a ``torch.utils.data.DataLoader``
+              or a list, each batch a tensor ``x``, ``(x,)`` or a pair ``(x, y)``,
+              ``x`` a tensor or a tuple of tensors (so a two-input model's
+              batches are ``((x1, x2), y)``). The labels ``y`` are the targets
+              when ``target`` is ``None`` and are ignored otherwise. Read once,
+              batch by batch.
+        target: Captum target. An int, a tuple or a one-element tensor applies
+            to every example; a list or a tensor of ``N`` entries (one per
+            example, in order) is sliced with the batches. ``None``: the
+            batches' labels if they carry any, else none (a model with one
+            output per example).
+        batch_size: Examples per ``attribute`` call when ``inputs`` is a tensor
+            or a tuple of tensors. Default: 32.
+        show_progress: Show a progress bar over the batches.
+        generator: ``torch.Generator`` from which the run's seed is drawn (the
+            global RNG when ``None``); batch ``i`` is explained with a
+            generator seeded by a hash of ``(seed, i)``. The same seed and the
+            same batches give the same result, also across process counts.
+        **attribute_kwargs: Passed to every ``method.attribute`` call, e.g.
+            ``stdevs``, ``n_samples``, ``feature_mask``,
+            ``additional_forward_args`` (passed unchanged to every batch, so
+            without a batch dimension).
+
+    Returns:
+        A :class:`GlobalInteractions` with ``mean``, ``mean_abs`` and
+        ``stderr`` (``(D, D)``, in the dtype of the method's results) and
+        ``n_examples``.
+
+    Raises:
+        TypeError: ``method`` has no ``attribute`` method or returns something
+            other than interactions; ``inputs`` is of an unknown kind or a
+            batch is not ``x``, ``(x,)`` or ``(x, y)``.
+        ValueError: ``batch_size`` < 1; ``inputs`` holds no examples; a
+            per-example ``target`` does not have one entry per example;
+            ``process_group``, ``return_gradient`` or a non-dense ``output`` in
+            ``attribute_kwargs`` (the per-batch calls run in one process and
+            return the dense interactions).
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess import SmoothHess, global_interactions
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+        >>> gi = global_interactions(SmoothHess(net), x, target=y, batch_size=8,
+        ...                          stdevs=0.5, n_samples=100,
+        ...                          generator=torch.Generator().manual_seed(0))
+        >>> gi.n_examples, gi.mean.shape, gi.stderr.shape
+        (20, torch.Size([4, 4]), torch.Size([4, 4]))
+        >>> loader = torch.utils.data.DataLoader(
+        ...     torch.utils.data.TensorDataset(x, y), batch_size=8)
+        >>> same = global_interactions(SmoothHess(net), loader, stdevs=0.5, n_samples=100,
+        ...                            generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(same.mean, gi.mean)
+        True
+        >>> len(gi.top_pairs(3).values)
+        3
+    """
+    if not callable(getattr(method, "attribute", None)):
+        raise TypeError(
+            "method: expected an interaction method with an attribute(inputs, target=...) method, "
+            f"such as SmoothHess; got {type(method).__name__}"
+        )
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    _check_generator(generator)
+    if "process_group" in attribute_kwargs:
+        raise ValueError(
+            "process_group: global_interactions splits the batches over the default process group "
+            "and explains each batch in one process"
+        )
+    if attribute_kwargs.get("return_gradient"):
+        raise ValueError("return_gradient: global_interactions averages the interactions only")
+    if attribute_kwargs.get("output", "dense") != "dense":
+        raise ValueError(
+            f"output: global_interactions needs dense results, got {attribute_kwargs['output']!r}"
+        )
+    per_example = _per_example(target)
+    batches, total, n_known = _batches(inputs, batch_size)
+    if per_example and n_known is not None and len(target) != n_known:
+        raise ValueError(f"target: has {len(target)} entries for {n_known} examples (one per example)")
+
+    seed = seed_from(generator)
+    group = resolve_group(None)
+    world, rank = 1, 0
+    if group is not None:
+        backend = torch.distributed.get_backend(group)
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
+        seed = distributed_seed(seed, group, device)
+        world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    # The ranks split the batches: each batch's call must not split its samples over them too.
+    pass_group = group is not None and _accepts(method, "process_group")
+    pass_generator = _accepts(method, "generator")
+
+    sums = _Sums()
+    offset = 0
+    loop: Iterator[Any] = iter(batches)
+    if show_progress:
+        loop = iter(progress(batches, desc="global_interactions", total=total))
+    for index, batch in enumerate(loop):
+        x, labels = _split_batch(batch, index)
+        inps = _format_tensor_into_tuples(x)
+        start, offset = offset, offset + _count(inps)
+        if index % world != rank:
+            continue
+        _check_inputs(inps, argument=f"inputs (batch {index})")
+        if per_example:
+            assert isinstance(target, (list, Tensor))
+            if offset > len(target):
+                raise ValueError(
+                    f"target: has {len(target)} entries, fewer than the examples (batch {index} "
+                    f"ends at example {offset})"
+                )
+            batch_target: Any = target[start:offset]
+        else:
+            batch_target = labels if target is None else target
+        kwargs = dict(attribute_kwargs)
+        if pass_generator:
+            kwargs["generator"] = _batch_generator(seed, index)
+        if pass_group:
+            kwargs["process_group"] = False
+        result = method.attribute(x, target=batch_target, **kwargs)
+        sums.add(_flat_result(result, inps), index)
+    if per_example:
+        assert isinstance(target, (list, Tensor))
+        if offset != len(target):
+            raise ValueError(f"target: has {len(target)} entries for {offset} examples (one per example)")
+    if group is not None:
+        sums.all_reduce(group)
+    return sums.result()

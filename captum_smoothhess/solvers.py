@@ -1,0 +1,617 @@
+"""Batched numerical solvers that never touch a model: FISTA, power iteration, trust regions.
+
+Every routine works on a batch of independent problems at once, one per
+example, and touches the model only through a :class:`Quadratic`: the
+gradient ``g`` ``(B, d)`` and products ``v -> H v``. An example whose problem
+is solved leaves the batch: the remaining rows are gathered into a smaller
+quadratic (:meth:`Quadratic.subset`), so later Hessian-vector products cost
+only what the unfinished examples need, and an example's iterates do not
+depend on the others.
+
+* :func:`top_eigenvalue`: ``max(0, lambda_max(H))`` by power iteration.
+* :func:`fista`: the elastic-net-penalised quadratic problem of CASO,
+  ``max_d g^T d + 1/2 d^T H d - lambda1 |d|_1 - lambda2/2 |d|^2``, by FISTA
+  with backtracking and adaptive restart, to a tolerance on the
+  proximal-gradient residual.
+* :func:`sparsity_solve`: ``lambda1`` by bisection for a given fraction of
+  exact zeros.
+* :func:`solve_trust_region`: the exact minimiser of a quadratic model in an
+  L2 ball (Moré-Sorensen, hard case included).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._validation import _check_positive_int
+
+__all__ = [
+    "DenseQuadratic",
+    "Quadratic",
+    "Solution",
+    "fista",
+    "solve_trust_region",
+    "sparsity_solve",
+    "top_eigenvalue",
+]
+
+RadiusType = Union[float, Tensor]
+
+# Power iteration: relative change of the Rayleigh quotient at which it stops, and a cap.
+_POWER_TOL = 1e-5
+_POWER_MAX_ITER = 500
+# Doublings of the FISTA step constant L allowed in one iteration before giving up.
+_MAX_BACKTRACK = 60
+# Bisection steps of lambda1 for `sparsity`, and the accepted error in zeros (fraction of d).
+_BISECT_STEPS = 40
+_SPARSITY_SLACK = 0.005
+# The batch is compacted when at most this fraction of its rows is still unfinished.
+_COMPACT_FRACTION = 0.75
+
+
+class Quadratic:
+    """A batch of quadratic models: gradients ``g`` ``(B, d)`` and ``v -> H v`` per example.
+
+    Subclasses implement :meth:`hvp`, and :meth:`subset` where a smaller batch
+    is cheaper than the whole one (the default evaluates the whole batch).
+
+    Args:
+        g: The gradients, ``(B, d)``.
+    """
+
+    def __init__(self, g: Tensor) -> None:
+        self.g = g
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """``H v`` for every example, ``v`` of shape ``(B, d)``."""
+        raise NotImplementedError
+
+    @property
+    def separable(self) -> bool:
+        """Whether each example's ``H v`` depends on its own ``v`` only, so the batch may shrink."""
+        return True
+
+    def subset(self, index: Tensor) -> Quadratic:
+        """The quadratic of the examples ``index`` (a 1-d long tensor) only."""
+        return _RowsOf(self, index)
+
+
+class _RowsOf(Quadratic):
+    """Rows ``index`` of a quadratic that has no cheaper subset: pads ``v`` with zeros."""
+
+    def __init__(self, parent: Quadratic, index: Tensor) -> None:
+        super().__init__(parent.g.index_select(0, index))
+        self.parent = parent
+        self.index = index
+
+    def hvp(self, v: Tensor) -> Tensor:
+        full = v.new_zeros(self.parent.g.shape).index_copy_(0, self.index, v)
+        return self.parent.hvp(full).index_select(0, self.index)
+
+    def subset(self, index: Tensor) -> Quadratic:
+        return self.parent.subset(self.index.index_select(0, index))
+
+
+class DenseQuadratic(Quadratic):
+    """A quadratic with explicit Hessians ``H`` ``(B, d, d)``.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import DenseQuadratic, top_eigenvalue
+        >>> quad = DenseQuadratic(torch.ones(1, 2), torch.diag(torch.tensor([3.0, -1.0]))[None])
+        >>> top, hvps = top_eigenvalue(quad)
+        >>> round(float(top), 4)
+        3.0
+    """
+
+    def __init__(self, g: Tensor, hessian: Tensor) -> None:
+        super().__init__(g)
+        self.hessian = hessian
+
+    def hvp(self, v: Tensor) -> Tensor:
+        return (self.hessian @ v[:, :, None])[..., 0]
+
+    def subset(self, index: Tensor) -> Quadratic:
+        return DenseQuadratic(self.g.index_select(0, index), self.hessian.index_select(0, index))
+
+
+class Solution(NamedTuple):
+    """What :func:`fista` returns, one entry per example.
+
+    ``delta`` ``(B, d)`` the maximiser; ``objective`` of the solved problem;
+    ``residual`` the final relative proximal-gradient residual;
+    ``iterations`` FISTA iterations; ``hvps`` Hessian-vector products used;
+    ``lambda2`` the effective ``lambda2`` of the solved problem.
+    """
+
+    delta: Tensor
+    objective: Tensor
+    residual: Tensor
+    iterations: Tensor
+    hvps: Tensor
+    lambda2: Tensor
+
+
+def _soft(v: Tensor, tau: Tensor) -> Tensor:
+    """Soft-thresholding ``sign(v) max(|v| - tau, 0)``, ``tau`` broadcast per example."""
+    return torch.sign(v) * (v.abs() - tau).clamp_min(0)
+
+
+def _residual(
+    g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor, step: Tensor, scale: Tensor
+) -> Tensor:
+    """Norm of the gradient mapping ``L (x - prox(x - grad/L))``, relative to ``|g|``."""
+    grad = lam2[:, None] * x - g - hx
+    inv = 1.0 / step[:, None]
+    mapped = _soft(x - grad * inv, lam1[:, None] * inv)
+    return (x - mapped).norm(dim=1) * step / scale
+
+
+def _objective(g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
+    """``g^T x + 1/2 x^T H x - lambda1 |x|_1 - lambda2/2 |x|^2`` per example."""
+    return (g * x).sum(1) + 0.5 * (x * hx).sum(1) - lam1 * x.abs().sum(1) - 0.5 * lam2 * (x * x).sum(1)
+
+
+def _checked_hvp(quad: Quadratic, v: Tensor) -> Tensor:
+    hv = quad.hvp(v)
+    if not bool(torch.isfinite(hv).all()):
+        raise ValueError(
+            "forward_func: the Hessian-vector product of the loss is NaN or Inf (the model or "
+            "loss is not twice differentiable at these inputs, or overflows)"
+        )
+    return hv
+
+
+class _Batch:
+    """The unfinished rows of a batched solve, compacted as examples finish.
+
+    ``state`` holds per-row tensors (batch first) of the rows still in the
+    batch; ``rows`` their original indices. Finished rows are written to the
+    full-size tensors of ``out`` when they leave.
+    """
+
+    def __init__(self, quad: Quadratic, state: Dict[str, Tensor], keep: Tuple[str, ...]) -> None:
+        self.quad = quad
+        self.state = state
+        self.rows = torch.arange(quad.g.shape[0], device=quad.g.device)
+        self.out = {k: state[k].clone() for k in keep}
+
+    def compact(self, active: Tensor) -> Tensor:
+        """Drop the inactive rows when few enough are left; returns the new ``active`` mask."""
+        n_active = int(active.sum())
+        full = n_active == active.shape[0] or n_active > _COMPACT_FRACTION * active.shape[0]
+        if full or not self.quad.separable:
+            return active
+        self.flush()
+        keep = active.nonzero()[:, 0]
+        self.quad = self.quad.subset(keep) if n_active else self.quad
+        self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
+        self.rows = self.rows.index_select(0, keep)
+        return active.index_select(0, keep)
+
+    def flush(self) -> None:
+        """Write the current rows' kept state into the full-size outputs."""
+        for k, v in self.out.items():
+            v.index_copy_(0, self.rows, self.state[k])
+
+
+def top_eigenvalue(quad: Quadratic) -> Tuple[Tensor, Tensor]:
+    """``max(0, lambda_max(H))`` per example by power iteration; also the HVPs used.
+
+    Power iteration finds the eigenvalue of largest magnitude; where it is
+    negative, a second run on ``H + |mu| I`` (whose top eigenvalue is
+    ``lambda_max + |mu|``) finds the largest one. It starts from the gradient
+    plus one fixed random direction, the same for every example, so that an
+    example's result does not depend on its batch.
+
+    Args:
+        quad: The quadratic models.
+
+    Returns:
+        ``(top, hvps)``, both ``(B,)``: the clamped top eigenvalue and the
+        Hessian-vector products each example used.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import DenseQuadratic, top_eigenvalue
+        >>> h = torch.diag(torch.tensor([-4.0, 1.0, 2.0]))[None]
+        >>> top, _ = top_eigenvalue(DenseQuadratic(torch.ones(1, 3), h))
+        >>> round(float(top), 3)
+        2.0
+    """
+    g = quad.g
+    batch = g.shape[0]
+    gen = torch.Generator(device=g.device)
+    gen.manual_seed(0)
+    noise = torch.randn(1, g.shape[1], generator=gen, device=g.device, dtype=g.dtype)
+    tiny = torch.finfo(g.dtype).tiny
+    v0 = g / g.norm(dim=1, keepdim=True).clamp_min(tiny) + noise / noise.norm(dim=1, keepdim=True)
+    hvps = torch.zeros(batch, dtype=torch.long, device=g.device)
+
+    def power(shift: Tensor, active: Tensor) -> Tensor:
+        state = {
+            "v": v0 / v0.norm(dim=1, keepdim=True).clamp_min(tiny),
+            "mu": torch.zeros(batch, dtype=g.dtype, device=g.device),
+            "shift": shift,
+            "hvps": torch.zeros_like(hvps),
+        }
+        rows = _Batch(quad, state, ("mu", "hvps"))
+        active = rows.compact(active)
+        for it in range(_POWER_MAX_ITER):
+            s = rows.state
+            v, mu = s["v"], s["mu"]
+            w = _checked_hvp(rows.quad, v) + s["shift"][:, None] * v
+            s["hvps"].add_(active.long())
+            mu_new = (v * w).sum(1)
+            norm = w.norm(dim=1)
+            done = (norm <= tiny) | ((mu_new - mu).abs() <= _POWER_TOL * mu_new.abs())
+            s["mu"] = torch.where(active, mu_new, mu)
+            s["v"] = torch.where(active[:, None], w / norm.clamp_min(tiny)[:, None], v)
+            if it > 0:
+                active = active & ~done
+            if not bool(active.any()):
+                break
+            active = rows.compact(active)
+        rows.flush()
+        hvps.add_(rows.out["hvps"])
+        return rows.out["mu"]
+
+    everyone = torch.ones(batch, dtype=torch.bool, device=g.device)
+    mu = power(torch.zeros_like(hvps, dtype=g.dtype), everyone)
+    negative = mu < 0
+    if bool(negative.any()):
+        shift = torch.where(negative, -mu, torch.zeros_like(mu))
+        top = power(shift, negative) - shift
+        mu = torch.where(negative, top, mu)
+    return mu.clamp_min(0), hvps
+
+
+def fista(
+    quad: Quadratic,
+    lam1: Tensor,
+    lam2: Tensor,
+    lam2_eff: Tensor,
+    tol: float,
+    max_iter: int,
+    active: Optional[Tensor] = None,
+) -> Solution:
+    r"""Solve CASO's problem for every example by FISTA with backtracking and adaptive restart.
+
+    Maximises ``g^T d + 1/2 d^T H d - lambda1 |d|_1 - lambda2_eff/2 |d|^2``
+    from ``d = 0``, i.e. minimises its negative, whose smooth part has
+    gradient ``lambda2_eff d - g - H d``. One Hessian-vector product per
+    iteration (plus one per rejected step): ``H`` of the candidate gives both
+    the backtracking test and the next gradient, and ``H y`` follows from
+    ``H x`` by linearity. Should the problem turn out non-concave (a step with
+    ``d^T H d > lambda2_eff |d|^2``: ``lambda_max`` was underestimated),
+    ``lambda2_eff`` is raised to ``lambda2 + d^T H d / |d|^2`` and that example
+    restarts from zero. An example stops when its residual is at most ``tol``
+    or after ``max_iter`` iterations (restarts included), and then leaves the
+    batch.
+
+    Args:
+        quad: The quadratic models.
+        lam1: ``(B,)`` weights of the L1 penalty, ``>= 0``.
+        lam2: ``(B,)`` weights of the L2 penalty, ``> 0``.
+        lam2_eff: ``(B,)`` the L2 weight that makes the problem concave,
+            ``lam2 + max(0, lambda_max(H))``.
+        tol: Tolerance on the proximal-gradient residual, relative to ``|g|``.
+        max_iter: Cap on the iterations of each example.
+        active: ``(B,)`` bool, the examples to solve (others return ``d = 0``).
+
+    Returns:
+        A :class:`Solution`.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import DenseQuadratic, fista
+        >>> g = torch.tensor([[1.0, -0.2]])
+        >>> quad = DenseQuadratic(g, torch.zeros(1, 2, 2))
+        >>> lam = torch.tensor([0.5])
+        >>> sol = fista(quad, lam, torch.ones(1), torch.ones(1), 1e-6, 100)
+        >>> sol.delta.abs()  # soft(g, 0.5) / lambda2: the small entry is exactly zero
+        tensor([[0.5000, 0.0000]])
+    """
+    g = quad.g
+    batch = g.shape[0]
+    eps = torch.finfo(g.dtype).eps
+    zeros = torch.zeros_like(g)
+    long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
+    rows = _Batch(
+        quad,
+        {
+            "g": g,
+            "scale": g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny),
+            "lam1": lam1,
+            "lam2": lam2,
+            "lam2_eff": lam2_eff.clone(),
+            "x": zeros,
+            "x_prev": zeros.clone(),
+            "hx": zeros.clone(),
+            "hx_prev": zeros.clone(),
+            "t": torch.ones(batch, dtype=g.dtype, device=g.device),
+            "step": lam2_eff.clone(),
+            "iters": long0,
+            "steps": long0.clone(),
+            "hvps": long0.clone(),
+            "res": torch.zeros(batch, dtype=g.dtype, device=g.device),
+        },
+        ("x", "hx", "res", "iters", "hvps", "lam2_eff"),
+    )
+    s = rows.state
+    s["res"] = _residual(g, s["x"], s["hx"], lam1, s["lam2_eff"], s["step"], s["scale"])
+    everyone = torch.ones(batch, dtype=torch.bool, device=g.device)
+    active = (everyone if active is None else active) & (s["res"] > tol)
+    active = rows.compact(active)
+    while bool(active.any()):
+        s = rows.state
+        g_r, lam1_r, lam2_r, lam2_eff_r, step = s["g"], s["lam1"], s["lam2"], s["lam2_eff"], s["step"]
+        x, x_prev, hx, hx_prev, t = s["x"], s["x_prev"], s["hx"], s["hx_prev"], s["t"]
+        t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
+        beta = ((t - 1) / t_next)[:, None]
+        y = x + beta * (x - x_prev)
+        hy = hx + beta * (hx - hx_prev)
+        grad_y = lam2_eff_r[:, None] * y - g_r - hy
+        z, hz = y.clone(), hy.clone()
+        pending = active.clone()
+        reset = torch.zeros_like(active)
+        for _ in range(_MAX_BACKTRACK):
+            inv = 1.0 / step[:, None]
+            z = torch.where(pending[:, None], _soft(y - grad_y * inv, lam1_r[:, None] * inv), z)
+            hz = torch.where(pending[:, None], _checked_hvp(rows.quad, z), hz)
+            s["hvps"].add_(pending.long())
+            d = z - y
+            dd = (d * d).sum(1)
+            dhd = (d * (hz - hy)).sum(1)
+            # Rounding of d^T (Hz - Hy) and of lambda2 |d|^2: a few ulps of the terms.
+            slack = 16 * eps * (d.norm(dim=1) * (hz.norm(dim=1) + hy.norm(dim=1)) + lam2_eff_r * dd)
+            bad = pending & (dhd > lam2_eff_r * dd + slack) & (dd > 0)
+            if bool(bad.any()):
+                lam2_eff_r = torch.where(bad, lam2_r + dhd / dd.clamp_min(eps), lam2_eff_r)
+                step = torch.where(bad, torch.maximum(step, lam2_eff_r), step)
+                reset |= bad
+                pending &= ~bad
+            accept = lam2_eff_r * dd - dhd <= step * dd + slack
+            pending &= ~accept
+            if not bool(pending.any()):
+                break
+            step = torch.where(pending, 2 * step, step)
+        else:
+            raise RuntimeError("CASO: the step-size search failed; the Hessian-vector products look wrong")
+        upd = active & ~reset
+        restart = ((y - z) * (z - x)).sum(1) > 0
+        x_prev = torch.where(upd[:, None], x, x_prev)
+        hx_prev = torch.where(upd[:, None], hx, hx_prev)
+        x = torch.where(upd[:, None], z, x)
+        hx = torch.where(upd[:, None], hz, hx)
+        t = torch.where(upd, torch.where(restart, torch.ones_like(t), t_next), t)
+        s["iters"] += upd.long()
+        s["steps"] += active.long()
+        if bool(reset.any()):
+            zero = reset[:, None]
+            x, x_prev = x.masked_fill(zero, 0), x_prev.masked_fill(zero, 0)
+            hx, hx_prev = hx.masked_fill(zero, 0), hx_prev.masked_fill(zero, 0)
+            t = t.masked_fill(reset, 1.0)
+        res = _residual(g_r, x, hx, lam1_r, lam2_eff_r, step, s["scale"])
+        s.update(x=x, x_prev=x_prev, hx=hx, hx_prev=hx_prev, t=t, step=step, lam2_eff=lam2_eff_r)
+        s["res"] = torch.where(active, res, s["res"])
+        active = active & (s["res"] > tol) & (s["steps"] < max_iter)
+        active = rows.compact(active)
+    rows.flush()
+    out = rows.out
+    objective = _objective(g, out["x"], out["hx"], lam1, out["lam2_eff"])
+    return Solution(out["x"], objective, out["res"], out["iters"], out["hvps"], out["lam2_eff"])
+
+
+def _merge(keep: Tensor, new: Solution, old: Solution) -> Solution:
+    """Per example: ``new`` where ``keep``, else ``old``."""
+    return Solution(*(torch.where(keep[:, None] if a.dim() == 2 else keep, a, b) for a, b in zip(new, old)))
+
+
+def sparsity_solve(
+    quad: Quadratic, lam2: Tensor, lam2_eff: Tensor, eta: float, tol: float, max_iter: int
+) -> Tuple[Solution, Tensor]:
+    """Bisect ``lambda1`` per example so that a fraction ``eta`` of ``delta`` is exactly 0.
+
+    At ``lambda1 >= |g|_inf`` the solution is 0; the number of zeros grows
+    with ``lambda1``. Each step solves the unfinished examples (to within
+    0.5% of ``d`` zeros) with :func:`fista`.
+
+    Args:
+        quad: The quadratic models.
+        lam2: ``(B,)`` L2 weights.
+        lam2_eff: ``(B,)`` effective L2 weights (see :func:`fista`).
+        eta: Fraction of exact zeros wanted, in ``[0, 1)``.
+        tol: Residual tolerance of each solve.
+        max_iter: Iteration cap of each solve.
+
+    Returns:
+        The solution closest to the target count, and its ``lambda1`` ``(B,)``;
+        ``hvps`` counts every bisection step.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import DenseQuadratic, sparsity_solve
+        >>> g = torch.tensor([[4.0, -3.0, 2.0, 1.0]])
+        >>> quad = DenseQuadratic(g, torch.zeros(1, 4, 4))
+        >>> sol, lam1 = sparsity_solve(quad, torch.ones(1), torch.ones(1), 0.5, 1e-6, 100)
+        >>> (sol.delta == 0).sum().item()
+        2
+    """
+    g = quad.g
+    batch, dim = g.shape
+    want = round(eta * dim)
+    slack = int(_SPARSITY_SLACK * dim)
+    lo = torch.zeros(batch, dtype=g.dtype, device=g.device)
+    hi = g.abs().amax(1)
+    best_lam = hi.clone()
+    zero = torch.zeros(batch, dtype=g.dtype, device=g.device)
+    count = torch.zeros(batch, dtype=torch.long, device=g.device)
+    best = Solution(torch.zeros_like(g), zero, zero, count, count, lam2_eff)
+    best_err = torch.full_like(count, dim - want)
+    hvps = torch.zeros_like(count)
+    active = best_err > slack
+    for _ in range(_BISECT_STEPS):
+        if not bool(active.any()):
+            break
+        mid = 0.5 * (lo + hi)
+        sol = fista(quad, mid, lam2, lam2_eff, tol, max_iter, active)
+        hvps += sol.hvps
+        zeros = (sol.delta == 0).sum(1)
+        err = (zeros - want).abs()
+        better = active & (err < best_err)
+        best = _merge(better, sol, best)
+        best_lam = torch.where(better, mid, best_lam)
+        best_err = torch.where(better, err, best_err)
+        lo = torch.where(active & (zeros < want), mid, lo)
+        hi = torch.where(active & (zeros > want), mid, hi)
+        active = active & (best_err > slack) & (hi - lo > 1e-7 * hi)
+    return best._replace(hvps=hvps), best_lam
+
+
+def _check_radius(radius: RadiusType, batch: int, like: Tensor, argument: str = "radius") -> Tensor:
+    """Radius as a ``(B,)`` tensor of positive finite values."""
+    if isinstance(radius, bool):
+        raise TypeError(f"{argument}: expected a number or a tensor, got {radius!r}")
+    if isinstance(radius, Tensor):
+        r = radius.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
+        if r.numel() == 1:
+            r = r.expand(batch)
+        elif r.numel() != batch:
+            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {r.numel()}")
+    elif isinstance(radius, (int, float)):
+        r = torch.full((batch,), float(radius), device=like.device, dtype=like.dtype)
+    else:
+        raise TypeError(f"{argument}: expected a number or a tensor, got {type(radius).__name__}")
+    if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+        raise ValueError(f"{argument}: must be finite and > 0")
+    return r
+
+
+def solve_trust_region(
+    gradient: Tensor,
+    hessian: Tensor,
+    radius: RadiusType,
+    max_iter: int = 100,
+    rtol: Optional[float] = None,
+) -> Tensor:
+    r"""Exact minimiser of ``g^T d + 1/2 d^T H d`` over the ball ``|d|_2 <= r``, batched.
+
+    The global minimiser ``d*`` satisfies ``(H + mu I) d* = -g``,
+    ``H + mu I`` positive semi-definite, ``mu >= 0`` and ``mu (|d*| - r) = 0``
+    (Moré and Sorensen). With ``H = Q diag(lam) Q^T``:
+
+    * if ``H`` is positive definite and ``|H^{-1} g| <= r``, ``d* = -H^{-1} g``
+      (interior; ``mu = 0``); a singular positive semi-definite ``H`` with
+      ``g`` in its range gives the minimum-norm interior solution;
+    * otherwise ``mu > max(0, -lam_min)`` solves ``1/|d(mu)| = 1/r``, found
+      by Newton's method on this concave, increasing function, safeguarded by
+      bisection on a bracket that always contains the root;
+    * in the hard case (``g`` orthogonal to the eigenspace of ``lam_min < 0``
+      and ``|d(-lam_min)| <= r``) ``mu = -lam_min`` and
+      ``d* = d(-lam_min) + tau q_min`` with ``tau`` bringing ``d*`` to the
+      boundary.
+
+    Computed in float64 (cast back to the input dtype). The Hessian is
+    symmetrised first.
+
+    Args:
+        gradient: ``(B, d)`` (or ``(d,)`` for one problem).
+        hessian: ``(B, d, d)`` (or ``(d, d)``).
+        radius: ``r`` > 0: a number, or a tensor with one value per problem.
+        max_iter: Iteration cap of the secular-equation solve (each iteration
+            at least halves the bracket, so 100 reaches float64 resolution).
+        rtol: Relative tolerance on ``|d*| = r``; default ``1e-10``. It also
+            decides the hard case: ``g``'s component on the ``lam_min``
+            eigenspace counts as zero below ``sqrt(rtol) * |g|``.
+
+    Returns:
+        The minimisers ``d*``, shaped like ``gradient``.
+
+    Raises:
+        ValueError: Shapes that do not match, NaN/Inf values, or a ``radius``
+            that is not positive and finite.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import solve_trust_region
+        >>> H = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> solve_trust_region(torch.tensor([3.0, 0.0]), H, 0.5)  # Newton step (-3, 0) is outside
+        tensor([-0.5000,  0.0000])
+        >>> H = torch.tensor([[1.0, 0.0], [0.0, -2.0]])
+        >>> solve_trust_region(torch.tensor([1.0, 0.0]), H, 0.5).abs()  # hard case: mu = 2
+        tensor([0.3333, 0.3727])
+    """
+    if not isinstance(gradient, Tensor) or not isinstance(hessian, Tensor):
+        raise TypeError("gradient, hessian: expected tensors")
+    single = gradient.dim() == 1
+    g = gradient[None] if single else gradient
+    h = hessian[None] if hessian.dim() == 2 else hessian
+    if g.dim() != 2 or h.dim() != 3 or h.shape != (g.shape[0], g.shape[1], g.shape[1]):
+        raise ValueError(
+            f"hessian: shape {tuple(hessian.shape)} does not match gradient of shape "
+            f"{tuple(gradient.shape)}; expected (B, d, d) for gradient (B, d)"
+        )
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("gradient: contains NaN or Inf values")
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("hessian: contains NaN or Inf values")
+    max_iter = _check_positive_int(max_iter, "max_iter")
+    tol = 1e-10 if rtol is None else float(rtol)
+    if not 0 < tol < 1:
+        raise ValueError(f"rtol: must be in (0, 1), got {rtol}")
+    out_dtype = g.dtype
+    g = g.detach().to(torch.float64)
+    h = h.detach().to(torch.float64)
+    r = _check_radius(radius, g.shape[0], g)
+
+    h = 0.5 * (h + h.transpose(1, 2))
+    lam, q = torch.linalg.eigh(h)  # ascending
+    gt = torch.einsum("bji,bj->bi", q, g)  # Q^T g
+    gnorm = g.norm(dim=1)
+    lam_min = lam[:, 0]
+    scale = lam.abs().amax(dim=1).clamp_min(1.0)
+    eig_tol = 1e3 * torch.finfo(torch.float64).eps * scale
+    mu_lo = (-lam_min).clamp_min(0.0)
+
+    # Solution at mu = mu_lo, ignoring the (numerically) singular directions.
+    shifted = lam + mu_lo[:, None]
+    singular = shifted <= eig_tol[:, None]
+    coef_lo = torch.where(singular, torch.zeros_like(gt), -gt / torch.where(singular, 1.0, shifted))
+    norm_lo = coef_lo.norm(dim=1)
+    g_sing = torch.where(singular, gt, torch.zeros_like(gt)).norm(dim=1)
+    at_lo = (g_sing <= tol**0.5 * gnorm) & (norm_lo <= r * (1 + tol))
+    coef = coef_lo.clone()
+    hard = at_lo & (lam_min < 0)
+    if bool(hard.any()):
+        tau = (r.pow(2) - norm_lo.pow(2)).clamp_min(0.0).sqrt()
+        coef[:, 0] = torch.where(hard, coef[:, 0] + tau, coef[:, 0])
+
+    easy = ~at_lo
+    if bool(easy.any()):
+        # The root of phi(mu) = 1/|d(mu)| - 1/r lies in (mu_lo, mu_hi]:
+        # |d(mu)| <= |g| / (mu + lam_min) <= r for mu >= mu_hi.
+        lo = mu_lo.clone()
+        hi = torch.maximum(mu_lo, gnorm / r - lam_min) * (1 + tol) + tol
+        mu = hi.clone()
+        for _ in range(max_iter):
+            den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
+            norm = (gt / den).norm(dim=1)
+            phi = 1.0 / norm.clamp_min(torch.finfo(torch.float64).tiny) - 1.0 / r
+            done = (norm - r).abs() <= tol * r
+            if bool((done | ~easy).all()):
+                break
+            low_side = phi < 0  # |d| > r: mu too small
+            lo = torch.where(low_side, torch.maximum(lo, mu), lo)
+            hi = torch.where(low_side, hi, torch.minimum(hi, mu))
+            dphi = (gt.pow(2) / den.pow(3)).sum(1) / norm.pow(3)
+            newton = mu - phi / dphi.clamp_min(torch.finfo(torch.float64).tiny)
+            inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
+            mu = torch.where(done, mu, torch.where(inside, newton, 0.5 * (lo + hi)))
+        den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
+        coef = torch.where(easy[:, None], -gt / den, coef)
+    d = torch.einsum("bij,bj->bi", q, coef).to(out_dtype)
+    return d[0] if single else d

@@ -1,0 +1,109 @@
+"""The batched solvers: examples that finish leave the batch, and nothing else changes."""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+import torch
+from torch import Tensor
+
+from captum_smoothhess.solvers import DenseQuadratic, Quadratic, fista, sparsity_solve, top_eigenvalue
+
+D64 = torch.float64
+
+
+class _Whole(Quadratic):
+    """The same quadratic, but never split: the solver must keep the whole batch."""
+
+    def __init__(self, inner: Quadratic, rows: List[int]) -> None:
+        super().__init__(inner.g)
+        self.inner, self.rows = inner, rows
+
+    @property
+    def separable(self) -> bool:
+        return False
+
+    def hvp(self, v: Tensor) -> Tensor:
+        self.rows.append(v.shape[0])
+        return self.inner.hvp(v)
+
+
+class _Counted(DenseQuadratic):
+    def __init__(self, g: Tensor, h: Tensor, rows: List[int]) -> None:
+        super().__init__(g, h)
+        self.rows = rows
+
+    def hvp(self, v: Tensor) -> Tensor:
+        self.rows.append(v.shape[0])
+        return super().hvp(v)
+
+    def subset(self, index: Tensor) -> Quadratic:
+        return _Counted(self.g.index_select(0, index), self.hessian.index_select(0, index), self.rows)
+
+
+def _problems(batch: int = 8, d: int = 12) -> DenseQuadratic:
+    """Indefinite Hessians of very different scales, so examples finish at different times."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(batch, d, d, generator=gen, dtype=D64))
+    scales = torch.logspace(-1, 2, batch, dtype=D64)
+    lam = torch.randn(batch, d, generator=gen, dtype=D64) * scales[:, None]
+    h = q @ torch.diag_embed(lam) @ q.transpose(1, 2)
+    return DenseQuadratic(torch.randn(batch, d, generator=gen, dtype=D64), h)
+
+
+def test_finished_examples_leave_the_batch_and_change_nothing() -> None:
+    quad = _problems()
+    top, _ = top_eigenvalue(quad)
+    lam1 = torch.full_like(top, 0.05)
+    lam2 = torch.full_like(top, 0.1)
+    whole_rows: List[int] = []
+    whole = fista(_Whole(quad, whole_rows), lam1, lam2, lam2 + top, 1e-8, 5000)
+    split_rows: List[int] = []
+    split = fista(_Counted(quad.g, quad.hessian, split_rows), lam1, lam2, lam2 + top, 1e-8, 5000)
+    for a, b in zip(whole, split):
+        assert torch.equal(a, b)
+    assert len(set(whole.iterations.tolist())) > 2  # the examples did finish at different times
+    assert set(whole_rows) == {8}
+    assert min(split_rows) < 8 and sum(split_rows) < 0.8 * sum(whole_rows)
+
+
+def test_each_example_solved_as_if_alone() -> None:
+    quad = _problems()
+    top, hvps = top_eigenvalue(quad)
+    lam1, lam2 = torch.full_like(top, 0.05), torch.full_like(top, 0.1)
+    batch = fista(quad, lam1, lam2, lam2 + top, 1e-8, 5000)
+    for i in range(quad.g.shape[0]):
+        one = quad.subset(torch.tensor([i]))
+        top_i, hvps_i = top_eigenvalue(one)
+        assert torch.equal(top_i, top[i : i + 1]) and torch.equal(hvps_i, hvps[i : i + 1])
+        alone = fista(one, lam1[i : i + 1], lam2[i : i + 1], lam2[i : i + 1] + top_i, 1e-8, 5000)
+        for a, b in zip(alone, batch):
+            assert torch.equal(a[0], b[i])
+
+
+def test_power_iteration_matches_eigvalsh() -> None:
+    quad = _problems()
+    top, _ = top_eigenvalue(quad)
+    exact = torch.linalg.eigvalsh(quad.hessian)[:, -1].clamp_min(0)
+    torch.testing.assert_close(top, exact, rtol=1e-3, atol=1e-6)
+
+
+def test_max_iter_caps_examples_that_restart() -> None:
+    """An example whose lambda_max was underestimated restarts; max_iter still ends it."""
+    quad = _problems()
+    top, _ = top_eigenvalue(quad)
+    lam2 = torch.full_like(top, 1e-3)
+    sol = fista(quad, torch.full_like(top, 1e-3), lam2, lam2 + 0.01 * top, 1e-12, 30)
+    assert int(sol.iterations.max()) <= 30
+    assert bool((sol.lambda2 > lam2 + 0.01 * top).any())  # some examples did restart
+
+
+@pytest.mark.parametrize("eta", [0.25, 0.5])
+def test_sparsity_solve_counts_zeros(eta: float) -> None:
+    quad = _problems(d=16)
+    top, _ = top_eigenvalue(quad)
+    lam2 = torch.full_like(top, 0.5)
+    sol, lam1 = sparsity_solve(quad, lam2, lam2 + top, eta, 1e-8, 5000)
+    assert bool(((sol.delta == 0).sum(1) == round(eta * 16)).all())
+    assert bool((lam1 > 0).all())

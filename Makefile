@@ -11,6 +11,9 @@ CAPTUM_FLOOR = captum==0.8.0
 VENVS = build/venvs
 FAST_TESTS = captum_smoothhess tests -m "not slow" --ignore=tests/test_tutorials.py --ignore=tests/test_benchmarks.py
 
+# The targets install into one environment: never run them side by side (make -j).
+.NOTPARALLEL:
+
 .PHONY: install-demo install-dev install-docs demo test lint docs test-floor wheel-check ci
 
 install-demo:

@@ -3,7 +3,7 @@
 For a per-example loss ``l`` (by default the cross-entropy of the logits
 against the target class) with input gradient ``g`` and input Hessian ``H`` at
 ``x``, CASO returns the perturbation that most increases the quadratic model
-of the loss under an elastic-net penalty:
+of the loss under an elastic-net penalty::
 
     delta* = argmax_d  g^T d + 1/2 d^T H d - lambda1 |d|_1 - (lambda2_eff / 2) |d|^2,
 

@@ -2,7 +2,7 @@
 
 Given the gradient ``g`` and Hessian ``H`` of the predicted class's probability
 at ``x`` (SmoothHess by default, or any source with the same interface), the
-second-order attack takes the step that minimises the quadratic model
+second-order attack takes the step that minimises the quadratic model ::
 
     m(d) = g^T d + 1/2 d^T H d   subject to   |d|_2 <= r ,
 

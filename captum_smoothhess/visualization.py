@@ -671,7 +671,7 @@ def visualize_image_interactions(
     if np.any(heat != 0):
         axes_before = list(fig.axes)
         captum_viz.visualize_image_attr(
-            heat,
+            heat[:, :, None],  # (H, W, 1): captum 0.8 needs a channel axis
             shown_image,
             method=method,
             sign=sign,

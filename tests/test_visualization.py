@@ -285,18 +285,23 @@ def test_visualize_image_interactions_errors(
 # ---------------------------------------------------------------- kernels
 
 
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoid rule (numpy 1.x, which captum 0.8 requires, has no ``np.trapezoid``)."""
+    return float(torch.trapezoid(torch.as_tensor(y), torch.as_tensor(x)))
+
+
 def test_kernel_densities_integrate_to_one() -> None:
     eps = 0.7
     t = np.linspace(-60 * eps, 60 * eps, 240001)
     _, curves = kernel_densities(stdevs=eps, points=t)
     assert [type(k) for k, _ in curves] == [Gaussian, Poisson, Hyperbolic, Sigmoid, Rect]
     for kernel, dens in curves:
-        mass = np.trapezoid(dens, t)
+        mass = _trapezoid(dens, t)
         tail = 1 - 2 / math.pi * math.atan(60) if isinstance(kernel, Poisson) else 0.0
         assert mass == pytest.approx(1 - tail, abs=2e-3), kernel
         # Unit variance for all but the Cauchy, at bandwidth eps: variance eps^2.
         if not isinstance(kernel, Poisson):
-            assert np.trapezoid(dens * t**2, t) == pytest.approx(eps**2, rel=5e-3), kernel
+            assert _trapezoid(dens * t**2, t) == pytest.approx(eps**2, rel=5e-3), kernel
 
 
 def test_kernel_densities_values() -> None:
@@ -318,7 +323,7 @@ def test_visualize_kernels_lines_integrate_to_one() -> None:
     for line in lines:
         x, y = (np.asarray(v, dtype=float) for v in line.get_data())
         assert x[0] == pytest.approx(-4 * eps) and x[-1] == pytest.approx(4 * eps)
-        mass = np.trapezoid(y, x)
+        mass = _trapezoid(y, x)
         if line.get_label() == "Poisson()":
             # Standard Cauchy over [-4, 4] in units of eps.
             assert mass == pytest.approx(2 / math.pi * math.atan(4), abs=1e-3)
@@ -336,7 +341,7 @@ def test_visualize_kernels_custom_kernel_without_log_prob() -> None:
             raise NotImplementedError
 
     t, curves = kernel_densities([Half()], points=np.linspace(-3, 3, 6001))
-    assert np.trapezoid(curves[0][1], t) == pytest.approx(1.0, abs=1e-3)
+    assert _trapezoid(curves[0][1], t) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize(

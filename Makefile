@@ -1,7 +1,7 @@
-# The two quick-start commands: `make demo` (main job) and `make test` (whole suite).
+# The two quick-start commands: `make demo` (main job) and `make test` (everything CI runs:
+# the suite, the API reference, the captum floor and the wheel; .ci/run calls it).
 # Every target installs what it needs; torch is pinned for the CPU build used in CI
 # (an unpinned torch can pull a CUDA build of several GB).
-# `make ci` is what CI runs (.ci/run): test, docs, the captum floor and the wheel.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 PYTHON_EXE = $(shell $(PYTHON) -c "import sys; print(sys.executable)")
@@ -14,7 +14,7 @@ FAST_TESTS = captum_smoothhess tests -m "not slow" --ignore=tests/test_tutorials
 # The targets install into one environment: never run them side by side (make -j).
 .NOTPARALLEL:
 
-.PHONY: install-demo install-dev install-docs demo test lint docs test-floor wheel-check ci
+.PHONY: install-demo install-dev install-docs demo test suite lint docs test-floor wheel-check
 
 install-demo:
 	$(PIP) $(TORCH_PIN) -e ".[demo]"
@@ -33,7 +33,8 @@ lint:
 	$(PYTHON) -m ruff format --check captum_smoothhess tests benchmarks docs/conf.py
 	$(PYTHON) -m mypy
 
-test: install-dev lint
+# ruff, mypy and the whole test suite (tutorials and benchmark smoke runs included).
+suite: install-dev lint
 	$(PYTHON) -m pytest captum_smoothhess tests
 
 # The API reference, offline, into docs/_build/html; any Sphinx warning fails the build.
@@ -67,4 +68,4 @@ wheel-check: install-dev
 		&& $(PYTHON_EXE) -m mypy --strict --no-incremental --python-executable bin/python typed.py
 	cd $(VENVS)/wheel && bin/captum-smoothhess demo --quick --out demo_output && test -s demo_output/report.md
 
-ci: test docs test-floor wheel-check
+test: suite docs test-floor wheel-check

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from _timing import interleaved
@@ -72,7 +72,7 @@ def _run(
     n_samples: int,
 ) -> Dict[str, float]:
     device = x.device
-    kw: Dict[str, object] = {}
+    kw: Dict[str, Any] = {}
     if curvature == "smoothhess":
         gen = torch.Generator(device=device).manual_seed(0)
         kw = {"stdevs": 0.1, "n_samples": n_samples, "generator": gen}
@@ -115,7 +115,7 @@ def _hvp_rows(
     caso_module.fista = lambda quad, *a, **k: fista(_Counted(quad, counter), *a, **k)
     caso_module.sparsity_solve = lambda quad, *a, **k: sparse(_Counted(quad, counter), *a, **k)
     try:
-        kw: Dict[str, object] = {}
+        kw: Dict[str, Any] = {}
         if curvature == "smoothhess":
             kw = {"stdevs": 0.1, "n_samples": n_samples, "generator": torch.Generator().manual_seed(0)}
         _, info = CASO(net).attribute(

@@ -11,7 +11,7 @@ user's layout to the flat one (:func:`_flatten`, :func:`_flat_gradient`,
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -20,6 +20,8 @@ from ._captum import _format_output, _format_tensor_into_tuples
 
 HessianType = Union[Tensor, Tuple[Tuple[Tensor, ...], ...]]
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+# Inputs and results shaped like them: a tensor gives a tensor, a tuple a tuple.
+InputsT = TypeVar("InputsT", Tensor, Tuple[Tensor, ...])
 HessianLike = Union[Tensor, Sequence[Sequence[Tensor]]]
 GradientLike = Union[Tensor, Sequence[Tensor]]
 

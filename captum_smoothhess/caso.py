@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union, overload
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from ._captum import (
     log_usage,
 )
 from ._evaluators import LossFunc, LossGradientEvaluator, autograd_allowed, check_losses
-from ._layout import TensorOrTuple, _flatten, _format_flat, _unflatten
+from ._layout import InputsT, _flatten, _format_flat, _unflatten
 from ._model import batch_dependent_layers, private_if_training
 from ._sampling import resolve_sampling, seed_from
 from ._validation import (
@@ -370,10 +370,53 @@ class CASO(_LossSaliency):
         True
     """
 
-    @log_usage()
+    @overload
     def attribute(
         self,
-        inputs: TensorOrTuple,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        curvature: Curvature = "autograd",
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        return_info: Literal[False] = False,
+        kernel: Union[Kernel, str] = Gaussian(),
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        sampling: Optional[str] = None,
+    ) -> InputsT: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        curvature: Curvature = "autograd",
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        *,
+        return_info: Literal[True],
+        kernel: Union[Kernel, str] = Gaussian(),
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        sampling: Optional[str] = None,
+    ) -> Tuple[InputsT, Dict[str, Tensor]]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: InputsT,
         target: TargetType = None,
         additional_forward_args: Any = None,
         lambda1: Optional[float] = None,
@@ -389,7 +432,28 @@ class CASO(_LossSaliency):
         n_samples_batch_size: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         sampling: Optional[str] = None,
-    ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Dict[str, Tensor]]]:
+    ) -> Union[InputsT, Tuple[InputsT, Dict[str, Tensor]]]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        curvature: Curvature = "autograd",
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        return_info: bool = False,
+        kernel: Union[Kernel, str] = Gaussian(),
+        stdevs: StdevsType = 0.1,
+        n_samples: int = 1000,
+        n_samples_batch_size: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        sampling: Optional[str] = None,
+    ) -> Any:
         r"""The CASO perturbation of every example of ``inputs``.
 
         Args:
@@ -530,17 +594,54 @@ class CAFO(_LossSaliency):
         tensor([8, 8])
     """
 
-    @log_usage()
+    @overload
     def attribute(
         self,
-        inputs: TensorOrTuple,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        return_info: Literal[False] = False,
+    ) -> InputsT: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        *,
+        return_info: Literal[True],
+    ) -> Tuple[InputsT, Dict[str, Tensor]]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: InputsT,
         target: TargetType = None,
         additional_forward_args: Any = None,
         lambda1: Optional[float] = None,
         lambda2: float = 1.0,
         sparsity: Optional[float] = None,
         return_info: bool = False,
-    ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Dict[str, Tensor]]]:
+    ) -> Union[InputsT, Tuple[InputsT, Dict[str, Tensor]]]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: InputsT,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        lambda1: Optional[float] = None,
+        lambda2: float = 1.0,
+        sparsity: Optional[float] = None,
+        return_info: bool = False,
+    ) -> Any:
         r"""The CAFO perturbation ``soft(g, lambda1) / lambda2`` of every example.
 
         Args:

@@ -401,3 +401,39 @@ def test_meta_inputs_named(make: type) -> None:
     net = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ValueError, match=r"^inputs: meta"):
         make(net).attribute(torch.empty(2, 4, device="meta"), target=0)
+
+
+class _Recording(nn.Module):
+    """An MLP whose forward records the process's resident memory, and stops the run after a while."""
+
+    def __init__(self, log: List[float]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+        self.log = log
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.log.append(_rss_mb())
+        if len(self.log) > 400:
+            raise _Stop
+        return self.body(x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda net: (KernelNoiseTunnel(Saliency(net), kernel="poisson"), {"stdevs": 0.1}),
+        lambda net: (NoiseGrad(Saliency(net)), {"stdevs": 0.1}),
+        lambda net: (FusionGrad(Saliency(net)), {"stdevs": 0.1, "input_stdevs": 0.1}),
+    ],
+    ids=["KernelNoiseTunnel", "NoiseGrad", "FusionGrad"],
+)
+def test_tunnel_memory_does_not_grow_with_nt_samples(make: Any) -> None:
+    rss: List[float] = []
+    method, extra = make(_Recording(rss))
+    with pytest.raises(_Stop):
+        method.attribute(
+            torch.randn(4, 64), nt_samples=10**9, nt_samples_batch_size=2, target=0, generator=_g(), **extra
+        )
+    settled = rss[40]
+    assert max(rss) - settled < 64, f"memory grew from {settled:.0f} MB to {max(rss):.0f} MB"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from _timing import interleaved
@@ -55,7 +55,13 @@ class FloorTimes(NamedTuple):
 
 
 def floor_and_smoothhess(
-    net: nn.Module, x: Tensor, n: int, batch_size: int, repeats: int, device: torch.device
+    net: nn.Module,
+    x: Tensor,
+    n: int,
+    batch_size: int,
+    repeats: int,
+    device: torch.device,
+    sampling: Optional[str] = None,
 ) -> FloorTimes:
     """Times of the gradient floor, of the product alone, and of dense and factored SmoothHess.
 
@@ -92,6 +98,7 @@ def floor_and_smoothhess(
             n_samples_batch_size=batch_size,
             generator=torch.Generator(device=device).manual_seed(0),
             output=output,
+            sampling=sampling,
         )
 
     t = interleaved(
@@ -140,22 +147,32 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--sampling", default=None, help="SmoothHess sampling ('iid' or 'orthogonal'); the default by kernel"
+    )
+    parser.add_argument("--no-errors", action="store_true", help="timings only")
     args = parser.parse_args()
     n = 512 if args.quick else args.n
     repeats = 1 if args.quick else args.repeats
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     x = torch.rand(1, 784, generator=torch.Generator().manual_seed(1))
     batch = min(args.batch_size, n)
-    t = floor_and_smoothhess(mlp784(), x, n, batch, repeats, torch.device("cpu"))
+    t = floor_and_smoothhess(mlp784(), x, n, batch, repeats, torch.device("cpu"), args.sampling)
     print("\n| MLP 784-500-300-250-250-10 | n | batch | floor (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|---|")
     rows = [
-        ("dense SmoothHess, Gaussian", t.dense, t.dense_ratio),
-        ("factored SmoothHess, Gaussian", t.factors, t.factors_ratio),
+        (f"dense SmoothHess, Gaussian ({args.sampling or 'default'} sampling)", t.dense, t.dense_ratio),
+        (
+            f"factored SmoothHess, Gaussian ({args.sampling or 'default'} sampling)",
+            t.factors,
+            t.factors_ratio,
+        ),
         ("floor + the d x d product alone (bound for dense)", t.floor + t.product, t.bound_ratio),
     ]
     for label, sec, ratio in rows:
         print(f"| {label} | {n} | {batch} | {t.floor:.3f} | {sec:.3f} | {ratio:.3f} |")
+    if args.no_errors:
+        return
     n_err = 2000 if args.quick else 20000
     seeds = 2 if args.quick else 10
     anti, plain = closed_form_errors(n_err, seeds)

@@ -100,8 +100,12 @@ def _root_table(modules: list[str]) -> tuple[list[str], list[str]]:
             entries.append(obj.__name__)
             continue
         home = getattr(obj, "__module__", None)
+        # A name defined in a private module may be documented by the public module exporting it.
+        exporters = [m for m in modules if name in getattr(importlib.import_module(m), "__all__", ())]
         if home in modules:
             entries.append(f"{home}.{getattr(obj, '__qualname__', name)}")
+        elif exporters:
+            entries.append(f"{exporters[0]}.{name}")
         else:  # defined in the root or a private module: document it on the root page
             local.append(name)
     return entries, local

@@ -94,8 +94,8 @@ class Evaluator:
 
     Subclasses say what the scalar is (:meth:`_scalars`); this class does the
     rest: the flat points become leaf tensors in the inputs' layout, one
-    forward and one backward pass give their gradients, and a NaN or Inf
-    gradient is refused rather than averaged into the result.
+    forward and one backward pass give their gradients. (The core refuses a
+    NaN or Inf gradient, from the sum of all of them: :func:`check_gradient_sum`.)
 
     Args:
         forward_func: The model or function, as given to the attribution method.
@@ -156,13 +156,17 @@ class Evaluator:
             (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(x)
-        elif not bool(torch.isfinite(grad).all()):
-            raise ValueError(
-                "forward_func: its gradient is NaN or Inf at perturbed inputs (the function is not "
-                "defined or overflows within the kernel's reach of the inputs; lower `stdevs`, or "
-                "check the function's domain and dtype)"
-            )
         return grad.reshape(batch, copies, dim)
+
+
+def check_gradient_sum(grad_sum: Tensor) -> None:
+    """Refuse NaN or Inf gradients: any of them makes the sum of all gradients non-finite."""
+    if not bool(torch.isfinite(grad_sum).all()):
+        raise ValueError(
+            "forward_func: its gradient is NaN or Inf at perturbed inputs (the function is not "
+            "defined or overflows within the kernel's reach of the inputs; lower `stdevs`, or "
+            "check the function's domain and dtype)"
+        )
 
 
 def _subset_rows(value: Any, index: Tensor, rows: list, batch: int) -> Any:

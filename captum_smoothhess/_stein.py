@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ._captum import progress
 from ._errors import GroupStats
-from ._evaluators import Evaluator
+from ._evaluators import Evaluator, check_gradient_sum
 from ._sampling import Sampler, chunks, default_chunk
 from ._validation import _check_positive_int
 
@@ -165,6 +165,7 @@ def stein_estimate(
     if tracking is not None:
         assert tracking.gradient is not None
         tracking.draws = tracking.gradient.draws
+    check_gradient_sum(grad_sum)
     return grad_sum
 
 

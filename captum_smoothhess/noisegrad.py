@@ -68,7 +68,7 @@ from torch.func import functional_call, vmap
 
 from ._captum import _format_additional_forward_args, log_usage
 from ._model import warn_if_training
-from ._sampling import NoiseStream, seed_from
+from ._sampling import _BLOCK_ELEMENTS, NoiseStream, seed_from
 from ._validation import (
     StdevsType,
     _check_generator,
@@ -170,6 +170,7 @@ class _WeightNoise:
         eps: float,
         multiplicative: bool,
         seed: int,
+        draws: Optional[int] = None,
     ) -> None:
         params = dict(module.named_parameters())
         self.base = {n: params[n].detach() for n in names}
@@ -178,7 +179,11 @@ class _WeightNoise:
         for t in self.base.values():
             dtype = torch.promote_types(dtype, t.dtype)
         self.sizes = [t.numel() for t in self.base.values()]
-        self.stream = NoiseStream(kernel, 1, sum(self.sizes), seed, first.device, dtype)
+        dim = sum(self.sizes)
+        # A model this large has one draw per noise block whatever the count; knowing the
+        # count lets the stream draw the next blocks in other threads (the numbers are the same).
+        total = draws if 2 * dim > _BLOCK_ELEMENTS else None
+        self.stream = NoiseStream(kernel, 1, dim, seed, first.device, dtype, total)
         self.eps = eps
         self.multiplicative = multiplicative
         self.offset = 0
@@ -557,7 +562,13 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             if input_stdevs is not None:
                 in_std = _format_stdevs(input_stdevs, tupled, allow_zero=True, argument="input_stdevs")
             weights = _WeightNoise(
-                self.model, names, self.kernel, eps, self.noise == "multiplicative", seed_from(generator)
+                self.model,
+                names,
+                self.kernel,
+                eps,
+                self.noise == "multiplicative",
+                seed_from(generator),
+                int(nt_samples),
             )
             private = _PrivateModel(self.model, names)
             own = self.attribution_method.forward_func

@@ -47,7 +47,6 @@ from .kernels import Gaussian, Kernel, get_kernel
 
 __all__ = ["SmoothHess", "SmoothHessError"]
 
-GradientType = TensorOrTuple
 OutputType = Literal["dense", "factors"]
 
 

@@ -10,10 +10,11 @@ of the loss under an elastic-net penalty::
     lambda2_eff = lambda2 + max(0, lambda_max(H)),
 
 which makes the problem strongly concave (modulus ``lambda2``), so the
-maximiser exists and is unique. ``lambda_max`` comes from power iteration on
-Hessian-vector products; the problem is solved by FISTA (accelerated proximal
-gradient with backtracking, soft-thresholding prox, adaptive momentum restart)
-from ``d = 0`` until the proximal-gradient residual falls below ``tol``.
+maximiser exists and is unique. ``lambda_max`` comes from the Lanczos method on
+Hessian-vector products (:func:`~captum_smoothhess.solvers.top_eigenvalue`); the
+problem is solved by FISTA (accelerated proximal gradient with backtracking,
+soft-thresholding prox, adaptive momentum restart) from ``d = 0`` until the
+proximal-gradient residual falls below ``tol``.
 Nothing of size ``d x d`` is formed. CAFO is the first-order problem
 (``H = 0``), solved in closed form: ``soft(g, lambda1) / lambda2``.
 
@@ -27,6 +28,7 @@ also updates its running statistics: call ``model.eval()`` first).
 from __future__ import annotations
 
 import numbers
+import time
 import warnings
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union, overload
 
@@ -148,11 +150,15 @@ class _AutogradQuadratic(Quadratic):
 
     The graph of the first backward pass is kept, so each product is one more
     backward pass; :meth:`subset` builds the graph of fewer examples, so that
-    finished examples stop costing anything.
+    finished examples stop costing anything. Where batch norm in training mode
+    couples the examples, each example keeps the Hessian block of its own
+    inputs (one product per example) and the graph is never rebuilt on fewer
+    rows (that would change the batch statistics).
     """
 
     def __init__(self, model: _LossModel, x: Tensor, target: Tensor, afa: Any) -> None:
         self.model, self.target, self.afa = model, target, afa
+        start = time.perf_counter()
         self.x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             losses = model.losses(self.x, target, afa)
@@ -163,22 +169,38 @@ class _AutogradQuadratic(Quadratic):
         super().__init__(g.detach())
         # The loss is (at most) linear in the inputs where the gradient has no graph: H = 0.
         self._graph = g if g.requires_grad else None
+        self._build_seconds = time.perf_counter() - start
 
-    def hvp(self, v: Tensor) -> Tensor:
-        if self._graph is None:
-            return torch.zeros_like(v)
+    @property
+    def subset_seconds(self) -> float:
+        # A subset is one more forward pass and first backward pass, like this one.
+        return 0.0 if self.model.mixes_examples else self._build_seconds
+
+    def _product(self, v: Tensor) -> Tensor:
+        assert self._graph is not None
         with torch.enable_grad():
             (hv,) = torch.autograd.grad(
                 self._graph, self.x, grad_outputs=v, retain_graph=True, allow_unused=True
             )
         return torch.zeros_like(v) if hv is None else hv
 
-    @property
-    def separable(self) -> bool:
-        # Batch norm in training mode couples the examples: the batch then stays whole.
-        return not self.model.mixes_examples
+    def hvp(self, v: Tensor) -> Tensor:
+        if self._graph is None:
+            return torch.zeros_like(v)
+        if not self.model.mixes_examples:
+            return self._product(v)
+        # Batch norm in training mode couples the examples. Each one's problem keeps the
+        # Hessian of the loss in its own inputs (the others held fixed): one product per row.
+        out = torch.zeros_like(v)
+        for k in v.abs().sum(1).nonzero()[:, 0].tolist():
+            one = torch.zeros_like(v)
+            one[k] = v[k]
+            out[k] = self._product(one)[k]
+        return out
 
     def subset(self, index: Tensor) -> Quadratic:
+        if self.model.mixes_examples:  # fewer rows would change the batch statistics
+            return super().subset(index)
         if self._graph is None:
             return DenseQuadratic(
                 self.g.index_select(0, index),
@@ -485,8 +507,8 @@ class CASO(_LossSaliency):
             return_info: Also return a dict of per-example tensors
                 ``lambda1``, ``lambda2_effective``, ``objective`` (of the
                 solved problem), ``residual``, ``iterations`` (of the final
-                solve) and ``hvps`` (Hessian-vector products used, power
-                iteration and all bisection steps included).
+                solve) and ``hvps`` (Hessian-vector products used, the
+                Lanczos steps and all bisection steps included).
             kernel: Kernel of the ``"smoothhess"`` curvature (instance or name).
             stdevs: Bandwidth of the ``"smoothhess"`` curvature.
             n_samples: Gradient samples of the ``"smoothhess"`` curvature.
@@ -546,7 +568,7 @@ class CASO(_LossSaliency):
                 )
 
             g = quad.g
-            top, power_hvps = top_eigenvalue(quad)
+            top, eig_hvps = top_eigenvalue(quad)
             lam2 = torch.full_like(top, lam2_value)
             lam2_eff = lam2 + top
             if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:
@@ -554,7 +576,7 @@ class CASO(_LossSaliency):
             else:
                 lam1 = torch.full_like(top, lam1_value)
                 sol = fista(quad, lam1, lam2, lam2_eff, tol, max_iter)
-            sol = sol._replace(hvps=sol.hvps + power_hvps)
+            sol = sol._replace(hvps=sol.hvps + eig_hvps)
             missed = int((sol.residual > tol).sum())
             if missed:
                 warnings.warn(

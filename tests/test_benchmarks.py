@@ -47,7 +47,11 @@ def test_suite_quick(tmp_path: Path, cases: str) -> None:
 @pytest.mark.parametrize("flags", [["--quick", "--repeat", "1"], ["--quick", "--reference"]])
 def test_caso_benchmark_quick(flags: list[str]) -> None:
     out = _run([str(BENCH / "caso.py"), *flags])
-    assert ("rows" in out) if "--reference" not in flags else ("reference" in out and "lambda2 = 4" in out)
+    assert (
+        ("rows" in out)
+        if "--reference" not in flags
+        else ("reference" in out and "| 100-64-10, B=16 | 4 |" in out)
+    )
 
 
 def test_layer_benchmark_quick() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import warnings
 from typing import Callable, Iterator, Tuple
 
@@ -129,7 +130,7 @@ def test_optimal_against_dense_solve_100_features(act: nn.Module, lam1: float) -
 
 
 def test_indefinite_hessian_and_poor_eigen_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tanh net has negative curvature; with one power step the solver keeps concavity."""
+    """A tanh net has negative curvature; with one Lanczos step the solver keeps concavity."""
     import captum_smoothhess.solvers as solvers
 
     net = _mlp(30, 30, 4, nn.Tanh(), seed=6, scale=4.0)
@@ -138,7 +139,7 @@ def test_indefinite_hessian_and_poor_eigen_estimate(monkeypatch: pytest.MonkeyPa
     g, h = _dense(net, x, labels)
     evals = torch.linalg.eigvalsh(h)
     assert float(evals[:, 0].max()) < 0 < float(evals[:, -1].min())
-    monkeypatch.setattr(solvers, "_POWER_MAX_ITER", 1)
+    monkeypatch.setattr(solvers, "_EIG_MAX_ITER", 1)
     lam2 = 0.01
     delta, info = CASO(net).attribute(x, lambda1=0.01, lambda2=lam2, tol=1e-8, return_info=True)
     lam2_eff = info["lambda2_effective"]
@@ -531,3 +532,30 @@ def test_bad_inputs_and_losses() -> None:
         CASO(net, loss_func=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="forward_func"):
         CASO(lambda t: net(t)[:, 0]).attribute(x)
+
+
+def test_batch_norm_in_training_mode_solves_each_example_with_its_own_hessian_block() -> None:
+    """Training-mode batch norm couples the examples; each keeps the block of its own inputs."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).to(D64).train()
+    x = _inputs(5, 4, seed=4)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    copy = copy_module.deepcopy(net)  # the batch statistics of these inputs, as CASO sees them
+
+    def total(flat: Tensor) -> Tensor:
+        return F.cross_entropy(copy(flat.reshape(5, 4)), labels, reduction="sum")
+
+    joint = torch.autograd.functional.hessian(total, x.reshape(-1)).reshape(5, 4, 5, 4)
+    h = torch.stack([joint[k, :, k, :] for k in range(5)])
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        delta, info = CASO(net).attribute(
+            x, target=labels, lambda1=0.01, lambda2=0.5, tol=1e-10, return_info=True
+        )
+    lam2_eff = info["lambda2_effective"]
+    torch.testing.assert_close(
+        lam2_eff, 0.5 + torch.linalg.eigvalsh(h)[:, -1].clamp_min(0), rtol=1e-8, atol=1e-12
+    )
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(total(xg.reshape(-1)), xg)
+    ref = _reference(g, h, torch.full((5,), 0.01, dtype=D64), lam2_eff)
+    torch.testing.assert_close(delta, ref, rtol=1e-6, atol=1e-9)

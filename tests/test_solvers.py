@@ -82,11 +82,52 @@ def test_each_example_solved_as_if_alone() -> None:
             assert torch.equal(a[0], b[i])
 
 
-def test_power_iteration_matches_eigvalsh() -> None:
+def test_lanczos_matches_eigvalsh() -> None:
     quad = _problems()
-    top, _ = top_eigenvalue(quad)
+    top, hvps = top_eigenvalue(quad)
     exact = torch.linalg.eigvalsh(quad.hessian)[:, -1].clamp_min(0)
-    torch.testing.assert_close(top, exact, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(top, exact, rtol=1e-7, atol=1e-12)
+    assert int(hvps.max()) <= 12  # never more than d products
+
+
+def test_lanczos_stops_once_the_krylov_space_is_exhausted() -> None:
+    """A rank-3 Hessian (like J^T A J of a 4-class cross-entropy) needs at most 4 products."""
+    gen = torch.Generator().manual_seed(1)
+    j = torch.randn(6, 3, 50, generator=gen, dtype=D64)
+    h = j.transpose(1, 2) @ torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=D64)) @ j
+    top, hvps = top_eigenvalue(DenseQuadratic(torch.randn(6, 50, generator=gen, dtype=D64), h))
+    torch.testing.assert_close(top, torch.linalg.eigvalsh(h)[:, -1], rtol=1e-10, atol=0)
+    assert int(hvps.max()) <= 4
+
+
+def test_negative_definite_hessian_gives_zero() -> None:
+    h = -torch.eye(4, dtype=D64).expand(2, 4, 4) * torch.tensor([1.0, 5.0], dtype=D64)[:, None, None]
+    top, _ = top_eigenvalue(DenseQuadratic(torch.ones(2, 4, dtype=D64), h))
+    assert torch.equal(top, torch.zeros(2, dtype=D64))
+
+
+class _Coupled(Quadratic):
+    """Products that mix the examples: one symmetric operator on the whole batch."""
+
+    def __init__(self, g: Tensor, joint: Tensor) -> None:
+        super().__init__(g)
+        self.joint = joint
+
+    @property
+    def separable(self) -> bool:
+        return False
+
+    def hvp(self, v: Tensor) -> Tensor:
+        return (self.joint @ v.reshape(-1)).reshape(v.shape)
+
+
+def test_coupled_examples_get_the_top_eigenvalue_of_the_joint_operator() -> None:
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(12, 12, generator=gen, dtype=D64)
+    quad = _Coupled(torch.randn(3, 4, generator=gen, dtype=D64), a + a.T)
+    top, hvps = top_eigenvalue(quad)
+    torch.testing.assert_close(top, torch.linalg.eigvalsh(a + a.T)[-1].expand(3), rtol=1e-7, atol=0)
+    assert int(hvps[0]) <= 12 and bool((hvps == hvps[0]).all())
 
 
 def test_max_iter_caps_examples_that_restart() -> None:

@@ -5,7 +5,9 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
 1. Error variance (mean squared relative Frobenius error over seeds) at equal gradient calls,
    ``sampling="iid"`` vs the default ``"orthogonal"``, Gaussian and Poisson kernels, on the
    one-hidden-layer ReLU oracle (closed form; d = 10, 100, 784) and on the trained digits MLP
-   (d = 64; reference from a large iid run). Antithetic pairs throughout.
+   (d = 64; reference from a large iid run). Antithetic pairs throughout. Then the ratio at
+   d = 10 for nine oracles (hidden width x bandwidth): how much the gain depends on the function,
+   and with fewer pairs than one rotation holds (why the default is iid there).
 2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
    the calibration of ``return_error``: reported relative error over actual RMS error.
 3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling) over
@@ -95,7 +97,8 @@ def variance_table(quick: bool) -> None:
         eps = 0.5
         net, x, ref = oracle(d, 2 * d, kernel, eps, 1 if d == 784 else 4)
         sh: Any = SmoothHess(net, kernel=kernel)
-        s = 2 if d == 784 and not quick else seeds
+        # Cheap at d = 10: enough seeds there for the ratio to be known to a few percent.
+        s = 2 if d == 784 and not quick else (10 * seeds if d == 10 else seeds)
         for mult in (4,) if quick or d == 784 else (4, 16):
             n = mult * d
             e_iid = mse(sh, x, ref, eps, n, "iid", s if d < 784 else 6)
@@ -114,6 +117,33 @@ def variance_table(quick: bool) -> None:
         e_orth = mse(sh, x, ref, eps, n, "orthogonal", seeds, **kw)
         errs = f"{e_iid**0.5:.4f} | {e_orth**0.5:.4f} | {e_iid / e_orth:.2f}"
         print(f"| digits MLP (ref n={ref_n}) | {kernel} | 64 | {n} | {errs} |")
+
+
+def oracle_table(quick: bool) -> None:
+    """The variance ratio at d = 10 over the oracle's width and bandwidth (how much it depends on f)."""
+    print("\n| ReLU oracle, Gaussian, d = 10, n = 160 | hidden units | eps | variance ratio |")
+    print("|---|---|---|---|")
+    d, seeds = 10, 10 if quick else 100
+    for hidden, eps in itertools.product((10, 20, 40), (0.25, 0.5, 1.0)):
+        net, x, ref = oracle(d, hidden, "gaussian", eps, 4)
+        sh = SmoothHess(net)
+        ratio = mse(sh, x, ref, eps, 16 * d, "iid", seeds) / mse(sh, x, ref, eps, 16 * d, "orthogonal", seeds)
+        print(f"| | {hidden} | {eps} | {ratio:.2f} |")
+
+
+def partial_table(quick: bool) -> None:
+    """The variance ratio when the call draws fewer pairs than one full rotation holds."""
+    print("\n| ReLU oracle, Gaussian | d | antithetic pairs | variance ratio |")
+    print("|---|---|---|---|")
+    seeds = 8 if quick else 40
+    for d in (100,) if quick else (100, 400):
+        net, x, ref = oracle(d, 2 * d, "gaussian", 0.5, 4)
+        sh = SmoothHess(net)
+        for pairs in (d // 16, d // 4, d // 2, d, 2 * d):
+            ratio = mse(sh, x, ref, 0.5, 2 * pairs, "iid", seeds) / mse(
+                sh, x, ref, 0.5, 2 * pairs, "orthogonal", seeds
+            )
+            print(f"| | {d} | {pairs} | {ratio:.2f} |")
 
 
 def tolerance_table(quick: bool) -> None:
@@ -255,12 +285,14 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
-        "--only", default="variance,tolerance,timing,qr,tunnel", help="comma-separated tables"
+        "--only", default="variance,oracles,partial,tolerance,timing,qr,tunnel", help="comma-separated tables"
     )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     tables = {
         "variance": variance_table,
+        "oracles": oracle_table,
+        "partial": partial_table,
         "tolerance": tolerance_table,
         "timing": timing_table,
         "qr": orthogonalisation_table,

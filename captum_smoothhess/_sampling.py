@@ -158,8 +158,21 @@ def rotation_invariant(kernel: Kernel) -> bool:
     return isinstance(kernel, Gaussian) or bool(kernel.radial)
 
 
-def resolve_sampling(sampling: Optional[str], kernel: Kernel) -> str:
-    """The sampling to use: ``"orthogonal"`` by default for rotation-invariant kernels, else ``"iid"``.
+def resolve_sampling(
+    sampling: Optional[str], kernel: Kernel, dim: Optional[int] = None, draws: Optional[int] = None
+) -> str:
+    """The sampling to use: by default ``"orthogonal"`` where it pays, else ``"iid"``.
+
+    The default is ``"orthogonal"`` for rotation-invariant kernels when the
+    call draws at least one full rotation: ``draws >= dim`` directions, and
+    ``dim`` small enough for a block to hold all of them
+    (:func:`orthogonal_block_length`). The variance reduction comes from
+    full rotations: on the ReLU oracle (d = 100 and 400) it is 3.6-3.7x with
+    ``d`` or ``2 d`` pairs but 1.05, 1.2 and 1.55x with ``d/16``, ``d/4`` and
+    ``d/2``, while the QR factorisations cost the same per direction, so
+    fewer draws, or image-size inputs (blocks of a few hundred directions of
+    ``d = 150,528``), default to ``"iid"``. ``dim`` / ``draws`` unknown
+    (``None``) count as fitting.
 
     Raises a ``ValueError`` naming ``sampling`` for an unknown value, or for
     ``"orthogonal"`` with a product kernel (its coordinates are independent
@@ -167,7 +180,8 @@ def resolve_sampling(sampling: Optional[str], kernel: Kernel) -> str:
     """
     invariant = rotation_invariant(kernel)
     if sampling is None:
-        return "orthogonal" if invariant else "iid"
+        full = dim is None or (orthogonal_block_length(dim) == dim and (draws is None or draws >= dim))
+        return "orthogonal" if invariant and full else "iid"
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
     if sampling == "orthogonal" and not invariant:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 StdevsType = Union[float, Tensor, Sequence[Union[float, Tensor]]]
+MaskType = Union[Tensor, Tuple[Tensor, ...], None]
 
 
 def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs", allow_integer: bool = False) -> None:
@@ -29,7 +30,10 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs", allow_in
         if not isinstance(inp, Tensor):
             raise TypeError(f"{where}: expected a torch.Tensor, got {type(inp).__name__}")
         if inp.device.type == "meta":
-            raise ValueError(f"{where}: meta tensors hold no values to attribute; move them to a real device")
+            raise ValueError(
+                f"{where}: a meta tensor has no values to attribute; move the inputs (and the "
+                "model) to a real device such as 'cpu' or 'cuda' first"
+            )
         if not inp.is_floating_point() and not (allow_integer and not inp.is_complex()):
             raise TypeError(f"{where}: expected a floating-point tensor, got dtype {inp.dtype}")
         if inp.dim() == 0:

@@ -300,12 +300,13 @@ class _LossModel:
         evaluate = LossGradientEvaluator(
             self.forward_func, self.loss_func, self.inputs, self.target, self.afa
         )
+        n = _check_n_samples(n_samples, antithetic=True)
         factors = SmoothHess(self.forward_func, kernel=kernel)._attribute(
             self.inputs,
             is_tuple=True,
             evaluate=evaluate,
             eps=_format_stdevs(stdevs, self.inputs),
-            n=_check_n_samples(n_samples, antithetic=True),
+            n=n,
             n_samples_batch_size=n_samples_batch_size,
             antithetic=True,
             mask=None,
@@ -315,7 +316,7 @@ class _LossModel:
             show_progress=False,
             output="factors",
             group=None,
-            sampling=resolve_sampling(sampling, kernel),
+            sampling=resolve_sampling(sampling, kernel, _flatten(self.inputs).shape[1], n // 2),
         )
         g = _flatten(factors.gradient)
         return _FactorsQuadratic(g, factors._scores, factors._diffs, factors._row_scale, factors.count)
@@ -516,7 +517,8 @@ class CASO(_LossSaliency):
             generator: ``torch.Generator`` for the ``"smoothhess"`` noise.
             sampling: Sampling of the ``"smoothhess"`` curvature, as in
                 :meth:`SmoothHess.attribute <captum_smoothhess.SmoothHess.attribute>`:
-                ``"orthogonal"`` (default for Gaussian and Poisson) or ``"iid"``.
+                ``"orthogonal"`` or ``"iid"`` (by default orthogonal for Gaussian
+                and Poisson where the draws hold a full rotation).
 
         Returns:
             The signed perturbation ``delta`` shaped like ``inputs`` (a tensor

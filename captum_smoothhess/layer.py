@@ -34,29 +34,24 @@ from ._captum import (
     _verify_select_neuron,
     log_usage,
 )
-from ._evaluators import Evaluator, _scalar_per_row, autograd_allowed, select_output
+from ._evaluators import Evaluator, _scalar_per_row, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
 from ._model import counterpart, private_if_training
-from ._sampling import seed_from
-from ._stein import resolve_group
 from ._validation import (
     BaselinesType,
+    MaskType,
     StdevsType,
     _check_generator,
     _check_inputs,
     _check_n_samples,
-    _check_output_mode,
     _format_baselines,
-    _format_feature_mask,
-    _format_stdevs,
 )
 from .factors import SmoothHessFactors
 from .kernels import Gaussian, Kernel
-from .smoothhess import SmoothHess, _check_sampling
+from .smoothhess import SmoothHess
 
 __all__ = ["LayerSmoothHess", "NeuronSmoothHess"]
 
-MaskType = Union[Tensor, Tuple[Tensor, ...], None]
 NeuronSelector = Union[int, Tuple[Union[int, slice], ...], Callable[..., Tensor]]
 
 
@@ -305,8 +300,9 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             show_progress: Show a progress bar over sample chunks.
             output: ``"dense"`` or ``"factors"`` (as in SmoothHess).
             process_group: As in :meth:`SmoothHess.attribute`.
-            sampling: As in :meth:`SmoothHess.attribute` (``"orthogonal"`` by
-                default for the Gaussian and Poisson kernels).
+            sampling: As in :meth:`SmoothHess.attribute` (by default
+                ``"orthogonal"`` for the Gaussian and Poisson kernels where a
+                full rotation is drawn, else ``"iid"``).
             return_error: As in :meth:`SmoothHess.attribute`: append a
                 :class:`~captum_smoothhess.SmoothHessError`.
             tolerance: As in :meth:`SmoothHess.attribute`.
@@ -367,12 +363,10 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             attribute_to_layer_input,
             device_ids,
         )
-        return _estimate(
-            self._core,
+        return self._core._estimate(
             activation,
             is_tuple,
-            evaluate,
-            weight,
+            lambda: (evaluate, weight),
             stdevs=stdevs,
             n=n,
             n_samples_batch_size=n_samples_batch_size,
@@ -471,8 +465,9 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             show_progress: Show a progress bar over sample chunks.
             output: ``"dense"`` or ``"factors"``.
             process_group: As in :meth:`SmoothHess.attribute`.
-            sampling: As in :meth:`SmoothHess.attribute` (``"orthogonal"`` by
-                default for the Gaussian and Poisson kernels).
+            sampling: As in :meth:`SmoothHess.attribute` (by default
+                ``"orthogonal"`` for the Gaussian and Poisson kernels where a
+                full rotation is drawn, else ``"iid"``).
             return_error: As in :meth:`SmoothHess.attribute`: append a
                 :class:`~captum_smoothhess.SmoothHessError`.
             tolerance: As in :meth:`SmoothHess.attribute`.
@@ -516,12 +511,10 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             attribute_to_neuron_input,
             device_ids,
         )
-        return _estimate(
-            self._core,
+        return self._core._estimate(
             inps,
             is_tuple,
-            evaluate,
-            weight,
+            lambda: (evaluate, weight),
             stdevs=stdevs,
             n=n,
             n_samples_batch_size=n_samples_batch_size,
@@ -534,55 +527,5 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             process_group=process_group,
             sampling=sampling,
             return_error=return_error,
-            tolerance=tolerance,
-        )
-
-
-def _estimate(
-    core: SmoothHess,
-    layout: Tuple[Tensor, ...],
-    is_tuple: bool,
-    evaluate: Evaluator,
-    weight: Optional[Tensor],
-    *,
-    stdevs: StdevsType,
-    n: int,
-    n_samples_batch_size: Optional[int],
-    antithetic: bool,
-    feature_mask: MaskType,
-    return_gradient: bool,
-    generator: Optional[torch.Generator],
-    show_progress: bool,
-    output: str,
-    process_group: Optional[Any],
-    sampling: Optional[str],
-    return_error: bool,
-    tolerance: Optional[float],
-) -> Any:
-    """The shared tail of both methods: the sampling arguments checked on ``layout``, then the core."""
-    eps = _format_stdevs(stdevs, layout)
-    mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
-    group = resolve_group(process_group)
-    _check_output_mode(output, mask, group)
-    scheme, tolerance = _check_sampling(core.kernel, sampling, tolerance, output, group)
-    with autograd_allowed():
-        return core._attribute(
-            layout,
-            is_tuple,
-            evaluate,
-            eps,
-            n,
-            n_samples_batch_size,
-            antithetic,
-            mask,
-            n_groups,
-            return_gradient,
-            seed_from(generator),
-            show_progress,
-            output,
-            group,
-            weight=weight,
-            sampling=scheme,
-            return_error=return_error or tolerance is not None,
             tolerance=tolerance,
         )

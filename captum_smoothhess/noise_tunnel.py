@@ -38,6 +38,7 @@ from captum.attr import Attribution, NoiseTunnel
 from torch import Tensor, nn
 
 from ._captum import log_usage
+from ._evaluators import autograd_allowed
 from ._layout import _sizes
 from ._model import batch_dependent_layers, counterpart, private_if_training
 from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
@@ -134,17 +135,6 @@ def _check_nt_args(nt_type: object, nt_samples: object, nt_samples_batch_size: o
         _check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
 
 
-def _check_real_inputs(inputs: Tuple[Any, ...]) -> None:
-    """Meta tensors carry no values to attribute; say so before any check reads them."""
-    for i, inp in enumerate(inputs):
-        if isinstance(inp, Tensor) and inp.is_meta:
-            where = "inputs" if len(inputs) == 1 else f"inputs[{i}]"
-            raise ValueError(
-                f"{where}: a meta tensor has no values to attribute; move the inputs (and the "
-                "model) to a real device such as 'cpu' or 'cuda' first"
-            )
-
-
 def _normal_tensors(value: Any) -> Any:
     """``value`` with every inference tensor (from ``torch.inference_mode``) cloned.
 
@@ -161,16 +151,6 @@ def _normal_tensors(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _normal_tensors(v) for k, v in value.items()}
     return value
-
-
-@contextlib.contextmanager
-def _grad_capable() -> Iterator[None]:
-    """Leave ``torch.inference_mode`` for the block (autograd cannot run inside it)."""
-    if not torch.is_inference_mode_enabled():
-        yield
-        return
-    with torch.inference_mode(False):
-        yield
 
 
 # Captum's functions that select the target output; an IndexError, AssertionError
@@ -381,7 +361,6 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
-        _check_real_inputs(tupled)
         _check_inputs(tupled)
         if not self._private and batch_dependent_layers(self.attribution_method.forward_func):
             # Batch norm in training mode: run this call on a private copy, buffers left as found.
@@ -396,7 +375,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 generator=generator,
                 **kwargs,
             )
-        with _grad_capable():
+        with autograd_allowed():
             inputs, kwargs = _normal_tensors((inputs, kwargs))
             tupled = inputs if isinstance(inputs, tuple) else (inputs,)
             std = _format_stdevs(stdevs, tupled, allow_zero=True)

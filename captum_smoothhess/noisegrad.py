@@ -67,7 +67,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from ._captum import _format_additional_forward_args, log_usage
-from ._model import warn_if_training
+from ._evaluators import autograd_allowed
+from ._model import module_of, warn_if_training
 from ._sampling import _BLOCK_ELEMENTS, NoiseStream, seed_from
 from ._validation import (
     StdevsType,
@@ -81,11 +82,9 @@ from .noise_tunnel import (
     AttributionOutput,
     _CallState,
     _check_nt_args,
-    _check_real_inputs,
     _current_state,
     _format_attributions,
     _GeneratorNoiseTunnel,
-    _grad_capable,
     _InputNoise,
     _normal_tensors,
 )
@@ -123,15 +122,12 @@ class _Unbatchable(Exception):
 
 
 def _module_of(forward_func: Any) -> nn.Module:
-    """The ``nn.Module`` whose weights get noise, or a clear ``TypeError``."""
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)
-    if isinstance(owner, nn.Module) and getattr(forward_func, "__name__", "") in (
-        "forward",
-        "__call__",
-    ):
-        return owner
+    """The ``nn.Module`` whose weights get noise (itself, or the owner of its bound forward)."""
+    module = module_of(forward_func)
+    # Another bound method of a module may not run its forward: its weights are not the model's.
+    if module is forward_func or getattr(forward_func, "__name__", "") in ("forward", "__call__"):
+        if module is not None:
+            return module
     raise TypeError(
         "attribution_method: weight-space smoothing needs the wrapped method's "
         "forward_func to be a torch.nn.Module (or its bound forward), got "
@@ -550,12 +546,11 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         _check_generator(generator)
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
-        _check_real_inputs(tupled)
         _check_inputs(tupled)
         names = _select_names(self.model, self.param_filter)
         # Buffers are safe (every forward of the private copy starts from clones of them).
         warn_if_training(self.model, type(self).__name__)
-        with _grad_capable():
+        with autograd_allowed():
             inputs, kwargs = _normal_tensors((inputs, kwargs))
             tupled = inputs if isinstance(inputs, tuple) else (inputs,)
             in_std = None

@@ -60,5 +60,7 @@ def test_layer_benchmark_quick() -> None:
 
 
 def test_efficiency_benchmark_quick() -> None:
-    out = _run([str(BENCH / "efficiency.py"), "--quick", "--only", "variance,tolerance,timing"])
+    out = _run(
+        [str(BENCH / "efficiency.py"), "--quick", "--only", "variance,oracles,partial,tolerance,timing"]
+    )
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out

@@ -70,6 +70,7 @@ class Spec:
     sampled: bool = True  # takes a generator and a sample-chunk size
     kind: str = "input"  # "layer": results shaped by the layer; "neuron": a unit instead of a target
     target_arg: str = "target"  # the argument that the contract's `target` becomes
+    extras: int = 0  # results appended after the attribution (gradient, SmoothHessError)
 
 
 def _g(seed: int) -> torch.Generator:
@@ -80,6 +81,17 @@ def _smoothhess(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) ->
     return m.attribute(
         x, target=target, stdevs=0.3, n_samples=24, n_samples_batch_size=chunk, generator=_g(seed)
     )
+
+
+def _smoothhess_with(**options: Any) -> Callable[..., Any]:
+    """SmoothHess called with extra options (sampling, errors, tolerance, baselines)."""
+
+    kw = {"stdevs": 0.3, "n_samples": 24, **options}
+
+    def call(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) -> Any:
+        return m.attribute(x, target=target, n_samples_batch_size=chunk, generator=_g(seed), **kw)
+
+    return call
 
 
 def _tunnel(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) -> Any:
@@ -129,13 +141,34 @@ def _neuron(m: Any, x: Any, target: Any, seed: int, chunk: Optional[int]) -> Any
 SPECS: List[Spec] = [
     Spec("SmoothHess", SmoothHess, _smoothhess),
     Spec("SmoothHess-poisson", lambda net: SmoothHess(net, kernel="poisson"), _smoothhess),
+    Spec("SmoothHess-iid", SmoothHess, _smoothhess_with(sampling="iid")),
+    Spec(
+        "SmoothHess-error",
+        SmoothHess,
+        _smoothhess_with(n_samples=60, return_error=True, return_gradient=True),
+        extras=2,
+    ),
+    Spec("SmoothHess-tolerance", SmoothHess, _smoothhess_with(n_samples=400, tolerance=0.3), extras=1),
+    Spec("SmoothHess-baselines", SmoothHess, _smoothhess_with(baselines=0.5)),
     Spec("KernelNoiseTunnel", lambda net: KernelNoiseTunnel(Saliency(net), kernel="sigmoid"), _tunnel),
+    Spec(
+        "KernelNoiseTunnel-orthogonal",
+        lambda net: KernelNoiseTunnel(Saliency(net), sampling="orthogonal_antithetic"),
+        _tunnel,
+    ),
     Spec("NoiseGrad", lambda net: NoiseGrad(Saliency(net)), _tunnel),
     Spec("FusionGrad", lambda net: FusionGrad(Saliency(net)), _fusion),
     Spec("CASO", CASO, lambda m, x, target, seed, chunk: m.attribute(x, target=target, lambda1=0.01), False),
     Spec("CASO-smoothhess", CASO, _caso_sh),
     Spec("CAFO", CAFO, lambda m, x, target, seed, chunk: m.attribute(x, target=target, lambda1=0.01), False),
     Spec("LayerSmoothHess", lambda net: LayerSmoothHess(net, net.body[0]), _smoothhess, kind="layer"),
+    Spec(
+        "LayerSmoothHess-baselines-error",
+        lambda net: LayerSmoothHess(net, net.body[0]),
+        _smoothhess_with(n_samples=60, baselines=0.0, return_error=True),
+        kind="layer",
+        extras=1,
+    ),
     Spec(
         "NeuronSmoothHess",
         lambda net: NeuronSmoothHess(net, net.body[2]),
@@ -265,6 +298,10 @@ def test_tuple_in_tuple_out_tensor_in_tensor_out(spec: Spec) -> None:
     a, b = _inputs()
     out_tuple = spec.call(spec.make(net), (a, b), 1, 0, None)
     out_tensor = spec.call(spec.make(net), torch.cat([a, b], dim=1), 1, 0, None)
+    if spec.extras:  # (attribution, *extras) either way; the attribution follows the rule
+        assert isinstance(out_tuple, tuple) and isinstance(out_tensor, tuple)
+        assert len(out_tuple) == len(out_tensor) == 1 + spec.extras
+        out_tuple, out_tensor = out_tuple[0], out_tensor[0]
     if spec.kind == "layer":  # shaped by the layer's output (B, 10), whatever the inputs' form
         assert isinstance(out_tuple, Tensor) and isinstance(out_tensor, Tensor)
         assert out_tuple.shape == out_tensor.shape == (3, 10, 10)
@@ -373,7 +410,9 @@ def test_no_grad_outside_and_float32(spec: Spec) -> None:
         assert torch.equal(r, g)
     net32 = TwoInputNet().float()
     out32 = _leaves(spec.call(spec.make(net32), tuple(t.float() for t in x), 1, 0, None))
-    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in out32)
+    floating = [t for t in out32 if t.is_floating_point()]  # (SmoothHessError counts calls in int64)
+    assert floating and all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in floating)
+    assert all(t.dtype == torch.int64 for t in out32 if not t.is_floating_point())
 
 
 class _BatchNormNet(TwoInputNet):

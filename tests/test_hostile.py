@@ -399,7 +399,7 @@ def test_inference_mode_works_like_normal_mode() -> None:
 @pytest.mark.parametrize("make", [SmoothHess, CASO, CAFO])
 def test_meta_inputs_named(make: type) -> None:
     net = nn.Sequential(nn.Linear(4, 3))
-    with pytest.raises(ValueError, match=r"^inputs: meta"):
+    with pytest.raises(ValueError, match=r"^inputs: a meta tensor"):
         make(net).attribute(torch.empty(2, 4, device="meta"), target=0)
 
 

@@ -93,6 +93,31 @@ def test_product_kernels_refuse_orthogonal() -> None:
         SmoothHess(net).attribute(torch.randn(2, 4), n_samples=20, sampling="sobol")
 
 
+@pytest.mark.parametrize(
+    ("dim", "n", "expected"),
+    [(8, 16, "orthogonal"), (8, 40, "orthogonal"), (8, 14, "iid"), (8, 2, "iid")],
+)
+def test_default_is_orthogonal_once_a_full_rotation_is_drawn(dim: int, n: int, expected: str) -> None:
+    """``d`` antithetic pairs (2 d calls) hold a full rotation: the default is orthogonal from there."""
+    net = torch.nn.Sequential(torch.nn.Linear(dim, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1))
+    x = torch.randn(2, dim, generator=gen(0))
+    default = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1))
+    chosen = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1), sampling=expected)
+    other = "iid" if expected == "orthogonal" else "orthogonal"
+    different = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1), sampling=other)
+    assert torch.equal(default, chosen) and not torch.equal(default, different)
+
+
+def test_default_is_iid_where_a_block_cannot_hold_a_full_rotation() -> None:
+    from captum_smoothhess._sampling import resolve_sampling
+
+    full = max(d for d in range(5000, 7000) if orthogonal_block_length(d) == d)
+    assert resolve_sampling(None, Gaussian(), full, 10 * full) == "orthogonal"
+    assert resolve_sampling(None, Poisson(), full + 1, 10 * full) == "iid"
+    assert resolve_sampling(None, Gaussian(), 150528, 10**6) == "iid"
+    assert resolve_sampling("orthogonal", Gaussian(), 150528, 10) == "orthogonal"  # asked for: kept
+
+
 # --------------------------------------------------------------------------- the estimate
 
 

@@ -203,14 +203,15 @@ net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 8), nn.ReLU(), nn.Lin
 x = torch.rand(1, 3, 224, 224)
 mask = (torch.arange(224)[:, None] // 16 * 14 + torch.arange(224)[None] // 16).expand(3, 224, 224)
 g, err = SmoothHess(net).attribute(x, target=0, stdevs=0.1, n_samples=32, feature_mask=mask[None],
-                                   return_error=True, generator=torch.Generator().manual_seed(0))
+                                   return_error=True, sampling="orthogonal",
+                                   generator=torch.Generator().manual_seed(0))
 assert g.shape == err.stderr.shape == (1, 196, 196)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 def test_image_size_grouped_orthogonal_stays_under_3gb() -> None:
-    """d = 150,528, grouped, default (orthogonal) sampling with errors: peak RSS < 3 GB."""
+    """d = 150,528, grouped, orthogonal sampling with errors: peak RSS < 3 GB."""
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
     proc = subprocess.run(

@@ -150,13 +150,19 @@ def stein_estimate(
     else:
         bar = progress(total=-(-draws // tracking.group), desc=desc) if show_progress else None
         try:
-            _tracked_loop(
-                x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, world, rank, bar
-            )
+            if group is not None and tracking.tolerance is not None:
+                _tracked_rounds(
+                    x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, group, bar
+                )
+            else:
+                _tracked_loop(
+                    x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, world, rank, bar
+                )
         finally:
             if bar is not None:
                 bar.close()
-    if group is not None:
+    rounds = group is not None and tracking is not None and tracking.tolerance is not None
+    if group is not None and not rounds:  # (rounds leave every rank with the whole sums)
         reduction.all_reduce(group)
         torch.distributed.all_reduce(grad_sum, group=group)
         if tracking is not None:
@@ -167,6 +173,95 @@ def stein_estimate(
         tracking.draws = tracking.gradient.draws
     check_gradient_sum(grad_sum)
     return grad_sum
+
+
+def _stop(tracking: Tracking, reduction: Any, rows: Tensor, groups_done: int, bar: Any) -> Optional[Tensor]:
+    """After a group: record the largest error of ``rows``; the mask of those to keep, if any stop."""
+    current = reduction.relative()[rows]
+    worst = float(current.max())
+    tracking.errors.append(worst)
+    if bar is not None:
+        bar.set_postfix_str(f"error {worst:.3g}")
+        bar.update()
+    if tracking.tolerance is None or groups_done < tracking.min_groups:
+        return None
+    # NaN (fewer than two groups, or a zero estimate so far) is never done.
+    keep = ~(current <= tracking.tolerance)
+    return None if bool(keep.all()) else keep
+
+
+def _tracked_rounds(
+    x: Tensor,
+    eps: Tensor,
+    evaluate: Evaluator,
+    sampler: Sampler,
+    draws: int,
+    chunk: int,
+    reduction: Any,
+    tracking: Tracking,
+    grad_sum: Tensor,
+    group: Any,
+    bar: Any,
+) -> None:
+    """A tolerance across ranks: rounds of one error group per rank, replayed in order by all.
+
+    In round ``r`` rank ``j`` evaluates group ``r W + j`` (``W`` ranks) for the
+    examples still sampled; the open sums of the groups are all-gathered and
+    every rank closes them one by one in group order, stopping examples as a
+    single process would (the later groups of a round are not added to an
+    example that stopped earlier in it). Every rank ends with the whole sums.
+    """
+    world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    copies, length = sampler.copies, tracking.group
+    n_groups = -(-draws // length)
+    tracking.gradient = stats = GroupStats(x)
+    hessian = reduction.stats  # the open group's Hessian sum lives in its `current`
+    batch = x.shape[0]
+    active: Optional[Tensor] = None
+    x_a, evaluate_a = x, evaluate
+    for first in range(0, n_groups, world):
+        k = first + rank
+        piece = torch.zeros_like(x)  # this group's sum of gradient calls, all rows
+        if k < n_groups:
+            start, stop = k * length, min(draws, (k + 1) * length)
+            for lo in range(start, stop, chunk):
+                hi = min(stop, lo + chunk)
+                u = sampler.noise(lo, hi)
+                if active is not None:
+                    u = u[active]
+                grads = evaluate_a(sampler.points(x_a, eps, u))
+                scores, terms = sampler.pairs(u, grads)
+                part = grads.reshape(grads.shape[0], copies, hi - lo, -1).sum(1).sum(1)
+                if active is None:
+                    piece += part
+                else:
+                    piece.index_add_(0, active, part)
+                stats.add(part / copies, active)
+                reduction.add(scores, terms)
+        shared = [piece, stats.current, hessian.current]
+        gathered = [[torch.empty_like(t) for _ in range(world)] for t in shared]
+        for out, t in zip(gathered, shared):
+            torch.distributed.all_gather(out, t.contiguous(), group=group)
+        for j in range(world):
+            k = first + j
+            if k >= n_groups:
+                break
+            rows = torch.arange(batch, device=x.device) if active is None else active
+            size = min(draws, (k + 1) * length) - k * length
+            grad_sum.index_add_(0, rows, gathered[0][j][rows])
+            stats.current.copy_(gathered[1][j])
+            stats.close(size, active)
+            hessian.current.copy_(gathered[2][j])
+            reduction.close_group(size)
+            keep = _stop(tracking, reduction, rows, k + 1, bar)
+            if keep is None:
+                continue
+            active = rows[keep]
+            if active.numel() == 0:
+                return
+            reduction.select(active)
+        if active is not None and (x_a.shape[0] != active.numel()):
+            x_a, evaluate_a = x[active], evaluate.subset(active)
 
 
 def _tracked_loop(
@@ -224,18 +319,10 @@ def _tracked_loop(
             reduction.close_group(closed)
             if tracking.tolerance is None and bar is None:
                 continue
-            current = reduction.relative()[rows if live is None else rows[live]]
-            worst = float(current.max())
-            tracking.errors.append(worst)
-            if bar is not None:
-                bar.set_postfix_str(f"error {worst:.3g}")
-                bar.update()
-            done_groups = (start + hi) // tracking.group
-            if tracking.tolerance is None or done_groups < tracking.min_groups:
-                continue
-            # NaN (fewer than two groups, or a zero estimate so far) is never done.
-            keep = ~(current <= tracking.tolerance)
-            if bool(keep.all()):
+            keep = _stop(
+                tracking, reduction, rows if live is None else rows[live], (start + hi) // tracking.group, bar
+            )
+            if keep is None:
                 continue
             base = torch.arange(rows.shape[0], device=x.device) if live is None else live
             live = base[keep]

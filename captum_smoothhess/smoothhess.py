@@ -294,7 +294,9 @@ class SmoothHess(GradientAttribution):
                 least 8 blocks), ``n_samples`` being the cap; an example that is
                 done leaves the batch and costs no more gradient calls. The
                 progress bar shows the current largest estimated error. Not
-                with ``output="factors"`` or across processes.
+                with ``output="factors"``. Across processes the ranks take
+                one block each per round and stop the examples after the same
+                blocks as one process would.
 
         Returns:
             The symmetric Hessian: for a tensor input a tensor ``(B, *S, *S)``;
@@ -399,7 +401,7 @@ class SmoothHess(GradientAttribution):
         _check_output_mode(output, mask, group)
         dim = sum(t[0].numel() for t in layout)
         draws = n // sampler_class(antithetic).copies
-        scheme, tolerance = _check_sampling(self.kernel, sampling, tolerance, output, group, dim, draws)
+        scheme, tolerance = _check_sampling(self.kernel, sampling, tolerance, output, dim, draws)
         with autograd_allowed():
             evaluate, weight = evaluator()
             return self._attribute(
@@ -516,17 +518,16 @@ def _check_sampling(
     sampling: Optional[str],
     tolerance: Optional[float],
     output: str,
-    group: Optional[Any],
     dim: int,
     draws: int,
 ) -> Tuple[str, Optional[float]]:
     """The sampling scheme for ``kernel`` (``dim`` features, ``draws`` noise draws) and a checked
-    ``tolerance`` (dense, one process only)."""
+    ``tolerance`` (dense output only)."""
     if tolerance is not None:
         tolerance = _check_number(tolerance, "tolerance", allow_zero=False)
-        if output == "factors" or group is not None:
+        if output == "factors":
             raise ValueError(
                 "tolerance: examples leave the batch at different sample counts, which needs "
-                "output='dense' in one process (process_group=False)"
+                "output='dense' (the factors keep every sample of every example)"
             )
     return resolve_sampling(sampling, kernel, dim, draws), tolerance

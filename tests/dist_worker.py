@@ -122,10 +122,48 @@ def main_error(out: str) -> None:
         torch.save(run(7, 50), f"{out}/single.pt")
 
 
+def main_tolerance(out: str) -> None:
+    """A tolerance over two ranks: the examples stop where one process stops them."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(3, 6)
+
+    def run(seed: int, chunk: int) -> dict:
+        hess, grad, err = SmoothHess(net).attribute(
+            x,
+            target=1,
+            stdevs=0.5,
+            n_samples=6000,
+            n_samples_batch_size=chunk,
+            generator=torch.Generator().manual_seed(seed),
+            tolerance=0.08,
+            return_gradient=True,
+        )
+        return {
+            "hess": hess,
+            "grad": grad,
+            "stderr": err.stderr,
+            "relative": err.relative,
+            "n": err.n_samples,
+            "grad_stderr": err.gradient_stderr,
+        }
+
+    for chunk in (4, 36):
+        torch.save(run(7 + rank, chunk), f"{out}/rank{rank}_{chunk}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        torch.save(run(7, 50), f"{out}/single.pt")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "global":
         main_global(sys.argv[1])
     elif len(sys.argv) > 2 and sys.argv[2] == "error":
         main_error(sys.argv[1])
+    elif len(sys.argv) > 2 and sys.argv[2] == "tolerance":
+        main_tolerance(sys.argv[1])
     else:
         main(sys.argv[1])

@@ -50,7 +50,7 @@ def test_caso_benchmark_quick(flags: list[str]) -> None:
     assert (
         ("rows" in out)
         if "--reference" not in flags
-        else ("reference" in out and "| 100-64-10, B=16 | 4 |" in out)
+        else ("reference" in out and "| 100-64-10, B=16 | 0.01 | 4 |" in out)
     )
 
 

@@ -94,11 +94,12 @@ def test_two_ranks_return_error_equal_one_process(tmp_path: Path) -> None:
 def test_two_ranks_tolerance_equal_one_process(tmp_path: Path) -> None:
     """With a tolerance the examples stop after the same groups on two ranks as in one process."""
     _launch(tmp_path, "tolerance")
-    single = torch.load(tmp_path / "single.pt")
-    assert len(set(single["n"].tolist())) > 1  # the examples did stop at different counts
-    assert bool((single["n"] < 6000).all()) and bool((single["relative"] <= 0.08).all())
-    for rank in (0, 1):
-        for chunk in (4, 36):
+    for chunk in (4, 36):  # dense; grouped with baselines
+        single = torch.load(tmp_path / f"single_{chunk}.pt")
+        assert len(set(single["n"].tolist())) > 1  # the examples did stop at different counts
+        stopped = single["n"] < 6000  # those that reached the tolerance before the cap
+        assert bool(stopped.any()) and bool((single["relative"][stopped] <= 0.08).all())
+        for rank in (0, 1):
             got = torch.load(tmp_path / f"rank{rank}_{chunk}.pt")
             assert torch.equal(got["n"], single["n"])
             for key in ("hess", "grad", "stderr", "relative", "grad_stderr"):

@@ -175,6 +175,25 @@ def stein_estimate(
     return grad_sum
 
 
+def _evaluate_draws(
+    sampler: Sampler,
+    evaluate: Evaluator,
+    x: Tensor,
+    eps: Tensor,
+    start: int,
+    stop: int,
+    active: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Draws ``start .. stop-1`` of the rows ``active`` (``x``, ``evaluate`` already cut to them):
+    their ``(scores, terms)`` pairs and, per draw, the sum of its gradient calls."""
+    u = sampler.noise(start, stop)
+    if active is not None:
+        u = u[active]
+    grads = evaluate(sampler.points(x, eps, u))
+    scores, terms = sampler.pairs(u, grads)
+    return scores, terms, grads.reshape(grads.shape[0], sampler.copies, stop - start, -1).sum(1)
+
+
 def _stop(tracking: Tracking, reduction: Any, rows: Tensor, groups_done: int, bar: Any) -> Optional[Tensor]:
     """After a group: record the largest error of ``rows``; the mask of those to keep, if any stop."""
     current = reduction.relative()[rows]
@@ -226,12 +245,8 @@ def _tracked_rounds(
             start, stop = k * length, min(draws, (k + 1) * length)
             for lo in range(start, stop, chunk):
                 hi = min(stop, lo + chunk)
-                u = sampler.noise(lo, hi)
-                if active is not None:
-                    u = u[active]
-                grads = evaluate_a(sampler.points(x_a, eps, u))
-                scores, terms = sampler.pairs(u, grads)
-                part = grads.reshape(grads.shape[0], copies, hi - lo, -1).sum(1).sum(1)
+                scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, lo, hi, active)
+                part = per_draw.sum(1)
                 if active is None:
                     piece += part
                 else:
@@ -292,13 +307,7 @@ def _tracked_loop(
     for start, stop, owner in _group_chunks(draws, tracking.group, chunk):
         if owner % world != rank:
             continue
-        u = sampler.noise(start, stop)
-        if active is not None:
-            u = u[active]
-        grads = evaluate_a(sampler.points(x_a, eps, u))
-        scores, terms = sampler.pairs(u, grads)
-        # Per draw: the sum of its gradient calls.
-        per_draw = grads.reshape(grads.shape[0], copies, stop - start, -1).sum(1)
+        scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, start, stop, active)
         rows = torch.arange(batch, device=x.device) if active is None else active
         live = None  # positions in this chunk's rows of the examples still sampled
         for lo, hi, closed in _pieces(start, stop, tracking.group, draws):

@@ -190,7 +190,8 @@ class _AutogradQuadratic(Quadratic):
         if not self.model.mixes_examples:
             return self._product(v)
         # Batch norm in training mode couples the examples. Each one's problem keeps the
-        # Hessian of the loss in its own inputs (the others held fixed): one product per row.
+        # Hessian of the loss in its own inputs (the others held fixed): one product per row
+        # (a vmapped product over the rows would need B x B x d grad_outputs).
         out = torch.zeros_like(v)
         for k in v.abs().sum(1).nonzero()[:, 0].tolist():
             one = torch.zeros_like(v)
@@ -316,7 +317,7 @@ class _LossModel:
             show_progress=False,
             output="factors",
             group=None,
-            sampling=resolve_sampling(sampling, kernel, _flatten(self.inputs).shape[1], n // 2),
+            sampling=resolve_sampling(sampling, kernel, sum(t[0].numel() for t in self.inputs), n // 2),
         )
         g = _flatten(factors.gradient)
         return _FactorsQuadratic(g, factors._scores, factors._diffs, factors._row_scale, factors.count)

@@ -48,7 +48,7 @@ from ._validation import (
 )
 from .factors import SmoothHessFactors
 from .kernels import Gaussian, Kernel
-from .smoothhess import SmoothHess
+from .smoothhess import SmoothHess, _baseline_weight
 
 __all__ = ["LayerSmoothHess", "NeuronSmoothHess"]
 
@@ -501,7 +501,7 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             forward, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
         )
         select_neuron(activation, neuron_selector, inps[0].shape[0])
-        weight = None if baselines is None else _flatten(inps) - _flatten(_format_baselines(baselines, inps))
+        weight = _baseline_weight(baselines, inps)
         evaluate = _NeuronEvaluator(
             forward,
             layer,

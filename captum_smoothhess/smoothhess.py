@@ -345,9 +345,7 @@ class SmoothHess(GradientAttribution):
             # One plain forward checks `target` and the output's shape up front.
             with torch.no_grad():
                 selected_outputs(forward, inps, target, additional_forward_args)
-            weight = None
-            if baselines is not None:
-                weight = _flatten(inps) - _flatten(_format_baselines(baselines, inps))
+            weight = _baseline_weight(baselines, inps)
             return GradientEvaluator(forward, inps, target, additional_forward_args), weight
 
         return self._estimate(
@@ -511,6 +509,13 @@ class SmoothHess(GradientAttribution):
             out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
             result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
         return result if len(result) > 1 else result[0]
+
+
+def _baseline_weight(baselines: BaselinesType, inputs: Tuple[Tensor, ...]) -> Optional[Tensor]:
+    """``(B, d)`` input minus baseline, flat (``None`` without baselines): the features' weights."""
+    if baselines is None:
+        return None
+    return _flatten(inputs) - _flatten(_format_baselines(baselines, inputs))
 
 
 def _check_sampling(

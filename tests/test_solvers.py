@@ -68,6 +68,32 @@ def test_finished_examples_leave_the_batch_and_change_nothing() -> None:
     assert min(split_rows) < 8 and sum(split_rows) < 0.8 * sum(whole_rows)
 
 
+class _CostlySubset(_Counted):
+    """A quadratic whose subsets take (it says) far longer than any product saved."""
+
+    @property
+    def subset_seconds(self) -> float:
+        return 1e9
+
+    def subset(self, index: Tensor) -> Quadratic:
+        raise AssertionError("a costly subset was built")
+
+
+def test_costly_subsets_keep_the_batch_whole_and_change_nothing() -> None:
+    quad = _problems()
+    top, hvps = top_eigenvalue(quad)
+    lam1, lam2 = torch.full_like(top, 0.05), torch.full_like(top, 0.1)
+    shrinking = fista(quad, lam1, lam2, lam2 + top, 1e-8, 5000)
+    rows: List[int] = []
+    costly = _CostlySubset(quad.g, quad.hessian, rows)
+    whole = fista(costly, lam1, lam2, lam2 + top, 1e-8, 5000)
+    for a, b in zip(whole, shrinking):
+        assert torch.equal(a, b)
+    assert set(rows) == {8}  # every product on the whole batch
+    top_whole, hvps_whole = top_eigenvalue(_CostlySubset(quad.g, quad.hessian, []))
+    assert torch.equal(top_whole, top) and torch.equal(hvps_whole, hvps)
+
+
 def test_each_example_solved_as_if_alone() -> None:
     quad = _problems()
     top, hvps = top_eigenvalue(quad)

@@ -4,9 +4,10 @@ For two MLPs (digits size, 64 inputs, and MNIST size, 784 inputs) and the two
 curvature sources (exact autograd HVPs, SmoothHess factors), it prints one row
 per configuration:
 
-* ``power``: HVPs of the power iteration for ``lambda_max`` (mean per example);
+* ``lanczos``: HVPs of the Lanczos method for ``lambda_max`` (mean per example), with
+  the check that certifies a low-rank Hessian (whose later products need no model call);
 * ``iters``: FISTA iterations to reach ``tol`` (mean over the batch), and
-  ``hvps``: all HVPs per example (power iteration and bisection included);
+  ``hvps``: all HVPs per example (Lanczos and bisection included);
 * ``rows``: Hessian-vector product rows actually computed, relative to a
   solver that keeps every example in the batch until the last one finishes
   (``B x`` the most HVPs of any example): examples that converge leave the batch;
@@ -37,7 +38,7 @@ from _timing import interleaved
 from torch import nn
 
 from captum_smoothhess import CASO
-from captum_smoothhess.solvers import Quadratic
+from captum_smoothhess.solvers import Lanczos, Quadratic
 
 
 def _mlp(d: int, hidden: int, classes: int, device: torch.device) -> nn.Module:
@@ -66,6 +67,14 @@ class _Counted(Quadratic):
 
     def subset(self, index: torch.Tensor) -> Quadratic:
         return _Counted(self.inner.subset(index), self.counter)
+
+    @property
+    def subset_seconds(self) -> float:
+        return self.inner.subset_seconds
+
+    @property
+    def rank_hint(self) -> Optional[int]:
+        return self.inner.rank_hint
 
 
 def _run(
@@ -106,16 +115,16 @@ def _hvp_rows(
     import captum_smoothhess.caso as caso_module
 
     counter = [0]
-    original = caso_module.top_eigenvalue
+    original = caso_module.lanczos
     captured: Dict[str, torch.Tensor] = {}
 
-    def counted_top(quad: Quadratic) -> object:
-        top, hvps = original(_Counted(quad, counter))
-        captured["power"] = hvps
-        return top, hvps
+    def counted_lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
+        eig = original(_Counted(quad, counter), certify=certify)
+        captured["power"] = eig.hvps
+        return eig
 
     fista, sparse = caso_module.fista, caso_module.sparsity_solve
-    caso_module.top_eigenvalue = counted_top  # type: ignore[assignment]
+    caso_module.lanczos = counted_lanczos
     caso_module.fista = lambda quad, *a, **k: fista(_Counted(quad, counter), *a, **k)
     caso_module.sparsity_solve = lambda quad, *a, **k: sparse(_Counted(quad, counter), *a, **k)
     try:
@@ -126,9 +135,9 @@ def _hvp_rows(
             x, lambda2=0.1, sparsity=sparsity, curvature=curvature, return_info=True, **kw
         )
     finally:
-        caso_module.top_eigenvalue, caso_module.fista, caso_module.sparsity_solve = original, fista, sparse
+        caso_module.lanczos, caso_module.fista, caso_module.sparsity_solve = original, fista, sparse
     # A solver that never shrinks its batch computes B rows per product, as many products as
-    # the example that needs most (per phase: power iteration, then the solves).
+    # the example that needs most (per phase: Lanczos, then the solves).
     power = captured["power"]
     solve = info["hvps"] - power
     full = x.shape[0] * (int(power.max()) + int(solve.max()))
@@ -257,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     repeat = args.repeat or (1 if args.quick else 2)
 
     header = (
-        f"{'model':>12} {'curvature':>10} {'sparsity':>8} {'power':>6} {'iters':>7} "
+        f"{'model':>12} {'curvature':>10} {'sparsity':>8} {'lanczos':>7} {'iters':>7} "
         f"{'hvps':>7} {'rows':>6} {'total s':>8} {'zeros':>6} {'residual':>9}"
     )
     print(f"CASO, batch {batch}, lambda2 0.1, tol 1e-4, SmoothHess n_samples {n_samples}, device {device}")
@@ -272,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r = min(runs, key=lambda run: run["total"])
                 print(
                     f"{f'MLP {d}-{hidden}':>12} {curvature:>10} {sparsity or '-':>8} "
-                    f"{r['power']:6.1f} {r['iters']:7.1f} {r['hvps']:7.1f} {r['rows']:6.2f} "
+                    f"{r['power']:7.1f} {r['iters']:7.1f} {r['hvps']:7.1f} {r['rows']:6.2f} "
                     f"{r['total']:8.2f} {r['zeros']:6.2f} {r['residual']:9.2e}"
                 )
 

@@ -11,10 +11,13 @@ of the loss under an elastic-net penalty::
 
 which makes the problem strongly concave (modulus ``lambda2``), so the
 maximiser exists and is unique. ``lambda_max`` comes from the Lanczos method on
-Hessian-vector products (:func:`~captum_smoothhess.solvers.top_eigenvalue`); the
+Hessian-vector products (:func:`~captum_smoothhess.solvers.lanczos`); the
 problem is solved by FISTA (accelerated proximal gradient with backtracking,
 soft-thresholding prox, adaptive momentum restart) from ``d = 0`` until the
-proximal-gradient residual falls below ``tol``.
+proximal-gradient residual falls below ``tol``. For a ReLU network the loss
+Hessian has rank at most ``C`` (the model's outputs): Lanczos then spans its
+whole range within ``C + 2`` products, one more product certifies it, and FISTA
+takes its products from that basis (``H = Q T Q^T``) without calling the model.
 Nothing of size ``d x d`` is formed. CAFO is the first-order problem
 (``H = 0``), solved in closed form: ``soft(g, lambda1) / lambda2``.
 
@@ -60,7 +63,7 @@ from ._validation import (
 )
 from .factors import _matvec
 from .kernels import Gaussian, Kernel, get_kernel
-from .solvers import DenseQuadratic, Quadratic, Solution, _soft, fista, sparsity_solve, top_eigenvalue
+from .solvers import DenseQuadratic, Quadratic, Solution, _soft, fista, lanczos, sparsity_solve
 
 __all__ = ["CAFO", "CASO"]
 
@@ -176,6 +179,11 @@ class _AutogradQuadratic(Quadratic):
         # A subset is one more forward pass and first backward pass, like this one.
         return 0.0 if self.model.mixes_examples else self._build_seconds
 
+    @property
+    def rank_hint(self) -> Optional[int]:
+        # A loss of C outputs of a piecewise-linear model: H = J^T (d2 loss / d out2) J, rank <= C.
+        return None if self.model.mixes_examples else self.model.n_outputs
+
     def _product(self, v: Tensor) -> Tensor:
         assert self._graph is not None
         with torch.enable_grad():
@@ -253,6 +261,7 @@ class _LossModel:
         with torch.no_grad():
             out = self._outputs(_flatten(inputs), self.afa)
             self.target = _format_target(target, out, self.default_loss)
+            self.n_outputs = out[0].numel() if out.dim() else 1
             self._check(self.loss_func(out, self.target), inputs[0].shape[0])
 
     def _outputs(self, x: Tensor, afa: Any) -> Tensor:
@@ -509,8 +518,9 @@ class CASO(_LossSaliency):
             return_info: Also return a dict of per-example tensors
                 ``lambda1``, ``lambda2_effective``, ``objective`` (of the
                 solved problem), ``residual``, ``iterations`` (of the final
-                solve) and ``hvps`` (Hessian-vector products used, the
-                Lanczos steps and all bisection steps included).
+                solve) and ``hvps`` (Hessian-vector products with the model,
+                the Lanczos steps and all bisection steps included; products
+                from a certified low-rank basis are free and not counted).
             kernel: Kernel of the ``"smoothhess"`` curvature (instance or name).
             stdevs: Bandwidth of the ``"smoothhess"`` curvature.
             n_samples: Gradient samples of the ``"smoothhess"`` curvature.
@@ -571,7 +581,7 @@ class CASO(_LossSaliency):
                 )
 
             g = quad.g
-            top, eig_hvps = top_eigenvalue(quad)
+            top, eig_hvps, quad = lanczos(quad, certify=True)
             lam2 = torch.full_like(top, lam2_value)
             lam2_eff = lam2 + top
             if sparsity is not None and round(float(sparsity) * g.shape[1]) > 0:

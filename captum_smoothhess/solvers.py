@@ -11,7 +11,10 @@ see :attr:`Quadratic.subset_seconds`), the batch shrinks only when the
 products saved are worth more: on a small model, whose products cost per call
 rather than per row, it stays whole.
 
-* :func:`top_eigenvalue`: ``max(0, lambda_max(H))`` by the Lanczos method.
+* :func:`lanczos`: ``max(0, lambda_max(H))`` by the Lanczos method and, where
+  the Hessians are of low rank (a ReLU network's loss), a certified ``Q T Q^T``
+  form of them whose products need no model call; :func:`top_eigenvalue` the
+  eigenvalue alone.
 * :func:`fista`: the elastic-net-penalised quadratic problem of CASO,
   ``max_d g^T d + 1/2 d^T H d - lambda1 |d|_1 - lambda2/2 |d|^2``, by FISTA
   with backtracking and adaptive restart, to a tolerance on the
@@ -34,9 +37,11 @@ from ._validation import _check_positive_int
 
 __all__ = [
     "DenseQuadratic",
+    "Lanczos",
     "Quadratic",
     "Solution",
     "fista",
+    "lanczos",
     "solve_trust_region",
     "sparsity_solve",
     "top_eigenvalue",
@@ -47,6 +52,8 @@ RadiusType = Union[float, Tensor]
 # Lanczos: relative change of the top Ritz value at which it stops, and a cap on its steps.
 _EIG_TOL = 1e-5
 _EIG_MAX_ITER = 500
+# A Krylov basis counts as invariant, and a product as zero, below this many eps of the largest entry of T.
+_INVARIANT = 64
 # Doublings of the FISTA step constant L allowed in one iteration before giving up.
 _MAX_BACKTRACK = 60
 # Bisection steps of lambda1 for `sparsity`, and the accepted error in zeros (fraction of d).
@@ -90,6 +97,19 @@ class Quadratic:
         products it saves are worth more (0, the default: shrink whenever examples finish)."""
         return 0.0
 
+    @property
+    def rank_hint(self) -> Optional[int]:
+        """The rank the Hessians have in a common case, or ``None``: how far :func:`lanczos`
+        may go on, past the top eigenvalue, to find the whole range of ``H`` (the number of
+        outputs of the model, whose loss Hessian has at most that rank for a ReLU network)."""
+        return None
+
+    @property
+    def counted(self) -> Optional[Tensor]:
+        """``(B,)`` bool: the rows whose products call the model (the others are explicit and
+        free, not counted in ``hvps``); ``None``: every row."""
+        return None
+
 
 class _RowsOf(Quadratic):
     """Rows ``index`` of a quadratic that has no cheaper subset: pads ``v`` with zeros."""
@@ -116,6 +136,63 @@ class _Joint(Quadratic):
 
     def hvp(self, v: Tensor) -> Tensor:
         return self.parent.hvp(v.reshape(self.parent.g.shape)).reshape(1, -1)
+
+
+class _Krylov(Quadratic):
+    """``H = Q T Q^T`` from a Lanczos basis ``Q`` ``(B, k, d)`` that spans the range of ``H``.
+
+    Rows of ``Q`` past an example's basis are zero, as are the matching rows of ``T``.
+    """
+
+    def __init__(self, g: Tensor, basis: Tensor, tri: Tensor) -> None:
+        super().__init__(g)
+        self.basis, self.tri = basis, tri
+
+    def hvp(self, v: Tensor) -> Tensor:
+        coef = torch.bmm(v[:, None, :], self.basis.transpose(1, 2))  # (B, 1, k); T is symmetric
+        return torch.bmm(torch.bmm(coef, self.tri), self.basis)[:, 0]
+
+    def subset(self, index: Tensor) -> Quadratic:
+        pick = (t.index_select(0, index) for t in (self.g, self.basis, self.tri))
+        return _Krylov(*pick)
+
+    @property
+    def counted(self) -> Optional[Tensor]:
+        return self.g.new_zeros(self.g.shape[0], dtype=torch.bool)
+
+
+class _Split(Quadratic):
+    """Rows ``explicit`` from a :class:`_Krylov` form, the others from the original quadratic."""
+
+    def __init__(self, g: Tensor, explicit: Tensor, krylov: Quadratic, rest: Quadratic) -> None:
+        super().__init__(g)
+        self.explicit, self.krylov, self.rest = explicit, krylov, rest
+        self._at_krylov = explicit.nonzero()[:, 0]
+        self._at_rest = (~explicit).nonzero()[:, 0]
+
+    def hvp(self, v: Tensor) -> Tensor:
+        out = torch.empty_like(v)
+        out.index_copy_(0, self._at_krylov, self.krylov.hvp(v.index_select(0, self._at_krylov)))
+        out.index_copy_(0, self._at_rest, self.rest.hvp(v.index_select(0, self._at_rest)))
+        return out
+
+    def subset(self, index: Tensor) -> Quadratic:
+        explicit = self.explicit.index_select(0, index)
+        # Position of each row within its part: how many rows of that part come before it.
+        where_k = (torch.cumsum(self.explicit.long(), 0) - 1).index_select(0, index)
+        where_r = (torch.cumsum((~self.explicit).long(), 0) - 1).index_select(0, index)
+        g = self.g.index_select(0, index)
+        if bool(explicit.all()):
+            return self.krylov.subset(where_k)
+        if not bool(explicit.any()):
+            return self.rest.subset(where_r)
+        return _Split(
+            g, explicit, self.krylov.subset(where_k[explicit]), self.rest.subset(where_r[~explicit])
+        )
+
+    @property
+    def counted(self) -> Optional[Tensor]:
+        return ~self.explicit
 
 
 class DenseQuadratic(Quadratic):
@@ -160,17 +237,20 @@ class Solution(NamedTuple):
 
 def _soft(v: Tensor, tau: Tensor) -> Tensor:
     """Soft-thresholding ``sign(v) max(|v| - tau, 0)``, ``tau`` broadcast per example."""
-    return torch.sign(v) * (v.abs() - tau).clamp_min(0)
+    return v - torch.clamp(v, -tau, tau)
 
 
-def _residual(
-    g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor, step: Tensor, scale: Tensor
-) -> Tensor:
-    """Norm of the gradient mapping ``L (x - prox(x - grad/L))``, relative to ``|g|``."""
-    grad = lam2[:, None] * x - g - hx
-    inv = 1.0 / step[:, None]
-    mapped = _soft(x - grad * inv, lam1[:, None] * inv)
-    return (x - mapped).norm(dim=1) * step / scale
+def _residual(g: Tensor, xs: Tensor, lam1: Tensor, lam2: Tensor, step: Tensor, scale: Tensor) -> Tensor:
+    """Norm of the gradient mapping ``L (x - prox(x - grad/L))``, relative to ``|g|``.
+
+    ``xs`` holds ``x`` and ``H x`` stacked, ``(B, 2, d)``.
+    """
+    x, hx = xs[:, 0], xs[:, 1]
+    inv = step.reciprocal()[:, None]
+    moved = (lam2[:, None] * x - g - hx) * inv  # grad / L
+    # x - prox(x - grad / L) = grad / L + clamp(x - grad / L, -tau, tau)
+    gap = moved + torch.clamp(x - moved, -lam1[:, None] * inv, lam1[:, None] * inv)
+    return torch.linalg.vector_norm(gap, dim=1) * step / scale
 
 
 def _objective(g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
@@ -178,14 +258,13 @@ def _objective(g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> 
     return (g * x).sum(1) + 0.5 * (x * hx).sum(1) - lam1 * x.abs().sum(1) - 0.5 * lam2 * (x * x).sum(1)
 
 
-def _checked_hvp(quad: Quadratic, v: Tensor) -> Tensor:
-    hv = quad.hvp(v)
-    if not bool(torch.isfinite(hv).all()):
+def _check_finite(value: Tensor) -> None:
+    """Raise if a reduction of Hessian-vector products (NaN or Inf whenever one entry is) is not finite."""
+    if not bool(torch.isfinite(value).all()):
         raise ValueError(
             "forward_func: the Hessian-vector product of the loss is NaN or Inf (the model or "
             "loss is not twice differentiable at these inputs, or overflows)"
         )
-    return hv
 
 
 class _Batch:
@@ -204,9 +283,9 @@ class _Batch:
         self.hvp_seconds = 0.0
 
     def hvp(self, v: Tensor) -> Tensor:
-        """``H v`` of the current rows, checked finite and timed."""
+        """``H v`` of the current rows, timed (the callers check a reduction of it is finite)."""
         start = time.perf_counter()
-        hv = _checked_hvp(self.quad, v)
+        hv = self.quad.hvp(v)
         self.hvp_seconds = time.perf_counter() - start
         return hv
 
@@ -236,24 +315,224 @@ class _Batch:
     def flush(self) -> None:
         """Write the current rows' kept state into the full-size outputs."""
         for k, v in self.out.items():
-            v.index_copy_(0, self.rows, self.state[k])
+            new = self.state[k]
+            if v.shape[1:] != new.shape[1:]:  # a buffer grew: pad the output to match
+                pad = [p for a, b in zip(reversed(v.shape[1:]), reversed(new.shape[1:])) for p in (0, b - a)]
+                v = self.out[k] = torch.nn.functional.pad(v, pad)
+            v.index_copy_(0, self.rows, new)
+
+
+class Lanczos(NamedTuple):
+    """What :func:`lanczos` returns, one entry per example.
+
+    ``top`` ``max(0, lambda_max(H))``; ``hvps`` the Hessian-vector products used;
+    ``quadratic`` the quadratic to solve with: the input one, or (``certify=True``)
+    one whose certified rows take their products from the Lanczos basis instead of
+    the model.
+    """
+
+    top: Tensor
+    hvps: Tensor
+    quadratic: Quadratic
+
+
+def _orthogonal_to(basis: Tensor, v: Tensor) -> Tensor:
+    """``v`` ``(B, 1, d)`` less its projection on the orthonormal rows of ``basis``, twice over."""
+    for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+        v = torch.baddbmm(v, torch.bmm(v, basis.transpose(1, 2)), basis, alpha=-1)
+    return v
+
+
+def _start_vector(d: int, seed: int, like: Tensor) -> Tensor:
+    gen = torch.Generator(device=like.device)
+    gen.manual_seed(seed)
+    noise = torch.randn(1, d, generator=gen, device=like.device, dtype=like.dtype)
+    return noise / noise.norm(dim=1, keepdim=True)
+
+
+def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
+    """The top eigenvalue of every example's ``H`` by the Lanczos method, and optionally ``H`` itself.
+
+    Each example builds a Krylov basis of ``H`` one Hessian-vector product at a
+    time (fully re-orthogonalised, so the basis stays orthonormal in finite
+    precision) and takes the largest eigenvalue of the projected tridiagonal
+    matrix ``T``. That Ritz value approaches ``lambda_max`` from below, far
+    faster than power iteration when the top eigenvalues are close, and needs
+    no shift for negative curvature. An example stops when the residual of its
+    top Ritz pair is at most ``1e-5`` of the Ritz value (some eigenvalue then
+    lies that close, and the top one far closer), when the basis spans an
+    invariant subspace (for the low-rank Hessian of a ReLU network's
+    cross-entropy this happens after at most ``C`` products, ``C`` the number
+    of classes), or after ``min(d, 500)`` products. It starts from the
+    gradient plus one fixed random direction, the same for every example, so
+    that an example's result does not depend on its batch.
+
+    With ``certify=True``, an example whose basis becomes invariant spends one
+    more product on a fixed random direction orthogonal to it; if ``H`` maps
+    that to zero (to rounding), the basis holds the whole range of ``H``
+    (with probability one) and ``H = Q T Q^T`` exactly: that example's later
+    products are three small matrix products, no call of the model. Where
+    :attr:`Quadratic.rank_hint` says the Hessians are often of low rank ``r``,
+    an example whose top eigenvalue has converged goes on to ``r + 3``
+    products to find that out, when this at most doubles its products.
+
+    Args:
+        quad: The quadratic models.
+        certify: Whether to look for, and check, a basis of the whole range of ``H``.
+
+    Returns:
+        A :class:`Lanczos`.
+
+    Examples:
+        >>> import torch
+        >>> from captum_smoothhess.solvers import DenseQuadratic, lanczos
+        >>> j = torch.randn(2, 3, 20, dtype=torch.float64)  # rank-3 Hessians
+        >>> quad = DenseQuadratic(torch.randn(2, 20, dtype=torch.float64), j.transpose(1, 2) @ j)
+        >>> eig = lanczos(quad, certify=True)
+        >>> eig.hvps.tolist()  # the rank, the start's part outside the range, the check
+        [5, 5]
+        >>> v = torch.randn(2, 20, dtype=torch.float64)
+        >>> torch.allclose(eig.quadratic.hvp(v), quad.hvp(v))
+        True
+    """
+    if not quad.separable:  # the examples' Hessians are coupled: one operator on the whole batch
+        top, hvps, _ = lanczos(_Joint(quad))
+        batch = quad.g.shape[0]
+        return Lanczos(top.expand(batch).clone(), hvps.expand(batch).clone(), quad)
+    g = quad.g
+    batch, d = g.shape
+    finfo = torch.finfo(g.dtype)
+    steps = min(d, _EIG_MAX_ITER)
+    hint = quad.rank_hint if certify else None
+    # The basis and the tridiagonal matrix live in buffers that double when full.
+    size = min(steps, 15) + 1
+    basis = g.new_zeros(batch, size, d)
+    v0 = g / g.norm(dim=1, keepdim=True).clamp_min(finfo.tiny) + _start_vector(d, 0, g)
+    basis[:, 0] = v0 / v0.norm(dim=1, keepdim=True).clamp_min(finfo.tiny)
+    long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
+    false = torch.zeros(batch, dtype=torch.bool, device=g.device)
+    rows = _Batch(
+        quad,
+        {
+            "basis": basis,
+            "tri": g.new_zeros(batch, size, size),
+            "top": g.new_zeros(batch),
+            "stale": false,  # T grew since its top was computed
+            "scale": g.new_zeros(batch),  # the largest entry of T so far
+            "hvps": long0,
+            "limit": torch.full_like(long0, steps),  # the products an example may use
+            "converged": false.clone(),  # its top Ritz pair met the residual test
+            "checking": false.clone(),  # its newest basis vector tests the range of H
+            "certified": false.clone(),
+            "restarts": long0.clone(),
+        },
+        ("top", "stale", "hvps", "certified") + (("basis", "tri") if certify else ()),
+    )
+    active = torch.ones(batch, dtype=torch.bool, device=g.device)
+    unconverged, checking = True, False
+    for j in range(steps):
+        s = rows.state
+        if j + 1 == s["basis"].shape[1]:
+            s["basis"] = torch.cat((s["basis"], torch.zeros_like(s["basis"])), 1)
+            s["tri"] = torch.nn.functional.pad(s["tri"], (0, j + 1, 0, j + 1))
+        basis, tri = s["basis"][:, : j + 1], s["tri"]
+        w = rows.hvp(basis[:, j])[:, None]
+        s["hvps"].add_(active)
+        raw = torch.linalg.vector_norm(w[:, 0], dim=1) if checking else None
+        # Classical Gram-Schmidt twice against the whole basis. The first pass's coefficient
+        # on the newest vector is alpha_j = q_j^T H q_j (on the older ones beta_{j-1} and 0).
+        coef = torch.bmm(w, basis.transpose(1, 2))
+        w = torch.baddbmm(w, coef, basis, alpha=-1)
+        w = torch.baddbmm(w, torch.bmm(w, basis.transpose(1, 2)), basis, alpha=-1)[:, 0]
+        beta = torch.linalg.vector_norm(w, dim=1)
+        _check_finite(beta)
+        alpha = coef[:, 0, j]
+        tri[:, j, j] = alpha
+        s["scale"] = torch.maximum(s["scale"], torch.maximum(alpha.abs(), beta))
+        small = _INVARIANT * finfo.eps * s["scale"]
+        invariant = beta <= small
+        if unconverged:
+            ritz, vectors = torch.linalg.eigh(tri[:, : j + 1, : j + 1])  # reads the lower triangle
+            theta = ritz[:, -1]
+            # |H y - theta y| of the top Ritz pair: some eigenvalue lies within it of theta.
+            met = beta * vectors[:, -1, -1].abs() <= _EIG_TOL * theta.abs().clamp_min(finfo.tiny)
+            newly = active & ~s["converged"] & met
+            more = j + 1 if hint is None or hint + 3 > 2 * (j + 1) else hint + 3
+            s["limit"] = torch.where(newly, more, s["limit"])
+            s["converged"] = s["converged"] | newly
+            s["top"] = torch.where(active, theta, s["top"])
+        s["stale"] = torch.where(active, not unconverged, s["stale"])
+        stop = invariant | (s["converged"] & (s["hvps"] >= s["limit"]))
+        if checking:  # H maps the test direction to (almost) zero: the basis holds range(H)
+            assert raw is not None
+            passed = s["checking"] & (raw <= small)
+            s["certified"] = s["certified"] | passed
+            stop = torch.where(s["checking"], passed | (s["hvps"] > s["limit"]), stop)
+        restart = None
+        if certify:
+            if j + 1 == d:  # the basis spans everything
+                s["certified"] = s["certified"] | (active & invariant)
+            else:
+                restart = active & invariant & ~s["certified"] & (s["hvps"] <= s["limit"])
+                stop = stop & ~restart
+        active = active & ~stop
+        if not bool(active.any()):
+            break
+        q_next = w / beta.clamp_min(finfo.tiny)[:, None]
+        tri[:, j + 1, j] = beta
+        checking = restart is not None and bool(restart.any())
+        if checking:  # go on from a fixed random direction orthogonal to the basis
+            assert restart is not None
+            s["restarts"] = s["restarts"] + restart
+            for k in torch.unique(s["restarts"][restart]).tolist():
+                u = _start_vector(d, int(k), g).expand(len(active), 1, d)
+                u = _orthogonal_to(basis, u)[:, 0]
+                u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(finfo.tiny)
+                q_next = torch.where((restart & (s["restarts"] == k))[:, None], u, q_next)
+            tri[:, j + 1, j] = torch.where(restart, 0.0, beta)
+            s["checking"] = restart
+        else:
+            s["checking"] = torch.zeros_like(active)
+        s["basis"][:, j + 1] = q_next
+        unconverged = bool((active & ~s["converged"]).any())
+        active = rows.compact(active)
+    rows.flush()
+    out = rows.out
+    # Without certify an example stops at its test, so its last Ritz values are of its final T.
+    top = _final_top(out) if certify and bool(out["stale"].any()) else out["top"]
+    quadratic = _certified(quad, out) if certify and bool(out["certified"].any()) else quad
+    return Lanczos(top.clamp_min(0), out["hvps"], quadratic)
+
+
+def _final_top(out: Dict[str, Tensor]) -> Tensor:
+    """The top eigenvalue of each stale example's final ``T`` (its first ``hvps`` rows)."""
+    top = out["top"].clone()
+    for k in torch.unique(out["hvps"][out["stale"]]).tolist():
+        pick = (out["stale"] & (out["hvps"] == k)).nonzero()[:, 0]
+        top[pick] = torch.linalg.eigvalsh(out["tri"].index_select(0, pick)[:, :k, :k])[:, -1]
+    return top
+
+
+def _certified(quad: Quadratic, out: Dict[str, Tensor]) -> Quadratic:
+    """``quad`` with its certified rows' products taken from ``Q T Q^T``."""
+    certified = out["certified"]
+    pick = certified.nonzero()[:, 0]
+    sizes = out["hvps"].index_select(0, pick)
+    width = int(sizes.max())
+    keep = (torch.arange(width, device=sizes.device)[None] < sizes[:, None]).to(quad.g.dtype)
+    basis = out["basis"].index_select(0, pick)[:, :width] * keep[:, :, None]
+    lower = out["tri"].index_select(0, pick)[:, :width, :width] * keep[:, :, None] * keep[:, None, :]
+    tri = lower + torch.tril(lower, -1).transpose(1, 2)
+    krylov = _Krylov(quad.g.index_select(0, pick), basis, tri)
+    if bool(certified.all()):
+        return krylov
+    return _Split(quad.g, certified, krylov, quad.subset((~certified).nonzero()[:, 0]))
 
 
 def top_eigenvalue(quad: Quadratic) -> Tuple[Tensor, Tensor]:
     """``max(0, lambda_max(H))`` per example by the Lanczos method; also the HVPs used.
 
-    Each example builds a Krylov basis of ``H`` one Hessian-vector product at a
-    time (fully re-orthogonalised, so the basis stays orthonormal in finite
-    precision) and takes the largest eigenvalue of the projected tridiagonal
-    matrix. That Ritz value approaches ``lambda_max`` from below, far faster
-    than power iteration when the top eigenvalues are close, and needs no
-    shift for negative curvature. An example stops when its Ritz value changes
-    by at most a relative ``1e-5``, when the basis spans an invariant subspace
-    (for the low-rank Hessian of a ReLU network's cross-entropy this happens
-    after at most ``C`` products, ``C`` the number of classes), or after
-    ``min(d, 500)`` products. It starts from the gradient plus one fixed
-    random direction, the same for every example, so that an example's result
-    does not depend on its batch.
+    See :func:`lanczos` (without ``certify``) for the method and when it stops.
 
     Args:
         quad: The quadratic models.
@@ -270,69 +549,8 @@ def top_eigenvalue(quad: Quadratic) -> Tuple[Tensor, Tensor]:
         >>> round(float(top), 3)
         2.0
     """
-    if not quad.separable:  # the examples' Hessians are coupled: one operator on the whole batch
-        top, hvps = top_eigenvalue(_Joint(quad))
-        batch = quad.g.shape[0]
-        return top.expand(batch).clone(), hvps.expand(batch).clone()
-    g = quad.g
-    batch, d = g.shape
-    gen = torch.Generator(device=g.device)
-    gen.manual_seed(0)
-    noise = torch.randn(1, d, generator=gen, device=g.device, dtype=g.dtype)
-    tiny = torch.finfo(g.dtype).tiny
-    v0 = g / g.norm(dim=1, keepdim=True).clamp_min(tiny) + noise / noise.norm(dim=1, keepdim=True)
-    q = v0 / v0.norm(dim=1, keepdim=True).clamp_min(tiny)
-    empty = g.new_zeros(batch, 0)
-    rows = _Batch(
-        quad,
-        {
-            "q": q,
-            "q_prev": torch.zeros_like(q),
-            "basis": q[:, None, :],
-            "alpha": empty,
-            "beta": empty,
-            "top": torch.zeros(batch, dtype=g.dtype, device=g.device),
-            "hvps": torch.zeros(batch, dtype=torch.long, device=g.device),
-        },
-        ("top", "hvps"),
-    )
-    active = torch.ones(batch, dtype=torch.bool, device=g.device)
-    for it in range(min(d, _EIG_MAX_ITER)):
-        s = rows.state
-        q, basis = s["q"], s["basis"]
-        w = rows.hvp(q)
-        s["hvps"].add_(active.long())
-        alpha = (q * w).sum(1)
-        w = w - alpha[:, None] * q
-        if it:
-            w = w - s["beta"][:, -1:] * s["q_prev"]
-        for _ in range(2):  # classical Gram-Schmidt twice against the whole basis
-            w = w - torch.bmm(torch.bmm(basis, w[:, :, None]).transpose(1, 2), basis)[:, 0]
-        beta = w.norm(dim=1)
-        alphas = torch.cat((s["alpha"], alpha[:, None]), 1)
-        betas = torch.cat((s["beta"], beta[:, None]), 1)
-        off = betas[:, :-1]
-        tri = torch.diag_embed(alphas) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-        ritz, vectors = torch.linalg.eigh(tri)
-        theta = ritz[:, -1]
-        # |H y - theta y| of the top Ritz pair: some eigenvalue lies within it of theta.
-        residual = beta * vectors[:, -1, -1].abs()
-        done = residual <= _EIG_TOL * theta.abs().clamp_min(tiny)
-        q_next = w / beta.clamp_min(tiny)[:, None]
-        s.update(
-            q_prev=q,
-            q=q_next,
-            basis=torch.cat((basis, q_next[:, None, :]), 1),
-            alpha=alphas,
-            beta=betas,
-            top=torch.where(active, theta, s["top"]),
-        )
-        active = active & ~done
-        if not bool(active.any()):
-            break
-        active = rows.compact(active)
-    rows.flush()
-    return rows.out["top"].clamp_min(0), rows.out["hvps"]
+    top, hvps, _ = lanczos(quad)
+    return top, hvps
 
 
 def fista(
@@ -382,10 +600,10 @@ def fista(
         tensor([[0.5000, 0.0000]])
     """
     g = quad.g
-    batch = g.shape[0]
+    batch, dim = g.shape
     eps = torch.finfo(g.dtype).eps
-    zeros = torch.zeros_like(g)
     long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
+    # The iterate x and its product H x travel together as (B, 2, d): one op moves both.
     rows = _Batch(
         quad,
         {
@@ -394,82 +612,90 @@ def fista(
             "lam1": lam1,
             "lam2": lam2,
             "lam2_eff": lam2_eff.clone(),
-            "x": zeros,
-            "x_prev": zeros.clone(),
-            "hx": zeros.clone(),
-            "hx_prev": zeros.clone(),
-            "t": torch.ones(batch, dtype=g.dtype, device=g.device),
+            "xs": g.new_zeros(batch, 2, dim),
+            "xs_prev": g.new_zeros(batch, 2, dim),
+            "t": torch.ones_like(lam2_eff),
             "step": lam2_eff.clone(),
             "iters": long0,
             "steps": long0.clone(),
             "hvps": long0.clone(),
-            "res": torch.zeros(batch, dtype=g.dtype, device=g.device),
+            "res": torch.zeros_like(lam2_eff),
         },
-        ("x", "hx", "res", "iters", "hvps", "lam2_eff"),
+        ("xs", "res", "iters", "hvps", "lam2_eff"),
     )
     s = rows.state
-    s["res"] = _residual(g, s["x"], s["hx"], lam1, s["lam2_eff"], s["step"], s["scale"])
+    s["res"] = _residual(g, s["xs"], lam1, s["lam2_eff"], s["step"], s["scale"])
     everyone = torch.ones(batch, dtype=torch.bool, device=g.device)
     active = (everyone if active is None else active) & (s["res"] > tol)
     active = rows.compact(active)
     while bool(active.any()):
         s = rows.state
-        g_r, lam1_r, lam2_r, lam2_eff_r, step = s["g"], s["lam1"], s["lam2"], s["lam2_eff"], s["step"]
-        x, x_prev, hx, hx_prev, t = s["x"], s["x_prev"], s["hx"], s["hx_prev"], s["t"]
-        t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
-        beta = ((t - 1) / t_next)[:, None]
-        y = x + beta * (x - x_prev)
-        hy = hx + beta * (hx - hx_prev)
-        grad_y = lam2_eff_r[:, None] * y - g_r - hy
-        z, hz = y.clone(), hy.clone()
-        pending = active.clone()
-        reset = torch.zeros_like(active)
-        for _ in range(_MAX_BACKTRACK):
-            inv = 1.0 / step[:, None]
-            z = torch.where(pending[:, None], _soft(y - grad_y * inv, lam1_r[:, None] * inv), z)
-            hz = torch.where(pending[:, None], rows.hvp(z), hz)
-            s["hvps"].add_(pending.long())
-            d = z - y
-            dd = (d * d).sum(1)
-            dhd = (d * (hz - hy)).sum(1)
+        g_r, lam1_r, lam2_eff_r, step = s["g"], s["lam1"], s["lam2_eff"], s["step"]
+        xs, t = s["xs"], s["t"]
+        t_next = 0.5 * (1 + torch.sqrt(torch.addcmul(torch.ones_like(t), t, t, value=4)))
+        ys = torch.addcmul(xs, ((t - 1) / t_next)[:, None, None], xs - s["xs_prev"])
+        y, hy = ys[:, 0], ys[:, 1]
+        hy_norm = torch.linalg.vector_norm(hy, dim=1)
+        pending, reset = active, None
+        z, hz = y, hy
+        for attempt in range(_MAX_BACKTRACK):
+            # Proximal step from y: soft-thresholding of y - (lambda2_eff y - g - H y) / step.
+            inv = step.reciprocal()
+            u = torch.addcmul(y * (1 - lam2_eff_r * inv)[:, None], g_r + hy, inv[:, None])
+            tau = (lam1_r * inv)[:, None]
+            step_z = _soft(u, tau)
+            step_hz = rows.hvp(step_z)
+            if attempt:  # a retry moves only the rows still searching
+                z = torch.where(pending[:, None], step_z, z)
+                hz = torch.where(pending[:, None], step_hz, hz)
+            else:
+                z, hz = step_z, step_hz
+            counted = rows.quad.counted
+            s["hvps"].add_(pending if counted is None else pending & counted)
+            diff = z - y
+            dd = torch.linalg.vecdot(diff, diff)
+            dhd = torch.linalg.vecdot(diff, hz - hy)
+            excess = torch.addcmul(dhd, lam2_eff_r, dd, value=-1)
             # Rounding of d^T (Hz - Hy) and of lambda2 |d|^2: a few ulps of the terms.
-            slack = 16 * eps * (d.norm(dim=1) * (hz.norm(dim=1) + hy.norm(dim=1)) + lam2_eff_r * dd)
-            bad = pending & (dhd > lam2_eff_r * dd + slack) & (dd > 0)
-            if bool(bad.any()):
-                lam2_eff_r = torch.where(bad, lam2_r + dhd / dd.clamp_min(eps), lam2_eff_r)
+            norms = dd.sqrt() * (torch.linalg.vector_norm(hz, dim=1) + hy_norm)
+            slack = 16 * eps * torch.addcmul(norms, lam2_eff_r, dd)
+            bad = pending & (excess > slack) & (dd > 0)
+            # Accept where the smooth part's curvature along d is at most the step constant.
+            pending = pending & ~bad & (-excess > step * dd + slack)
+            flags = torch.stack((bad.any(), pending.any(), torch.isfinite(dhd).all())).tolist()
+            if not flags[2]:  # d^T H z is finite exactly when H z is
+                _check_finite(dhd)
+            if flags[0]:  # lambda_max was underestimated: raise lambda2_eff, restart from 0
+                lam2_eff_r = torch.where(bad, s["lam2"] + dhd / dd.clamp_min(eps), lam2_eff_r)
                 step = torch.where(bad, torch.maximum(step, lam2_eff_r), step)
-                reset |= bad
-                pending &= ~bad
-            accept = lam2_eff_r * dd - dhd <= step * dd + slack
-            pending &= ~accept
-            if not bool(pending.any()):
+                reset = bad if reset is None else reset | bad
+            if not flags[1]:
                 break
             step = torch.where(pending, 2 * step, step)
         else:
             raise RuntimeError("CASO: the step-size search failed; the Hessian-vector products look wrong")
-        upd = active & ~reset
-        restart = ((y - z) * (z - x)).sum(1) > 0
-        x_prev = torch.where(upd[:, None], x, x_prev)
-        hx_prev = torch.where(upd[:, None], hx, hx_prev)
-        x = torch.where(upd[:, None], z, x)
-        hx = torch.where(upd[:, None], hz, hx)
-        t = torch.where(upd, torch.where(restart, torch.ones_like(t), t_next), t)
-        s["iters"] += upd.long()
-        s["steps"] += active.long()
-        if bool(reset.any()):
-            zero = reset[:, None]
-            x, x_prev = x.masked_fill(zero, 0), x_prev.masked_fill(zero, 0)
-            hx, hx_prev = hx.masked_fill(zero, 0), hx_prev.masked_fill(zero, 0)
+        x = xs[:, 0]
+        upd = active if reset is None else active & ~reset
+        restart = torch.linalg.vecdot(y - z, z - x) > 0
+        s["xs_prev"] = torch.where(upd[:, None, None], xs, s["xs_prev"])
+        xs = torch.where(upd[:, None, None], torch.stack((z, hz), 1), xs)
+        t = torch.where(upd, torch.where(restart, 1.0, t_next), t)
+        s["iters"].add_(upd)
+        s["steps"].add_(active)
+        if reset is not None:
+            xs = xs.masked_fill(reset[:, None, None], 0)
+            s["xs_prev"] = s["xs_prev"].masked_fill(reset[:, None, None], 0)
             t = t.masked_fill(reset, 1.0)
-        res = _residual(g_r, x, hx, lam1_r, lam2_eff_r, step, s["scale"])
-        s.update(x=x, x_prev=x_prev, hx=hx, hx_prev=hx_prev, t=t, step=step, lam2_eff=lam2_eff_r)
+        s.update(xs=xs, t=t, step=step, lam2_eff=lam2_eff_r)
+        res = _residual(g_r, xs, lam1_r, lam2_eff_r, step, s["scale"])
         s["res"] = torch.where(active, res, s["res"])
         active = active & (s["res"] > tol) & (s["steps"] < max_iter)
         active = rows.compact(active)
     rows.flush()
     out = rows.out
-    objective = _objective(g, out["x"], out["hx"], lam1, out["lam2_eff"])
-    return Solution(out["x"], objective, out["res"], out["iters"], out["hvps"], out["lam2_eff"])
+    x, hx = out["xs"][:, 0], out["xs"][:, 1]
+    objective = _objective(g, x, hx, lam1, out["lam2_eff"])
+    return Solution(x, objective, out["res"], out["iters"], out["hvps"], out["lam2_eff"])
 
 
 def _merge(keep: Tensor, new: Solution, old: Solution) -> Solution:

@@ -559,3 +559,36 @@ def test_batch_norm_in_training_mode_solves_each_example_with_its_own_hessian_bl
     (g,) = torch.autograd.grad(total(xg.reshape(-1)), xg)
     ref = _reference(g, h, torch.full((5,), 0.01, dtype=D64), lam2_eff)
     torch.testing.assert_close(delta, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_relu_loss_hessian_is_certified_low_rank_and_solved_without_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ReLU net's cross-entropy Hessian has rank <= C - 1: Lanczos certifies it (C + 2
+    products), FISTA then calls the model no more; the solution is that of the dense Hessian."""
+    import captum_smoothhess.caso as caso_module
+
+    net = _mlp(40, 32, 5, nn.ReLU(), seed=3)
+    x = _inputs(6, 40, seed=4)
+    kw = {"target": 1, "lambda1": 0.01, "lambda2": 0.1, "tol": 1e-9, "return_info": True}
+    delta, info = CASO(net).attribute(x, **kw)
+    assert int(info["hvps"].max()) <= 5 + 3  # Lanczos and its check only
+    assert bool((info["iterations"] > info["hvps"]).any())  # the solves were free
+    _, h = _dense(net, x, torch.ones(6, dtype=torch.long))
+    assert int(torch.linalg.matrix_rank(h).max()) <= 4
+    original = caso_module.lanczos
+    monkeypatch.setattr(caso_module, "lanczos", lambda quad, certify=False: original(quad))
+    plain, plain_info = CASO(net).attribute(x, **kw)
+    torch.testing.assert_close(delta, plain, rtol=0, atol=1e-10)
+    torch.testing.assert_close(info["lambda2_effective"], plain_info["lambda2_effective"], rtol=1e-12, atol=0)
+    assert bool((plain_info["hvps"] > plain_info["iterations"]).all())
+
+
+def test_smooth_loss_hessian_is_not_certified() -> None:
+    """SoftPlus: a Hessian of rank 32 (the hidden width) > C + 3; every solve calls the model."""
+    net = _mlp(40, 32, 5, nn.Softplus(beta=2.0), seed=3)
+    x = _inputs(6, 40, seed=4)
+    _, info = CASO(net).attribute(x, target=1, lambda1=0.01, lambda2=0.1, tol=1e-9, return_info=True)
+    assert bool((info["hvps"] > info["iterations"]).all())
+    _, h = _dense(net, x, torch.ones(6, dtype=torch.long))
+    assert int(torch.linalg.matrix_rank(h).min()) == 32

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
 from torch import Tensor
 
-from captum_smoothhess.solvers import DenseQuadratic, Quadratic, fista, sparsity_solve, top_eigenvalue
+from captum_smoothhess.solvers import (
+    DenseQuadratic,
+    Quadratic,
+    fista,
+    lanczos,
+    sparsity_solve,
+    top_eigenvalue,
+)
 
 D64 = torch.float64
 
@@ -174,3 +181,100 @@ def test_sparsity_solve_counts_zeros(eta: float) -> None:
     sol, lam1 = sparsity_solve(quad, lam2, lam2 + top, eta, 1e-8, 5000)
     assert bool(((sol.delta == 0).sum(1) == round(eta * 16)).all())
     assert bool((lam1 > 0).all())
+
+
+class _Hinted(DenseQuadratic):
+    """A dense quadratic that says its Hessians are often of rank ``r``."""
+
+    def __init__(self, g: Tensor, h: Tensor, r: int) -> None:
+        super().__init__(g, h)
+        self.r = r
+
+    @property
+    def rank_hint(self) -> Optional[int]:
+        return self.r
+
+    def subset(self, index: Tensor) -> Quadratic:
+        return _Hinted(self.g.index_select(0, index), self.hessian.index_select(0, index), self.r)
+
+
+def _low_rank(batch: int, rank: int, d: int = 60, seed: int = 3) -> DenseQuadratic:
+    """PSD Hessians ``J^T diag(lam) J`` of rank ``rank``, eigenvalues spread over three decades."""
+    gen = torch.Generator().manual_seed(seed)
+    j = torch.randn(batch, rank, d, generator=gen, dtype=D64)
+    h = j.transpose(1, 2) @ torch.diag(torch.logspace(0, -3, rank, dtype=D64)) @ j
+    return DenseQuadratic(torch.randn(batch, d, generator=gen, dtype=D64), h)
+
+
+def test_certify_finds_a_low_rank_hessian_and_its_products_need_no_model() -> None:
+    quad = _low_rank(4, 3)
+    eig = lanczos(quad, certify=True)
+    # Three directions of the range, the start's part outside it, and the check.
+    assert eig.hvps.tolist() == [5, 5, 5, 5]
+    torch.testing.assert_close(eig.top, torch.linalg.eigvalsh(quad.hessian)[:, -1], rtol=1e-12, atol=0)
+    v = torch.randn(4, 60, generator=torch.Generator().manual_seed(9), dtype=D64)
+    torch.testing.assert_close(eig.quadratic.hvp(v), quad.hvp(v), rtol=0, atol=1e-12)
+    lam1, lam2 = torch.full((4,), 0.05, dtype=D64), torch.full((4,), 0.1, dtype=D64)
+    free = fista(eig.quadratic, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
+    dense = fista(quad, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
+    torch.testing.assert_close(free.delta, dense.delta, rtol=0, atol=1e-9)
+    assert torch.equal(free.iterations, dense.iterations)
+    assert free.hvps.tolist() == [0, 0, 0, 0] and bool((dense.hvps > 0).all())
+
+
+def test_certify_leaves_a_full_rank_hessian_alone() -> None:
+    quad = _problems(d=80)  # full rank, indefinite: the top converges long before d products
+    eig = lanczos(quad, certify=True)
+    assert eig.quadratic is quad
+    top, hvps = top_eigenvalue(quad)
+    assert torch.equal(eig.top, top) and torch.equal(eig.hvps, hvps)
+    assert int(hvps.max()) < 80
+
+
+def test_a_false_invariant_subspace_fails_the_check() -> None:
+    """A repeated top eigenvalue: the Krylov space of one start holds one of its two
+    eigenvectors only, so the check direction is not mapped to zero."""
+    gen = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=D64))
+    lam = torch.zeros(30, dtype=D64)
+    lam[:3] = torch.tensor([2.0, 2.0, 1.0], dtype=D64)
+    h = (q @ torch.diag(lam) @ q.T)[None]
+    g = torch.randn(1, 30, generator=gen, dtype=D64)
+    eig = lanczos(DenseQuadratic(g, h), certify=True)
+    # Invariant after 3 (the two distinct eigenvalues and the null space), the check fails.
+    assert eig.hvps.tolist() == [4] and isinstance(eig.quadratic, DenseQuadratic)
+    torch.testing.assert_close(eig.top, torch.tensor([2.0], dtype=D64), rtol=1e-12, atol=0)
+    # Allowed to go on (rank hint 3), the basis grows from the check direction and finds
+    # the missing eigenvector; the next check passes and the products are exact.
+    hinted = lanczos(_Hinted(g, h, 3), certify=True)
+    assert not isinstance(hinted.quadratic, DenseQuadratic) and int(hinted.hvps[0]) > 4
+    v = torch.randn(1, 30, generator=gen, dtype=D64)
+    torch.testing.assert_close(hinted.quadratic.hvp(v)[0], h[0] @ v[0], rtol=0, atol=1e-12)
+
+
+def test_rank_hint_goes_on_to_certify_where_the_top_converged_first() -> None:
+    quad = _low_rank(4, 4)
+    plain = lanczos(quad, certify=True)
+    assert isinstance(plain.quadratic, DenseQuadratic)  # stopped once the top converged
+    hinted = lanczos(_Hinted(quad.g, quad.hessian, 4), certify=True)
+    assert not isinstance(hinted.quadratic, DenseQuadratic)
+    assert bool((hinted.hvps <= 4 + 3).all()) and bool((hinted.hvps > plain.hvps).all())
+    torch.testing.assert_close(hinted.top, plain.top, rtol=1e-9, atol=0)
+
+
+def test_mixed_batches_certify_row_by_row_and_count_model_rows_only() -> None:
+    low, full = _low_rank(3, 3, d=80), _problems(batch=3, d=80)
+    order = torch.tensor([0, 3, 1, 4, 2, 5])
+    g = torch.cat((low.g, full.g)).index_select(0, order)
+    h = torch.cat((low.hessian, full.hessian)).index_select(0, order)
+    quad = DenseQuadratic(g, h)
+    eig = lanczos(quad, certify=True)
+    assert eig.quadratic.counted is not None
+    assert eig.quadratic.counted.tolist() == [False, True, False, True, False, True]
+    v = torch.randn(6, 80, generator=torch.Generator().manual_seed(2), dtype=D64)
+    torch.testing.assert_close(eig.quadratic.hvp(v), quad.hvp(v), rtol=0, atol=1e-11)
+    lam1, lam2 = torch.full((6,), 0.05, dtype=D64), torch.full((6,), 0.1, dtype=D64)
+    sol = fista(eig.quadratic, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
+    dense = fista(quad, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
+    torch.testing.assert_close(sol.delta, dense.delta, rtol=0, atol=1e-9)
+    assert sol.hvps[0::2].tolist() == [0, 0, 0] and torch.equal(sol.hvps[1::2], dense.hvps[1::2])

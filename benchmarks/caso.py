@@ -123,10 +123,8 @@ def _hvp_rows(
         captured["power"] = eig.hvps
         return eig
 
-    fista, sparse = caso_module.fista, caso_module.sparsity_solve
+    # The solves get their quadratic from Lanczos: counted already, or certified (free products).
     caso_module.lanczos = counted_lanczos
-    caso_module.fista = lambda quad, *a, **k: fista(_Counted(quad, counter), *a, **k)
-    caso_module.sparsity_solve = lambda quad, *a, **k: sparse(_Counted(quad, counter), *a, **k)
     try:
         kw: Dict[str, Any] = {}
         if curvature == "smoothhess":
@@ -135,7 +133,7 @@ def _hvp_rows(
             x, lambda2=0.1, sparsity=sparsity, curvature=curvature, return_info=True, **kw
         )
     finally:
-        caso_module.lanczos, caso_module.fista, caso_module.sparsity_solve = original, fista, sparse
+        caso_module.lanczos = original
     # A solver that never shrinks its batch computes B rows per product, as many products as
     # the example that needs most (per phase: Lanczos, then the solves).
     power = captured["power"]

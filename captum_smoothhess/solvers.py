@@ -386,12 +386,14 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
     Examples:
         >>> import torch
         >>> from captum_smoothhess.solvers import DenseQuadratic, lanczos
-        >>> j = torch.randn(2, 3, 20, dtype=torch.float64)  # rank-3 Hessians
-        >>> quad = DenseQuadratic(torch.randn(2, 20, dtype=torch.float64), j.transpose(1, 2) @ j)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> j = torch.randn(2, 3, 20, generator=gen, dtype=torch.float64)  # rank-3 Hessians
+        >>> g = torch.randn(2, 20, generator=gen, dtype=torch.float64)
+        >>> quad = DenseQuadratic(g, j.transpose(1, 2) @ j)
         >>> eig = lanczos(quad, certify=True)
         >>> eig.hvps.tolist()  # the rank, the start's part outside the range, the check
         [5, 5]
-        >>> v = torch.randn(2, 20, dtype=torch.float64)
+        >>> v = torch.randn(2, 20, generator=gen, dtype=torch.float64)
         >>> torch.allclose(eig.quadratic.hvp(v), quad.hvp(v))
         True
     """

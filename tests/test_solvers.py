@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor
 from captum_smoothhess.solvers import (
     DenseQuadratic,
     Quadratic,
+    Solution,
     fista,
     lanczos,
     sparsity_solve,
@@ -206,6 +207,15 @@ def _low_rank(batch: int, rank: int, d: int = 60, seed: int = 3) -> DenseQuadrat
     return DenseQuadratic(torch.randn(batch, d, generator=gen, dtype=D64), h)
 
 
+def _solve_both(certified: Quadratic, dense: DenseQuadratic, top: Tensor) -> Tuple[Solution, Solution]:
+    """FISTA on the certified form and on the dense Hessians: the same solutions to 1e-9."""
+    lam1, lam2 = torch.full_like(top, 0.05), torch.full_like(top, 0.1)
+    free = fista(certified, lam1, lam2, lam2 + top, 1e-10, 5000)
+    exact = fista(dense, lam1, lam2, lam2 + top, 1e-10, 5000)
+    torch.testing.assert_close(free.delta, exact.delta, rtol=0, atol=1e-9)
+    return free, exact
+
+
 def test_certify_finds_a_low_rank_hessian_and_its_products_need_no_model() -> None:
     quad = _low_rank(4, 3)
     eig = lanczos(quad, certify=True)
@@ -214,10 +224,7 @@ def test_certify_finds_a_low_rank_hessian_and_its_products_need_no_model() -> No
     torch.testing.assert_close(eig.top, torch.linalg.eigvalsh(quad.hessian)[:, -1], rtol=1e-12, atol=0)
     v = torch.randn(4, 60, generator=torch.Generator().manual_seed(9), dtype=D64)
     torch.testing.assert_close(eig.quadratic.hvp(v), quad.hvp(v), rtol=0, atol=1e-12)
-    lam1, lam2 = torch.full((4,), 0.05, dtype=D64), torch.full((4,), 0.1, dtype=D64)
-    free = fista(eig.quadratic, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
-    dense = fista(quad, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
-    torch.testing.assert_close(free.delta, dense.delta, rtol=0, atol=1e-9)
+    free, dense = _solve_both(eig.quadratic, quad, eig.top)
     assert torch.equal(free.iterations, dense.iterations)
     assert free.hvps.tolist() == [0, 0, 0, 0] and bool((dense.hvps > 0).all())
 
@@ -273,8 +280,5 @@ def test_mixed_batches_certify_row_by_row_and_count_model_rows_only() -> None:
     assert eig.quadratic.counted.tolist() == [False, True, False, True, False, True]
     v = torch.randn(6, 80, generator=torch.Generator().manual_seed(2), dtype=D64)
     torch.testing.assert_close(eig.quadratic.hvp(v), quad.hvp(v), rtol=0, atol=1e-11)
-    lam1, lam2 = torch.full((6,), 0.05, dtype=D64), torch.full((6,), 0.1, dtype=D64)
-    sol = fista(eig.quadratic, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
-    dense = fista(quad, lam1, lam2, lam2 + eig.top, 1e-10, 5000)
-    torch.testing.assert_close(sol.delta, dense.delta, rtol=0, atol=1e-9)
+    sol, dense = _solve_both(eig.quadratic, quad, eig.top)
     assert sol.hvps[0::2].tolist() == [0, 0, 0] and torch.equal(sol.hvps[1::2], dense.hvps[1::2])

@@ -65,6 +65,10 @@ class _Counted(Quadratic):
         self.counter[0] += v.shape[0]
         return self.inner.hvp(v)
 
+    def hvp_many(self, vs: torch.Tensor) -> torch.Tensor:
+        self.counter[0] += vs.shape[0] * vs.shape[1]
+        return self.inner.hvp_many(vs)
+
     def subset(self, index: torch.Tensor) -> Quadratic:
         return _Counted(self.inner.subset(index), self.counter)
 

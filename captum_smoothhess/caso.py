@@ -15,9 +15,11 @@ Hessian-vector products (:func:`~captum_smoothhess.solvers.lanczos`); the
 problem is solved by FISTA (accelerated proximal gradient with backtracking,
 soft-thresholding prox, adaptive momentum restart) from ``d = 0`` until the
 proximal-gradient residual falls below ``tol``. For a ReLU network the loss
-Hessian has rank at most ``C`` (the model's outputs): Lanczos then spans its
-whole range within ``C + 2`` products, one more product certifies it, and FISTA
-takes its products from that basis (``H = Q T Q^T``) without calling the model.
+Hessian has rank at most ``C`` (the model's outputs): one batched product of
+``C + 3`` fixed random directions finds its range and ``H = Q T Q^T`` (one held-out
+direction certifies it), which also gives ``lambda_max``, and FISTA takes its
+products from that form without calling the model. Where the check fails (a
+smooth network) Lanczos and the model's products take over.
 Nothing of size ``d x d`` is formed. CAFO is the first-order problem
 (``H = 0``), solved in closed form: ``soft(g, lambda1) / lambda2``.
 
@@ -191,6 +193,18 @@ class _AutogradQuadratic(Quadratic):
                 self._graph, self.x, grad_outputs=v, retain_graph=True, allow_unused=True
             )
         return torch.zeros_like(v) if hv is None else hv
+
+    def hvp_many(self, vs: Tensor) -> Tensor:
+        if self._graph is None or self.model.mixes_examples:
+            return super().hvp_many(vs)
+        try:  # one backward pass with a batch of gradient outputs (vmapped)
+            with torch.enable_grad():
+                (hv,) = torch.autograd.grad(
+                    self._graph, self.x, grad_outputs=vs, retain_graph=True, is_grads_batched=True
+                )
+        except RuntimeError:  # an operation without a batching rule: one product at a time
+            return super().hvp_many(vs)
+        return hv
 
     def hvp(self, v: Tensor) -> Tensor:
         if self._graph is None:

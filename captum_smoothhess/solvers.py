@@ -54,6 +54,8 @@ _EIG_TOL = 1e-5
 _EIG_MAX_ITER = 500
 # A Krylov basis counts as invariant, and a product as zero, below this many eps of the largest entry of T.
 _INVARIANT = 64
+# The most directions (hinted rank + 3) that the range finder of :func:`lanczos` takes on.
+_RANGE_MAX = 64
 # Doublings of the FISTA step constant L allowed in one iteration before giving up.
 _MAX_BACKTRACK = 60
 # Bisection steps of lambda1 for `sparsity`, and the accepted error in zeros (fraction of d).
@@ -87,6 +89,13 @@ class Quadratic:
         """Whether each example's ``H v`` depends on its own ``v`` only, so the batch may shrink."""
         return True
 
+    def hvp_many(self, vs: Tensor) -> Tensor:
+        """``H v`` for ``k`` vectors per example at once: ``vs`` ``(k, B, d)`` -> ``(k, B, d)``.
+
+        The default makes ``k`` calls of :meth:`hvp`; override it where one batched call
+        is cheaper (double backprop with batched gradients, a dense Hessian)."""
+        return torch.stack([self.hvp(v) for v in vs])
+
     def subset(self, index: Tensor) -> Quadratic:
         """The quadratic of the examples ``index`` (a 1-d long tensor) only."""
         return _RowsOf(self, index)
@@ -99,9 +108,9 @@ class Quadratic:
 
     @property
     def rank_hint(self) -> Optional[int]:
-        """The rank the Hessians have in a common case, or ``None``: how far :func:`lanczos`
-        may go on, past the top eigenvalue, to find the whole range of ``H`` (the number of
-        outputs of the model, whose loss Hessian has at most that rank for a ReLU network)."""
+        """The rank the Hessians have in a common case, or ``None``: :func:`lanczos` then looks
+        for their range in one batched product (the number of outputs of the model, whose
+        loss Hessian has at most that rank for a ReLU network)."""
         return None
 
     @property
@@ -213,6 +222,9 @@ class DenseQuadratic(Quadratic):
 
     def hvp(self, v: Tensor) -> Tensor:
         return (self.hessian @ v[:, :, None])[..., 0]
+
+    def hvp_many(self, vs: Tensor) -> Tensor:
+        return torch.einsum("bij,kbj->kbi", self.hessian, vs)
 
     def subset(self, index: Tensor) -> Quadratic:
         return DenseQuadratic(self.g.index_select(0, index), self.hessian.index_select(0, index))
@@ -372,9 +384,14 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
     that to zero (to rounding), the basis holds the whole range of ``H``
     (with probability one) and ``H = Q T Q^T`` exactly: that example's later
     products are three small matrix products, no call of the model. Where
-    :attr:`Quadratic.rank_hint` says the Hessians are often of low rank ``r``,
-    an example whose top eigenvalue has converged goes on to ``r + 3``
-    products to find that out, when this at most doubles its products.
+    :attr:`Quadratic.rank_hint` says the Hessians are often of a low rank
+    ``r`` (up to 61), the range of ``H`` is instead sought in one batched
+    product of ``r + 3`` fixed random directions (:meth:`Quadratic.hvp_many`):
+    ``Q`` an orthonormal basis of the products of the first ``r``, ``T`` fitted
+    by least squares on ``r + 2`` of them, the last held out to check
+    ``H = Q T Q^T``. That is about the products Lanczos needs, in one call
+    instead of ``r + 2`` sequential ones; examples that fail the check (a
+    Hessian of higher rank) go on to Lanczos.
 
     Args:
         quad: The quadratic models.
@@ -403,15 +420,16 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
         return Lanczos(top.expand(batch).clone(), hvps.expand(batch).clone(), quad)
     g = quad.g
     batch, d = g.shape
+    hint = quad.rank_hint if certify else None
+    if hint is not None and hint + 3 <= _RANGE_MAX and hint + 3 < min(d, _EIG_MAX_ITER):
+        return _by_range(quad, hint)
     finfo = torch.finfo(g.dtype)
     steps = min(d, _EIG_MAX_ITER)
-    hint = quad.rank_hint if certify else None
     # The basis and the tridiagonal matrix live in buffers that double when full.
     size = min(steps, 15) + 1
     basis = g.new_zeros(batch, size, d)
     v0 = g / g.norm(dim=1, keepdim=True).clamp_min(finfo.tiny) + _start_vector(d, 0, g)
     basis[:, 0] = v0 / v0.norm(dim=1, keepdim=True).clamp_min(finfo.tiny)
-    long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
     false = torch.zeros(batch, dtype=torch.bool, device=g.device)
     rows = _Batch(
         quad,
@@ -419,19 +437,15 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
             "basis": basis,
             "tri": g.new_zeros(batch, size, size),
             "top": g.new_zeros(batch),
-            "stale": false,  # T grew since its top was computed
             "scale": g.new_zeros(batch),  # the largest entry of T so far
-            "hvps": long0,
-            "limit": torch.full_like(long0, steps),  # the products an example may use
-            "converged": false.clone(),  # its top Ritz pair met the residual test
-            "checking": false.clone(),  # its newest basis vector tests the range of H
+            "hvps": torch.zeros(batch, dtype=torch.long, device=g.device),
+            "checking": false,  # the newest basis vector tests the range of H
             "certified": false.clone(),
-            "restarts": long0.clone(),
         },
-        ("top", "stale", "hvps", "certified") + (("basis", "tri") if certify else ()),
+        ("top", "hvps", "certified") + (("basis", "tri") if certify else ()),
     )
     active = torch.ones(batch, dtype=torch.bool, device=g.device)
-    unconverged, checking = True, False
+    checking = False
     for j in range(steps):
         s = rows.state
         if j + 1 == s["basis"].shape[1]:
@@ -453,70 +467,107 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
         s["scale"] = torch.maximum(s["scale"], torch.maximum(alpha.abs(), beta))
         small = _INVARIANT * finfo.eps * s["scale"]
         invariant = beta <= small
-        if unconverged:
+        if raw is None:  # a check step adds a zero block to T: the Ritz values stay
             ritz, vectors = torch.linalg.eigh(tri[:, : j + 1, : j + 1])  # reads the lower triangle
             theta = ritz[:, -1]
-            # |H y - theta y| of the top Ritz pair: some eigenvalue lies within it of theta.
-            met = beta * vectors[:, -1, -1].abs() <= _EIG_TOL * theta.abs().clamp_min(finfo.tiny)
-            newly = active & ~s["converged"] & met
-            more = j + 1 if hint is None or hint + 3 > 2 * (j + 1) else hint + 3
-            s["limit"] = torch.where(newly, more, s["limit"])
-            s["converged"] = s["converged"] | newly
             s["top"] = torch.where(active, theta, s["top"])
-        s["stale"] = torch.where(active, not unconverged, s["stale"])
-        stop = invariant | (s["converged"] & (s["hvps"] >= s["limit"]))
-        if checking:  # H maps the test direction to (almost) zero: the basis holds range(H)
-            assert raw is not None
-            passed = s["checking"] & (raw <= small)
-            s["certified"] = s["certified"] | passed
-            stop = torch.where(s["checking"], passed | (s["hvps"] > s["limit"]), stop)
-        restart = None
+            # |H y - theta y| of the top Ritz pair: some eigenvalue lies within it of theta.
+            stop = beta * vectors[:, -1, -1].abs() <= _EIG_TOL * theta.abs().clamp_min(finfo.tiny)
+            stop = stop | invariant
+        else:  # H maps the test direction to (almost) zero: the basis holds range(H)
+            s["certified"] = s["certified"] | (s["checking"] & (raw <= small))
+            stop = s["checking"] | invariant
+        restart = torch.zeros_like(active)
         if certify:
             if j + 1 == d:  # the basis spans everything
                 s["certified"] = s["certified"] | (active & invariant)
             else:
-                restart = active & invariant & ~s["certified"] & (s["hvps"] <= s["limit"])
+                restart = active & invariant & ~s["checking"]
                 stop = stop & ~restart
         active = active & ~stop
         if not bool(active.any()):
             break
         q_next = w / beta.clamp_min(finfo.tiny)[:, None]
         tri[:, j + 1, j] = beta
-        checking = restart is not None and bool(restart.any())
-        if checking:  # go on from a fixed random direction orthogonal to the basis
-            assert restart is not None
-            s["restarts"] = s["restarts"] + restart
-            for k in torch.unique(s["restarts"][restart]).tolist():
-                u = _start_vector(d, int(k), g).expand(len(active), 1, d)
-                u = _orthogonal_to(basis, u)[:, 0]
-                u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(finfo.tiny)
-                q_next = torch.where((restart & (s["restarts"] == k))[:, None], u, q_next)
+        checking = bool(restart.any())
+        if checking:  # a fixed random direction orthogonal to the basis tests it
+            u = _orthogonal_to(basis, _start_vector(d, 1, g).expand(len(active), 1, d))[:, 0]
+            u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(finfo.tiny)
+            q_next = torch.where(restart[:, None], u, q_next)
             tri[:, j + 1, j] = torch.where(restart, 0.0, beta)
-            s["checking"] = restart
-        else:
-            s["checking"] = torch.zeros_like(active)
+        s["checking"] = restart
         s["basis"][:, j + 1] = q_next
-        unconverged = bool((active & ~s["converged"]).any())
         active = rows.compact(active)
     rows.flush()
     out = rows.out
-    # Without certify an example stops at its test, so its last Ritz values are of its final T.
-    top = _final_top(out) if certify and bool(out["stale"].any()) else out["top"]
     quadratic = _certified(quad, out) if certify and bool(out["certified"].any()) else quad
-    return Lanczos(top.clamp_min(0), out["hvps"], quadratic)
+    return Lanczos(out["top"].clamp_min(0), out["hvps"], quadratic)
 
 
-def _final_top(out: Dict[str, Tensor]) -> Tensor:
-    """The top eigenvalue of each stale example's final ``T`` (its first ``hvps`` rows)."""
-    top = out["top"].clone()
-    for k in torch.unique(out["hvps"][out["stale"]]).tolist():
-        pick = (out["stale"] & (out["hvps"] == k)).nonzero()[:, 0]
-        top[pick] = torch.linalg.eigvalsh(out["tri"].index_select(0, pick)[:, :k, :k])[:, -1]
-    return top
+def _by_range(quad: Quadratic, k: int) -> Lanczos:
+    """:func:`lanczos` with ``certify=True`` by a one-pass range finder of ``k`` directions.
+
+    One batched product of ``k + 3`` fixed random directions ``Omega``: ``Q``
+    orthonormalises ``H Omega_k`` (the first ``k``; it holds ``range(H)`` when
+    ``rank(H) <= k``), ``T`` is the least-squares solution of
+    ``Q^T H Omega = T Q^T Omega`` over ``k + 2`` of them (overdetermined, so well
+    conditioned), and the last direction ``u``, held out, must satisfy
+    ``|H u - Q T Q^T u| <= _INVARIANT eps |T| |u|``. Every example uses the same
+    ``Omega``, so its result does not depend on its batch; failing examples go on
+    to Lanczos.
+    """
+    g = quad.g
+    batch, d = g.shape
+    gen = torch.Generator(device=g.device)
+    gen.manual_seed(0)
+    fit = k + 2
+    omega = torch.randn(fit + 1, 1, d, generator=gen, device=g.device, dtype=g.dtype).expand(-1, batch, -1)
+    y = quad.hvp_many(omega.contiguous())  # (k + 3, B, d)
+    _check_finite(torch.linalg.vector_norm(y, dim=(0, 2)))
+    q = torch.linalg.qr(y[:k].permute(1, 2, 0)).Q  # (B, d, k)
+    seen = torch.bmm(q.transpose(1, 2), omega[:fit].permute(1, 2, 0))  # Q^T Omega (B, k, k + 2)
+    image = torch.bmm(q.transpose(1, 2), y[:fit].permute(1, 2, 0))  # Q^T H Omega
+    tri = torch.linalg.lstsq(seen.transpose(1, 2), image.transpose(1, 2)).solution.transpose(1, 2)
+    tri = 0.5 * (tri + tri.transpose(1, 2))
+    q = q.transpose(1, 2)  # (B, k, d), rows orthonormal
+    u, hu = omega[fit], y[fit]
+    mapped = torch.bmm(torch.bmm(torch.bmm(u[:, None], q.transpose(1, 2)), tri), q)[:, 0]
+    small = _INVARIANT * torch.finfo(g.dtype).eps * tri.abs().amax((1, 2)) * u.norm(dim=1)
+    passed = torch.linalg.vector_norm(hu - mapped, dim=1) <= small
+    top = torch.linalg.eigvalsh(tri)[:, -1].clamp_min(0)
+    hvps = torch.full((batch,), fit + 1, dtype=torch.long, device=g.device)
+    krylov = _Krylov(g, q, tri)
+    if bool(passed.all()):
+        return Lanczos(top, hvps, krylov)
+    pick, rest = passed.nonzero()[:, 0], (~passed).nonzero()[:, 0]
+    none = not bool(passed.any())
+    more = lanczos(_Unhinted(quad if none else quad.subset(rest)), certify=True)
+    solve = more.quadratic.inner if isinstance(more.quadratic, _Unhinted) else more.quadratic
+    top = top.index_copy(0, rest, more.top)
+    hvps = hvps.index_add(0, rest, more.hvps)
+    return Lanczos(top, hvps, solve if none else _Split(g, passed, krylov.subset(pick), solve))
+
+
+class _Unhinted(Quadratic):
+    """A quadratic without its rank hint: Lanczos, not the range finder."""
+
+    def __init__(self, inner: Quadratic) -> None:
+        super().__init__(inner.g)
+        self.inner = inner
+
+    def hvp(self, v: Tensor) -> Tensor:
+        return self.inner.hvp(v)
+
+    def subset(self, index: Tensor) -> Quadratic:
+        return self.inner.subset(index)
+
+    @property
+    def subset_seconds(self) -> float:
+        return self.inner.subset_seconds
 
 
 def _certified(quad: Quadratic, out: Dict[str, Tensor]) -> Quadratic:
-    """``quad`` with its certified rows' products taken from ``Q T Q^T``."""
+    """``quad`` with its certified rows' products taken from ``Q T Q^T`` (Lanczos' basis)."""
     certified = out["certified"]
     pick = certified.nonzero()[:, 0]
     sizes = out["hvps"].index_select(0, pick)

@@ -251,22 +251,41 @@ def test_a_false_invariant_subspace_fails_the_check() -> None:
     # Invariant after 3 (the two distinct eigenvalues and the null space), the check fails.
     assert eig.hvps.tolist() == [4] and isinstance(eig.quadratic, DenseQuadratic)
     torch.testing.assert_close(eig.top, torch.tensor([2.0], dtype=D64), rtol=1e-12, atol=0)
-    # Allowed to go on (rank hint 3), the basis grows from the check direction and finds
-    # the missing eigenvector; the next check passes and the products are exact.
+    # The range finder (rank hint 3: three random directions) sees both eigenvectors.
     hinted = lanczos(_Hinted(g, h, 3), certify=True)
-    assert not isinstance(hinted.quadratic, DenseQuadratic) and int(hinted.hvps[0]) > 4
+    assert not isinstance(hinted.quadratic, DenseQuadratic) and hinted.hvps.tolist() == [6]
     v = torch.randn(1, 30, generator=gen, dtype=D64)
     torch.testing.assert_close(hinted.quadratic.hvp(v)[0], h[0] @ v[0], rtol=0, atol=1e-12)
 
 
-def test_rank_hint_goes_on_to_certify_where_the_top_converged_first() -> None:
+def test_rank_hint_finds_the_range_in_one_batched_product() -> None:
     quad = _low_rank(4, 4)
     plain = lanczos(quad, certify=True)
-    assert isinstance(plain.quadratic, DenseQuadratic)  # stopped once the top converged
+    assert isinstance(plain.quadratic, DenseQuadratic)  # Lanczos stopped once the top converged
+    calls: List[int] = []
+
+    class _Batched(_Hinted):
+        def hvp_many(self, vs: Tensor) -> Tensor:
+            calls.append(vs.shape[0])
+            return super().hvp_many(vs)
+
+        def hvp(self, v: Tensor) -> Tensor:
+            raise AssertionError("the range finder makes batched products only")
+
+    hinted = lanczos(_Batched(quad.g, quad.hessian, 4), certify=True)
+    assert calls == [7] and hinted.hvps.tolist() == [7] * 4  # 4 for Q, 2 more to fit T, 1 held out
+    torch.testing.assert_close(hinted.top, torch.linalg.eigvalsh(quad.hessian)[:, -1], rtol=1e-10, atol=0)
+    free, _ = _solve_both(hinted.quadratic, quad, hinted.top)
+    assert free.hvps.tolist() == [0] * 4
+
+
+def test_a_rank_hint_too_small_falls_back_to_lanczos() -> None:
+    quad = _problems(batch=4, d=80)  # full rank
+    plain = lanczos(quad, certify=True)
     hinted = lanczos(_Hinted(quad.g, quad.hessian, 4), certify=True)
-    assert not isinstance(hinted.quadratic, DenseQuadratic)
-    assert bool((hinted.hvps <= 4 + 3).all()) and bool((hinted.hvps > plain.hvps).all())
-    torch.testing.assert_close(hinted.top, plain.top, rtol=1e-9, atol=0)
+    assert isinstance(hinted.quadratic, DenseQuadratic)  # the check failed for every example
+    assert torch.equal(hinted.hvps, plain.hvps + 7)
+    torch.testing.assert_close(hinted.top, plain.top, rtol=1e-12, atol=0)
 
 
 def test_mixed_batches_certify_row_by_row_and_count_model_rows_only() -> None:
@@ -282,3 +301,16 @@ def test_mixed_batches_certify_row_by_row_and_count_model_rows_only() -> None:
     torch.testing.assert_close(eig.quadratic.hvp(v), quad.hvp(v), rtol=0, atol=1e-11)
     sol, dense = _solve_both(eig.quadratic, quad, eig.top)
     assert sol.hvps[0::2].tolist() == [0, 0, 0] and torch.equal(sol.hvps[1::2], dense.hvps[1::2])
+
+
+@pytest.mark.parametrize("hint", [None, 3])
+def test_nan_products_raise_naming_the_model(hint: Optional[int]) -> None:
+    quad = _low_rank(2, 3)
+    h = quad.hessian.clone()
+    h[1, 4, 7] = float("nan")
+    bad = DenseQuadratic(quad.g, h) if hint is None else _Hinted(quad.g, h, hint)
+    with pytest.raises(ValueError, match="forward_func: the Hessian-vector product"):
+        lanczos(bad, certify=True)
+    lam = torch.full((2,), 0.1, dtype=D64)
+    with pytest.raises(ValueError, match="forward_func: the Hessian-vector product"):
+        fista(DenseQuadratic(quad.g, h), lam, lam, lam + 1.0, 1e-8, 100)

@@ -418,11 +418,16 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
         top, hvps, _ = lanczos(_Joint(quad))
         batch = quad.g.shape[0]
         return Lanczos(top.expand(batch).clone(), hvps.expand(batch).clone(), quad)
+    hint = quad.rank_hint if certify else None
+    if hint is not None and hint + 3 <= _RANGE_MAX and hint + 3 < min(quad.g.shape[1], _EIG_MAX_ITER):
+        return _by_range(quad, hint)
+    return _krylov(quad, certify)
+
+
+def _krylov(quad: Quadratic, certify: bool) -> Lanczos:
+    """The Lanczos iteration of :func:`lanczos` on a separable batch."""
     g = quad.g
     batch, d = g.shape
-    hint = quad.rank_hint if certify else None
-    if hint is not None and hint + 3 <= _RANGE_MAX and hint + 3 < min(d, _EIG_MAX_ITER):
-        return _by_range(quad, hint)
     finfo = torch.finfo(g.dtype)
     steps = min(d, _EIG_MAX_ITER)
     # The basis and the tridiagonal matrix live in buffers that double when full.
@@ -541,29 +546,12 @@ def _by_range(quad: Quadratic, k: int) -> Lanczos:
         return Lanczos(top, hvps, krylov)
     pick, rest = passed.nonzero()[:, 0], (~passed).nonzero()[:, 0]
     none = not bool(passed.any())
-    more = lanczos(_Unhinted(quad if none else quad.subset(rest)), certify=True)
-    solve = more.quadratic.inner if isinstance(more.quadratic, _Unhinted) else more.quadratic
+    more = _krylov(quad if none else quad.subset(rest), certify=True)
     top = top.index_copy(0, rest, more.top)
     hvps = hvps.index_add(0, rest, more.hvps)
-    return Lanczos(top, hvps, solve if none else _Split(g, passed, krylov.subset(pick), solve))
-
-
-class _Unhinted(Quadratic):
-    """A quadratic without its rank hint: Lanczos, not the range finder."""
-
-    def __init__(self, inner: Quadratic) -> None:
-        super().__init__(inner.g)
-        self.inner = inner
-
-    def hvp(self, v: Tensor) -> Tensor:
-        return self.inner.hvp(v)
-
-    def subset(self, index: Tensor) -> Quadratic:
-        return self.inner.subset(index)
-
-    @property
-    def subset_seconds(self) -> float:
-        return self.inner.subset_seconds
+    return Lanczos(
+        top, hvps, more.quadratic if none else _Split(g, passed, krylov.subset(pick), more.quadratic)
+    )
 
 
 def _certified(quad: Quadratic, out: Dict[str, Tensor]) -> Quadratic:

@@ -183,7 +183,8 @@ class _AutogradQuadratic(Quadratic):
 
     @property
     def rank_hint(self) -> Optional[int]:
-        # A loss of C outputs of a piecewise-linear model: H = J^T (d2 loss / d out2) J, rank <= C.
+        # A loss of C outputs of a piecewise-linear model: H = J^T (d2 loss / d out2) J, rank <= C
+        # (C - 1 for the cross-entropy; C keeps a direction to spare for its tiny eigenvalues).
         return None if self.model.mixes_examples else self.model.n_outputs
 
     def _product(self, v: Tensor) -> Tensor:

@@ -385,8 +385,8 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
     (with probability one) and ``H = Q T Q^T`` exactly: that example's later
     products are three small matrix products, no call of the model. Where
     :attr:`Quadratic.rank_hint` says the Hessians are often of a low rank
-    ``r`` (up to 61), the range of ``H`` is instead sought in one batched
-    product of ``r + 3`` fixed random directions (:meth:`Quadratic.hvp_many`):
+    ``r`` (with ``r + 3 <= min(d, 64)``), the range of ``H`` is instead sought in
+    one batched product of ``r + 3`` fixed random directions (:meth:`Quadratic.hvp_many`):
     ``Q`` an orthonormal basis of the products of the first ``r``, ``T`` fitted
     by least squares on ``r + 2`` of them, the last held out to check
     ``H = Q T Q^T``. That is about the products Lanczos needs, in one call
@@ -419,7 +419,7 @@ def lanczos(quad: Quadratic, certify: bool = False) -> Lanczos:
         batch = quad.g.shape[0]
         return Lanczos(top.expand(batch).clone(), hvps.expand(batch).clone(), quad)
     hint = quad.rank_hint if certify else None
-    if hint is not None and hint + 3 <= _RANGE_MAX and hint + 3 < min(quad.g.shape[1], _EIG_MAX_ITER):
+    if hint is not None and hint + 3 <= min(quad.g.shape[1], _RANGE_MAX):
         return _by_range(quad, hint)
     return _krylov(quad, certify)
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from typing import Dict, List
 
 import torch
+from _memory import peak_mib
 from _timing import interleaved
 from torch import Tensor, nn
 
@@ -109,7 +109,7 @@ def memory(which: str, batch: int, n: int, chunk: int) -> Dict[str, float]:
         _floor(net, _floor_points(net, ids, n, chunk))
     else:
         _run_grouped(net, ids, n, chunk)
-    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak": peak_mib()}
 
 
 def main() -> None:

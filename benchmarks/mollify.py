@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 import torch
+from _memory import peak_mib
 from _resnet import resnet18
 from _timing import interleaved
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
@@ -106,7 +107,7 @@ def _peak_child(draws: int, quick: bool) -> None:
     t0 = time.perf_counter()
     NoiseGrad(Saliency(net)).attribute(x, nt_samples=draws, stdevs=0.2, target=3, abs=False)
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    peak = peak_mib() - before
     print(json.dumps(dict(peak=peak, time=elapsed)))
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
+from _memory import peak_mib, reset_peak
 from _resnet import resnet18
 from _timing import interleaved
 from run import _table
@@ -45,32 +44,14 @@ def patch_mask(side: int, patch: int) -> Tensor:
     return grid[None].expand(3, side, side)
 
 
-def _peak_mib() -> float:
-    """Peak resident memory of this process since the last :func:`_reset_peak`, in MiB."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> None:
-    """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets ``VmHWM``); else a no-op."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def measured(fn: Callable[[], object], device: torch.device) -> Tuple[float, float, object]:
     """Seconds and process peak MiB (host memory) of one call of ``fn``, and its result."""
-    _reset_peak()
+    reset_peak()
     start = time.perf_counter()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start, _peak_mib(), out
+    return time.perf_counter() - start, peak_mib(), out
 
 
 def run(quick: bool, repeats: int, device: torch.device) -> List[Row]:

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -39,17 +38,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import torch
+from _memory import peak_mib
 from torch import Tensor, nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 Row = Dict[str, Any]
-
-
-def _rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cnn32() -> nn.Module:
@@ -154,7 +149,7 @@ def _inner_factors(variant: str, n: int, device: torch.device) -> Dict[str, floa
 
     net, x = _cnn32().to(device), torch.rand(1, 3, 32, 32, device=device)
     sh = SmoothHess(net)
-    base = _rss_mb()
+    base = peak_mib()
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(0)
     if variant == "factors":
@@ -163,7 +158,7 @@ def _inner_factors(variant: str, n: int, device: torch.device) -> Dict[str, floa
         )
     else:
         sh.attribute(x, target=3, stdevs=0.1, n_samples=n, generator=gen)
-    return dict(time=time.perf_counter() - t0, mem=_rss_mb() - base)
+    return dict(time=time.perf_counter() - t0, mem=peak_mib() - base)
 
 
 def case_softplus_exact(quick: bool, device: torch.device) -> List[Row]:
@@ -198,7 +193,7 @@ def _inner_exact(variant: str, d: int, device: torch.device) -> Dict[str, float]
         device
     )
     x = torch.rand(1, d, device=device)
-    base = _rss_mb()
+    base = peak_mib()
     t0 = time.perf_counter()
     if variant == "exact":
         exact_hessian(softplus_surrogate(net, beta=10.0), x, target=3, chunk_size=256)
@@ -206,7 +201,7 @@ def _inner_exact(variant: str, d: int, device: torch.device) -> Dict[str, float]
         SmoothHess(net).attribute(
             x, target=3, stdevs=0.1, n_samples=1024, generator=torch.Generator(device=device).manual_seed(0)
         )
-    return dict(time=time.perf_counter() - t0, mem=_rss_mb() - base)
+    return dict(time=time.perf_counter() - t0, mem=peak_mib() - base)
 
 
 def case_mollify(quick: bool, device: torch.device) -> List[Row]:
@@ -271,7 +266,7 @@ def case_image_groups(quick: bool, device: torch.device) -> List[Row]:
         torch.arange(p * p, device=device).reshape(p, p).repeat_interleave(16, 0).repeat_interleave(16, 1)
     )
     mask = patches[None].expand(3, side, side)
-    base = _rss_mb()
+    base = peak_mib()
     t0 = time.perf_counter()
     out = SmoothHess(net).attribute(
         x,
@@ -291,7 +286,7 @@ def case_image_groups(quick: bool, device: torch.device) -> List[Row]:
             t_base=math.nan,
             t_ours=elapsed,
             ratio=math.nan,
-            mem=f"{_rss_mb() - base:.0f} (process peak {_rss_mb():.0f})",
+            mem=f"{peak_mib() - base:.0f} (process peak {peak_mib():.0f})",
             goal="< 3 GiB",
         )
     ]

@@ -276,7 +276,7 @@ class SmoothHess(GradientAttribution):
                 rotation-invariant kernels (Gaussian, Poisson) when the call
                 draws at least one full rotation (``d`` directions, with
                 ``d <= 5792``), else ``"iid"``: fewer directions than ``d``
-                gain little (1.05-1.5x) for the same QR cost per direction.
+                gain little (1.05-1.5x) for the same cost per direction.
                 Antithetic pairs apply on top of either.
             return_error: Append a
                 :class:`~captum_smoothhess.SmoothHessError` to the result:

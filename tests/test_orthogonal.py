@@ -9,7 +9,7 @@ import torch
 from helpers import OneHiddenReLU, gen, make_one_hidden
 
 from captum_smoothhess import Gaussian, Poisson, SmoothHess
-from captum_smoothhess._sampling import OrthogonalStream, orthogonal_block_length
+from captum_smoothhess._sampling import OrthogonalStream, _haar_columns, orthogonal_block_length
 from captum_smoothhess.kernels import Kernel
 
 EPS = 0.7
@@ -47,6 +47,48 @@ def test_blocks_are_orthogonal_per_example_and_independent_of_the_split() -> Non
             parts.append(stream.take(start, start + size))
             start += size
         assert torch.equal(torch.cat(parts, dim=1), whole), sizes
+
+
+def _qr_haar(gauss: torch.Tensor) -> torch.Tensor:
+    """The reference: Q of the QR of a Gaussian matrix, columns signed so that R has a positive diagonal."""
+    q, r = torch.linalg.qr(gauss)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
+
+
+def _ks2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    both = torch.cat([a, b]).sort().values
+    fa = torch.searchsorted(a.sort().values, both, right=True) / a.numel()
+    fb = torch.searchsorted(b.sort().values, both, right=True) / b.numel()
+    return float((fa - fb).abs().max())
+
+
+@pytest.mark.parametrize(("d", "m"), [(1, 1), (5, 5), (7, 3), (40, 40)])
+def test_haar_columns_are_orthonormal(d: int, m: int) -> None:
+    q = _haar_columns(torch.randn(3, d, m, generator=gen(0), dtype=torch.float64))
+    assert q.shape == (3, d, m)
+    torch.testing.assert_close(q.transpose(1, 2) @ q, torch.eye(m, dtype=torch.float64).expand(3, m, m))
+
+
+def test_haar_columns_have_the_law_of_a_gaussian_qr() -> None:
+    """Stewart's reflectors give the law of the QR factor: moments and two-sample KS against it."""
+    d, n = 4, 20000
+    q = _haar_columns(torch.randn(n, d, d, generator=gen(1), dtype=torch.float64))
+    ref = _qr_haar(torch.randn(n, d, d, generator=gen(2), dtype=torch.float64))
+    # Haar moments of O(d) (Weingarten): E q00^2 q11^2 = (d+1)/((d-1)d(d+2)), E q00 q01 q10 q11 = -1/(...).
+    c = (d - 1) * d * (d + 2)
+    for stat, exact in (
+        (q[:, 0, 0] ** 2 * q[:, 1, 1] ** 2, (d + 1) / c),
+        (q[:, 0, 0] * q[:, 0, 1] * q[:, 1, 0] * q[:, 1, 1], -1 / c),
+        (torch.diagonal(q, dim1=1, dim2=2).sum(1) ** 2, 1.0),
+    ):
+        assert abs(float(stat.mean()) - exact) < 5 * float(stat.std()) / math.sqrt(n)
+    bound = 1.95 * math.sqrt(2 / n)  # the 0.1% critical value
+    for f in (lambda a: torch.diagonal(a, dim1=1, dim2=2).sum(1), lambda a: a[:, 2, 1], lambda a: a[:, 0, 3]):
+        assert _ks2(f(q), f(ref)) < bound
+    # A law that is not Haar is caught: the same factor without its sign fix (R with signs of LAPACK's).
+    raw, _ = torch.linalg.qr(torch.randn(n, d, d, generator=gen(3), dtype=torch.float64))
+    assert _ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
 
 
 def test_block_length_bounds_memory_at_image_size() -> None:
@@ -99,12 +141,14 @@ def test_product_kernels_refuse_orthogonal() -> None:
 )
 def test_default_is_orthogonal_once_a_full_rotation_is_drawn(dim: int, n: int, expected: str) -> None:
     """``d`` antithetic pairs (2 d calls) hold a full rotation: the default is orthogonal from there."""
-    net = torch.nn.Sequential(torch.nn.Linear(dim, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1))
+    torch.manual_seed(0)  # a fixed net: with few calls, a net whose units all keep their sign gives H = 0
+    net = torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     x = torch.randn(2, dim, generator=gen(0))
-    default = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1))
-    chosen = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1), sampling=expected)
+    default = SmoothHess(net).attribute(x, stdevs=1.0, n_samples=n, generator=gen(1))
+    chosen = SmoothHess(net).attribute(x, stdevs=1.0, n_samples=n, generator=gen(1), sampling=expected)
     other = "iid" if expected == "orthogonal" else "orthogonal"
-    different = SmoothHess(net).attribute(x, stdevs=0.3, n_samples=n, generator=gen(1), sampling=other)
+    different = SmoothHess(net).attribute(x, stdevs=1.0, n_samples=n, generator=gen(1), sampling=other)
+    assert bool((default != 0).any())
     assert torch.equal(default, chosen) and not torch.equal(default, different)
 
 

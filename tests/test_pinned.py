@@ -9,7 +9,10 @@ iteration counts stayed the same, and the HVPs per example fell (e.g. 16, 34, 12
 the basis spans everything) so that FISTA's products no longer call the model: the
 solutions moved by at most 1.5e-12 relative, the iteration counts stayed the same, and
 the model HVPs fell again (7, 6, 6 -> 4, 4, 4; SmoothHess curvature 15, 9, 9 -> 5, 5, 5;
-sparsity 12, 9, 9 -> 4, 4, 4).
+sparsity 12, 9, 9 -> 4, 4, 4). The seven cases that sample orthogonal blocks were
+re-pinned when the blocks' rotations came to be built from Householder reflectors
+drawn directly (Stewart's method) instead of the QR of a Gaussian matrix: the same law
+(Haar), different draws for a seed.
 """
 
 from __future__ import annotations

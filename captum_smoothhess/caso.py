@@ -71,6 +71,8 @@ __all__ = ["CAFO", "CASO"]
 
 Curvature = Literal["autograd", "smoothhess"]
 _CURVATURES = ("autograd", "smoothhess")
+# Bytes of graph intermediates one batched Hessian-vector product call may hold (vectors x graph).
+_BATCHED_HVP_BYTES = 1 << 30
 
 
 def _default_loss(outputs: Tensor, target: Tensor) -> Tensor:
@@ -165,9 +167,16 @@ class _AutogradQuadratic(Quadratic):
         self.model, self.target, self.afa = model, target, afa
         start = time.perf_counter()
         self.x = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        saved = [0]
+
+        def pack(t: Tensor) -> Tensor:  # the bytes the graph keeps: the memory of one product
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             losses = model.losses(self.x, target, afa)
             (grad,) = torch.autograd.grad(losses.sum(), self.x, create_graph=True, allow_unused=True)
+        self._graph_bytes = saved[0]
         g = torch.zeros_like(self.x) if grad is None else grad
         if not bool(torch.isfinite(g).all()):
             raise ValueError("forward_func: the gradient of the loss is NaN or Inf at these inputs")
@@ -198,14 +207,20 @@ class _AutogradQuadratic(Quadratic):
     def hvp_many(self, vs: Tensor) -> Tensor:
         if self._graph is None or self.model.mixes_examples:
             return super().hvp_many(vs)
-        try:  # one backward pass with a batch of gradient outputs (vmapped)
-            with torch.enable_grad():
-                (hv,) = torch.autograd.grad(
-                    self._graph, self.x, grad_outputs=vs, retain_graph=True, is_grads_batched=True
-                )
-        except RuntimeError:  # an operation without a batching rule: one product at a time
-            return super().hvp_many(vs)
-        return hv
+        # A vmapped backward holds about one graph's worth of intermediates per vector: as many
+        # vectors at once as fit _BATCHED_HVP_BYTES (all of them for small models).
+        per_call = max(1, _BATCHED_HVP_BYTES // max(1, self._graph_bytes))
+        out: List[Tensor] = []
+        for part in vs.split(per_call):
+            try:  # one backward pass with a batch of gradient outputs (vmapped)
+                with torch.enable_grad():
+                    (hv,) = torch.autograd.grad(
+                        self._graph, self.x, grad_outputs=part, retain_graph=True, is_grads_batched=True
+                    )
+            except RuntimeError:  # an operation without a batching rule: one product at a time
+                return torch.cat([*out, super().hvp_many(vs[len(out) * per_call :])])
+            out.append(hv)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def hvp(self, v: Tensor) -> Tensor:
         if self._graph is None:

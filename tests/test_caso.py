@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as copy_module
 import warnings
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 import torch
@@ -615,3 +615,40 @@ def test_batched_products_fall_back_to_one_at_a_time(monkeypatch: pytest.MonkeyP
     assert sum(calls) == 1 and len(calls) > 8
     torch.testing.assert_close(looped, delta, rtol=0, atol=1e-12)
     assert torch.equal(looped_info["hvps"], info["hvps"])
+
+
+def test_batched_products_are_split_to_a_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The range finder's C + 3 products run in as many vmapped calls as the graph's size asks for
+    (``_BATCHED_HVP_BYTES``), with the same result as one call."""
+    import captum_smoothhess.caso as caso_module
+
+    net = _mlp(40, 32, 5, nn.ReLU(), seed=3)
+    x = _inputs(6, 40, seed=4)
+    kw = {"target": 1, "lambda1": 0.01, "lambda2": 0.1, "tol": 1e-9, "return_info": True}
+    grad = torch.autograd.grad
+    sizes: List[int] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        if kwargs.get("is_grads_batched"):
+            sizes.append(int(kwargs["grad_outputs"].shape[0]))  # type: ignore[union-attr]
+        return grad(*args, **kwargs)  # type: ignore[arg-type]
+
+    quad_class = caso_module._AutogradQuadratic
+    hvp_many, graph_bytes = quad_class.hvp_many, []
+
+    def recording(self: object, vs: torch.Tensor) -> torch.Tensor:
+        graph_bytes.append(self._graph_bytes)  # type: ignore[attr-defined]
+        return hvp_many(self, vs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    monkeypatch.setattr(quad_class, "hvp_many", recording)
+    whole, info = CASO(net).attribute(x, **kw)
+    assert sizes == [8]  # C + 3 = 8 vectors in one call
+    # The graph keeps at least the first layer's inputs and weights (float64).
+    assert graph_bytes[0] >= (x.numel() + 40 * 32) * 8
+    sizes.clear()
+    monkeypatch.setattr(caso_module, "_BATCHED_HVP_BYTES", 3 * graph_bytes[0])
+    split, split_info = CASO(net).attribute(x, **kw)
+    assert sizes == [3, 3, 2]
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-12)
+    assert torch.equal(split_info["hvps"], info["hvps"])

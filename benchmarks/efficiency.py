@@ -10,8 +10,9 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    and with fewer pairs than one rotation holds (why the default is iid there).
 2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
    the calibration of ``return_error``: reported relative error over actual RMS error.
-3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling) over
-   the floor of a plain SmoothGrad, ``n`` batched gradient calls with their Gaussian noise drawn;
+3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, and the
+   default with its rotations by QR as before) over the floor of a plain SmoothGrad, ``n``
+   batched gradient calls with their Gaussian noise drawn;
    ratios are medians of per-round ratios (``_timing.interleaved``).
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
    ``m`` Householder reflectors drawn directly (Stewart's method: the same law, no
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from _timing import interleaved
 from smoothhess import mlp784
 
-from captum_smoothhess import SmoothHess
+from captum_smoothhess import SmoothHess, _sampling
 from captum_smoothhess._sampling import _haar_columns
 from captum_smoothhess.datasets import load_digits_tensors
 from captum_smoothhess.demo._training import _fit
@@ -187,7 +188,7 @@ def tolerance_table(quick: bool) -> None:
 def timing_table(quick: bool) -> None:
     n = 1568 if quick else 8192
     batch = min(1024, n)
-    repeats = 1 if quick else 5
+    repeats = 1 if quick else 9
     net = mlp784()
     x = torch.rand(1, 784, generator=_gen(1))
     sh = SmoothHess(net)
@@ -200,8 +201,10 @@ def timing_table(quick: bool) -> None:
             pts = (x + eps * torch.randn(rows, 784, generator=g)).requires_grad_()
             torch.autograd.grad(net(pts)[:, target].sum(), pts)
 
-    def run(sampling: Optional[str]) -> Callable[[], None]:
+    def run(sampling: Optional[str], qr: bool = False) -> Callable[[], None]:
         def f() -> None:
+            # qr=True: the orthogonalisation the sampler used before its reflectors (the same law).
+            _sampling._haar_columns = _qr_directions if qr else reflectors
             sh.attribute(
                 x,
                 target=target,
@@ -214,12 +217,16 @@ def timing_table(quick: bool) -> None:
 
         return f
 
-    t = interleaved([floor, run(None), run("iid")], repeats)
+    reflectors = _sampling._haar_columns
+    try:
+        t = interleaved([floor, run(None), run("iid"), run(None, qr=True)], repeats)
+    finally:
+        _sampling._haar_columns = reflectors
     print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|")
-    row = f"{n} | {t.best[0]:.3f} | {t.best[1]:.3f} | {t.ratio[1]:.3f}"
-    print(f"| dense SmoothHess, orthogonal (default) | {row} |")
-    print(f"| dense SmoothHess, iid | {n} | {t.best[0]:.3f} | {t.best[2]:.3f} | {t.ratio[2]:.3f} |")
+    names = ("orthogonal (default)", "iid", "orthogonal, rotations by QR (before)")
+    for i, name in enumerate(names, start=1):
+        print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
 
 
 def _fwht(v: Tensor) -> Tensor:

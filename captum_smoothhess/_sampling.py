@@ -234,12 +234,11 @@ class OrthogonalStream(NoiseStream):
     orthogonal matrix, made of Householder reflectors drawn from a generator
     seeded by ``(seed, k)`` (:func:`_haar_columns`); only the ``d x m``
     directions drawn are formed, never a ``d x d`` matrix unless ``m = d``.
-    Each direction
-    is scaled by the norm of an independent kernel sample (``chi_d`` for the
-    Gaussian; for the Poisson kernel ``|g| / |z|``), so every draw has exactly
-    the kernel's law and the estimator stays unbiased, while the directions of
-    one block, being orthogonal, cancel each other's error. Blocks are
-    independent; each example has its own rotations.
+    Each direction is scaled by the norm of an independent kernel sample
+    (``chi_d`` for the Gaussian; for the Poisson kernel ``|g| / |z|``), so
+    every draw has exactly the kernel's law and the estimator stays unbiased,
+    while the directions of one block, being orthogonal, cancel each other's
+    error. Blocks are independent; each example has its own rotations.
     """
 
     def _block_length(self) -> int:

@@ -33,6 +33,7 @@ import time
 import warnings
 from typing import Any, Dict, List, Optional
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _timing import interleaved
 from torch import nn

@@ -26,17 +26,14 @@ import argparse
 import functools
 import itertools
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
-from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 from _timing import interleaved
 from smoothhess import mlp784
+from torch import Tensor, nn
 
 from captum_smoothhess import SmoothHess, _sampling
 from captum_smoothhess._sampling import _haar_columns

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from typing import Dict, List
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _memory import peak_mib
 from _timing import interleaved

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import List, Tuple
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _memory import peak_mib
 from _resnet import resnet18

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from torch import Tensor, nn
 

@@ -23,6 +23,7 @@ import math
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _memory import peak_mib, reset_peak
 from _resnet import resnet18

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _memory import peak_mib
 from torch import Tensor, nn

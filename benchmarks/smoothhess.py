@@ -22,6 +22,7 @@ import itertools
 import math
 from typing import List, NamedTuple, Optional
 
+import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _timing import interleaved
 from torch import Tensor, nn

@@ -102,6 +102,7 @@ def test_reproduce_paper_quick_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyP
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+    monkeypatch.syspath_prepend(str(script.parent))  # as `python benchmarks/reproduce_paper.py` has it
     spec = importlib.util.spec_from_file_location("reproduce_paper", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

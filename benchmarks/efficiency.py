@@ -36,7 +36,6 @@ from smoothhess import mlp784
 from torch import Tensor, nn
 
 from captum_smoothhess import SmoothHess, _sampling
-from captum_smoothhess._sampling import _haar_columns
 from captum_smoothhess.datasets import load_digits_tensors
 from captum_smoothhess.demo._training import _fit
 
@@ -253,7 +252,7 @@ def orthogonalisation_table(quick: bool) -> None:
         gauss = torch.randn(1, d, m, generator=_gen(0))
         fns: List[Callable[[], object]] = [
             functools.partial(_qr_directions, gauss),
-            functools.partial(_haar_columns, gauss),
+            functools.partial(_sampling._haar_columns, gauss),
         ]
         t = interleaved(fns, 2 if d > 784 else 7)
         pad = 1 << (d - 1).bit_length()

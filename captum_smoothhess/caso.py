@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GradientAttribution
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from ._captum import (
     TargetType,
@@ -71,7 +72,7 @@ __all__ = ["CAFO", "CASO"]
 
 Curvature = Literal["autograd", "smoothhess"]
 _CURVATURES = ("autograd", "smoothhess")
-# Bytes of graph intermediates one batched Hessian-vector product call may hold (vectors x graph).
+# Bytes one batched Hessian-vector product call may hold (vectors x the forward's activations).
 _BATCHED_HVP_BYTES = 1 << 30
 
 
@@ -152,6 +153,28 @@ def _rows(args: Any, index: Tensor, batch: int) -> Any:
     )
 
 
+class _ActivationBytes(TorchFunctionMode):
+    """Counts the bytes of the new tensors in the graph that a forward pass under it creates.
+
+    A vmapped Hessian-vector product holds intermediates of about these sizes per vector. A
+    function mode only watches (it stacks with the user's modes and leaves saved-tensor hooks,
+    e.g. ``torch.autograd.graph.save_on_cpu``, to the user).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor) and t.requires_grad and t._base is None:  # views share storage
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
 class _AutogradQuadratic(Quadratic):
     """Exact gradient of the loss and its Hessian-vector products by double backprop.
 
@@ -167,16 +190,12 @@ class _AutogradQuadratic(Quadratic):
         self.model, self.target, self.afa = model, target, afa
         start = time.perf_counter()
         self.x = x.detach().clone().requires_grad_(True)
-        saved = [0]
-
-        def pack(t: Tensor) -> Tensor:  # the bytes the graph keeps: the memory of one product
-            saved[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            losses = model.losses(self.x, target, afa)
+        activations = _ActivationBytes()
+        with torch.enable_grad():
+            with activations:
+                losses = model.losses(self.x, target, afa)
             (grad,) = torch.autograd.grad(losses.sum(), self.x, create_graph=True, allow_unused=True)
-        self._graph_bytes = saved[0]
+        self._graph_bytes = activations.bytes
         g = torch.zeros_like(self.x) if grad is None else grad
         if not bool(torch.isfinite(g).all()):
             raise ValueError("forward_func: the gradient of the loss is NaN or Inf at these inputs")
@@ -207,8 +226,8 @@ class _AutogradQuadratic(Quadratic):
     def hvp_many(self, vs: Tensor) -> Tensor:
         if self._graph is None or self.model.mixes_examples:
             return super().hvp_many(vs)
-        # A vmapped backward holds about one graph's worth of intermediates per vector: as many
-        # vectors at once as fit _BATCHED_HVP_BYTES (all of them for small models).
+        # A vmapped backward holds about one forward's activations per vector: as many vectors
+        # at once as fit _BATCHED_HVP_BYTES (all of them for small models).
         per_call = max(1, _BATCHED_HVP_BYTES // max(1, self._graph_bytes))
         out: List[Tensor] = []
         for part in vs.split(per_call):

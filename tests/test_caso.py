@@ -644,11 +644,32 @@ def test_batched_products_are_split_to_a_memory_budget(monkeypatch: pytest.Monke
     monkeypatch.setattr(quad_class, "hvp_many", recording)
     whole, info = CASO(net).attribute(x, **kw)
     assert sizes == [8]  # C + 3 = 8 vectors in one call
-    # The graph keeps at least the first layer's inputs and weights (float64).
-    assert graph_bytes[0] >= (x.numel() + 40 * 32) * 8
+    # The forward's activations: at least the hidden layer's pre-activations and ReLU outputs (float64).
+    assert graph_bytes[0] >= 2 * 6 * 32 * 8
     sizes.clear()
     monkeypatch.setattr(caso_module, "_BATCHED_HVP_BYTES", 3 * graph_bytes[0])
     split, split_info = CASO(net).attribute(x, **kw)
     assert sizes == [3, 3, 2]
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-12)
     assert torch.equal(split_info["hvps"], info["hvps"])
+
+
+def test_the_users_saved_tensor_hooks_apply_inside_caso() -> None:
+    """CASO sets no saved-tensor hooks of its own: a user's (e.g. ``save_on_cpu``) still pack the
+    graph it builds, and it runs where such hooks are disabled."""
+    net = _mlp(40, 32, 5, nn.ReLU(), seed=3)
+    x = _inputs(6, 40, seed=4)
+    kw = {"target": 1, "lambda1": 0.01, "lambda2": 0.1, "tol": 1e-9}
+    plain = CASO(net).attribute(x, **kw)
+    packed = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        packed.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hooked = CASO(net).attribute(x, **kw)
+    assert packed
+    with torch.autograd.graph.disable_saved_tensors_hooks("no hooks here"):
+        disabled = CASO(net).attribute(x, **kw)
+    assert torch.equal(hooked, plain) and torch.equal(disabled, plain)

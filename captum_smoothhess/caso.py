@@ -195,7 +195,7 @@ class _AutogradQuadratic(Quadratic):
             with activations:
                 losses = model.losses(self.x, target, afa)
             (grad,) = torch.autograd.grad(losses.sum(), self.x, create_graph=True, allow_unused=True)
-        self._graph_bytes = activations.bytes
+        self._activation_bytes = activations.bytes
         g = torch.zeros_like(self.x) if grad is None else grad
         if not bool(torch.isfinite(g).all()):
             raise ValueError("forward_func: the gradient of the loss is NaN or Inf at these inputs")
@@ -228,7 +228,7 @@ class _AutogradQuadratic(Quadratic):
             return super().hvp_many(vs)
         # A vmapped backward holds about one forward's activations per vector: as many vectors
         # at once as fit _BATCHED_HVP_BYTES (all of them for small models).
-        per_call = max(1, _BATCHED_HVP_BYTES // max(1, self._graph_bytes))
+        per_call = max(1, _BATCHED_HVP_BYTES // max(1, self._activation_bytes))
         out: List[Tensor] = []
         for part in vs.split(per_call):
             try:  # one backward pass with a batch of gradient outputs (vmapped)

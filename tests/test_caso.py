@@ -618,7 +618,7 @@ def test_batched_products_fall_back_to_one_at_a_time(monkeypatch: pytest.MonkeyP
 
 
 def test_batched_products_are_split_to_a_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The range finder's C + 3 products run in as many vmapped calls as the graph's size asks for
+    """The range finder's C + 3 products run in as many vmapped calls as the forward's activations ask for
     (``_BATCHED_HVP_BYTES``), with the same result as one call."""
     import captum_smoothhess.caso as caso_module
 
@@ -634,10 +634,10 @@ def test_batched_products_are_split_to_a_memory_budget(monkeypatch: pytest.Monke
         return grad(*args, **kwargs)  # type: ignore[arg-type]
 
     quad_class = caso_module._AutogradQuadratic
-    hvp_many, graph_bytes = quad_class.hvp_many, []
+    hvp_many, activation_bytes = quad_class.hvp_many, []
 
     def recording(self: object, vs: torch.Tensor) -> torch.Tensor:
-        graph_bytes.append(self._graph_bytes)  # type: ignore[attr-defined]
+        activation_bytes.append(self._activation_bytes)  # type: ignore[attr-defined]
         return hvp_many(self, vs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
@@ -645,9 +645,9 @@ def test_batched_products_are_split_to_a_memory_budget(monkeypatch: pytest.Monke
     whole, info = CASO(net).attribute(x, **kw)
     assert sizes == [8]  # C + 3 = 8 vectors in one call
     # The forward's activations: at least the hidden layer's pre-activations and ReLU outputs (float64).
-    assert graph_bytes[0] >= 2 * 6 * 32 * 8
+    assert activation_bytes[0] >= 2 * 6 * 32 * 8
     sizes.clear()
-    monkeypatch.setattr(caso_module, "_BATCHED_HVP_BYTES", 3 * graph_bytes[0])
+    monkeypatch.setattr(caso_module, "_BATCHED_HVP_BYTES", 3 * activation_bytes[0])
     split, split_info = CASO(net).attribute(x, **kw)
     assert sizes == [3, 3, 2]
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-12)

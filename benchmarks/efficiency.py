@@ -7,11 +7,16 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    one-hidden-layer ReLU oracle (closed form; d = 10, 100, 784) and on the trained digits MLP
    (d = 64; reference from a large iid run). Antithetic pairs throughout. Then the ratio at
    d = 10 for nine oracles (hidden width x bandwidth): how much the gain depends on the function,
-   and with fewer pairs than one rotation holds (why the default is iid there).
+   and with fewer pairs than one rotation holds (why the default is iid there). Then what the
+   tilted radii of the Gaussian blocks add (``chi_{d+1}`` radii with importance weights, vs
+   ``chi_d``): the Hessian's variance ratio with each, and the smoothed gradient's error
+   variance, which the gradient weights keep near that of ``chi_d`` radii.
 2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
-   the calibration of ``return_error``: reported relative error over actual RMS error.
-3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, and the
-   default with its rotations by QR as before) over the floor of a plain SmoothGrad, ``n``
+   the calibration of ``return_error``: reported relative error over actual RMS error, and how
+   often ``+-2 stderr`` covers the closed form (per entry).
+3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, the
+   default with its rotations by QR as before, and with chi_d radii instead of the tilted ones)
+   over the floor of a plain SmoothGrad, ``n``
    batched gradient calls with their Gaussian noise drawn;
    ratios are medians of per-round ratios (``_timing.interleaved``).
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
@@ -27,7 +32,7 @@ import functools
 import itertools
 import math
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
@@ -66,9 +71,17 @@ def oracle(d: int, hidden: int, kernel: str, eps: float, batch: int) -> Tuple[nn
     return net, x, torch.einsum("bk,ki,kj->bij", a * dens, w, w)
 
 
+def oracle_gradient(net: Any, x: Tensor, eps: float) -> Tensor:
+    """The Gaussian-smoothed gradient of :func:`oracle`'s net: ``sum_k a_k Phi(m_k / (eps |w_k|)) w_k``."""
+    w, b, a = net[0].weight.detach(), net[0].bias.detach(), net[2].weight.detach()[0]
+    return (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+
+
 def digits_mlp() -> Tuple[nn.Module, Tensor]:
     data = load_digits_tensors(dtype=torch.float64)
-    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    with torch.random.fork_rng():  # the same net whichever tables ran before (nn.Linear draws globally)
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
     net = net.double()
     _fit(net, data.x_train, data.y_train, nn.functional.cross_entropy, 30, lr=1e-3, batch=128, seed=1)
     return net, data.x_test[:4]
@@ -146,19 +159,63 @@ def partial_table(quick: bool) -> None:
             print(f"| | {d} | {pairs} | {ratio:.2f} |")
 
 
+def _errors(
+    sh: Any, x: Tensor, refs: Tuple[Tensor, Tensor], eps: float, n: int, seeds: int, **kw: Any
+) -> Tensor:
+    """Mean squared relative errors (Hessian, smoothed gradient) over ``seeds`` runs."""
+    out = []
+    for s in range(seeds):
+        h, g = sh.attribute(x, stdevs=eps, n_samples=n, generator=_gen(s), return_gradient=True, **kw)
+        out.append(torch.stack([rel(h, refs[0]), rel(g, refs[1])]))
+    return torch.stack(out).square().mean(dim=(0, 2))
+
+
+def tilt_table(quick: bool) -> None:
+    """What the tilted radii add: error variances with chi_d radii and with the tilted ones (Gaussian)."""
+    print(
+        "\n| Gaussian | d | n (calls) | Hessian variance ratio to iid: chi_d radii | tilted (default) "
+        "| smoothed-gradient error variance, iid | chi_d radii | tilted |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    cases: List[Tuple[str, Any, Tensor, Any, int, int, Dict[str, Any]]] = []
+    for d in (10,) if quick else (10, 100):
+        net, x, ref = oracle(d, 2 * d, "gaussian", 0.5, 4)
+        seeds = (20 if quick else 200) if d == 10 else 40
+        cases.append(("ReLU oracle", net, x, (ref, oracle_gradient(net, x, 0.5)), 16 * d, seeds, {}))
+    net, x = digits_mlp()
+    ref_n = 40_000 if quick else 1_000_000
+    refs = SmoothHess(net).attribute(
+        x, target=0, stdevs=0.5, n_samples=ref_n, generator=_gen(999), return_gradient=True
+    )
+    cases.append((f"digits MLP (ref n={ref_n})", net, x, refs, 8 * 64, 5 if quick else 40, {"target": 0}))
+    floor = _sampling._TILT_MIN_DIM
+    for name, net, x, refs, n, seeds, kw in cases:
+        sh = SmoothHess(net)
+        iid = _errors(sh, x, refs, 0.5, n, seeds, sampling="iid", **kw)
+        tilted = _errors(sh, x, refs, 0.5, n, seeds, sampling="orthogonal", **kw)
+        try:
+            _sampling._TILT_MIN_DIM = 1 << 62
+            plain = _errors(sh, x, refs, 0.5, n, seeds, sampling="orthogonal", **kw)
+        finally:
+            _sampling._TILT_MIN_DIM = floor
+        hess = f"{float(iid[0] / plain[0]):.2f} | {float(iid[0] / tilted[0]):.2f}"
+        grad = f"{float(iid[1]):.3g} | {float(plain[1]):.3g} | {float(tilted[1]):.3g}"
+        print(f"| {name} | {x.shape[1]} | {n} | {hess} | {grad} |")
+
+
 def tolerance_table(quick: bool) -> None:
     print(
         "\n| model | kernel | d | sampling | tolerance | mean calls | actual err (RMS / max) "
-        "| reported / actual RMS |"
+        "| reported / actual RMS | +-2 stderr coverage |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for d, kernel in itertools.product([10] if quick else [10, 100], ("gaussian", "poisson")):
         seeds = 3 if quick else (10 if d == 10 else 5)
         eps = 0.5
         net, x, ref = oracle(d, 2 * d, kernel, eps, 4)
         sh: Any = SmoothHess(net, kernel=kernel)
         for sampling in ("iid", "orthogonal"):
-            calls, actual, rep, act = [], [], [], []
+            calls, actual, rep, act, cover = [], [], [], [], []
             for s in range(seeds):
                 h, err = sh.attribute(
                     x, stdevs=eps, n_samples=2000 * d, tolerance=0.05, sampling=sampling, generator=_gen(s)
@@ -170,6 +227,7 @@ def tolerance_table(quick: bool) -> None:
                 )
                 rep.append(err.relative**2)
                 act.append(rel(h, ref) ** 2)
+                cover.append(((h - ref).abs() <= 2 * err.stderr).double().mean())
             ratio = float((torch.stack(rep).mean() / torch.stack(act).mean()).sqrt())
             reached = torch.cat(actual)
             mean_calls, rms, worst = (
@@ -177,7 +235,8 @@ def tolerance_table(quick: bool) -> None:
                 float(reached.square().mean().sqrt()),
                 float(reached.max()),
             )
-            cells = f"{mean_calls:.0f} | {rms:.4f} / {worst:.4f} | {ratio:.2f}"
+            coverage = float(torch.stack(cover).mean())
+            cells = f"{mean_calls:.0f} | {rms:.4f} / {worst:.4f} | {ratio:.2f} | {coverage:.1%}"
             print(f"| ReLU oracle | {kernel} | {d} | {sampling} | 0.05 | {cells} |")
 
 
@@ -197,10 +256,12 @@ def timing_table(quick: bool) -> None:
             pts = (x + eps * torch.randn(rows, 784, generator=g)).requires_grad_()
             torch.autograd.grad(net(pts)[:, target].sum(), pts)
 
-    def run(sampling: Optional[str], qr: bool = False) -> Callable[[], None]:
+    def run(sampling: Optional[str], qr: bool = False, tilt: bool = True) -> Callable[[], None]:
         def f() -> None:
             # qr=True: the orthogonalisation the sampler used before its reflectors (the same law).
             _sampling._haar_columns = _qr_directions if qr else reflectors
+            # tilt=False: chi_d radii, no weights (what the tilted radii cost).
+            _sampling._TILT_MIN_DIM = floor_dim if tilt else 1 << 62
             sh.attribute(
                 x,
                 target=target,
@@ -213,14 +274,14 @@ def timing_table(quick: bool) -> None:
 
         return f
 
-    reflectors = _sampling._haar_columns
+    reflectors, floor_dim = _sampling._haar_columns, _sampling._TILT_MIN_DIM
     try:
-        t = interleaved([floor, run(None), run("iid"), run(None, qr=True)], repeats)
+        t = interleaved([floor, run(None), run("iid"), run(None, qr=True), run(None, tilt=False)], repeats)
     finally:
-        _sampling._haar_columns = reflectors
+        _sampling._haar_columns, _sampling._TILT_MIN_DIM = reflectors, floor_dim
     print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|")
-    names = ("orthogonal (default)", "iid", "orthogonal, rotations by QR (before)")
+    names = ("orthogonal (default)", "iid", "orthogonal, rotations by QR (before)", "orthogonal, chi_d radii")
     for i, name in enumerate(names, start=1):
         print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
 
@@ -302,12 +363,15 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
-        "--only", default="variance,oracles,partial,tolerance,timing,qr,tunnel", help="comma-separated tables"
+        "--only",
+        default="variance,tilt,oracles,partial,tolerance,timing,qr,tunnel",
+        help="comma-separated tables",
     )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     tables = {
         "variance": variance_table,
+        "tilt": tilt_table,
         "oracles": oracle_table,
         "partial": partial_table,
         "tolerance": tolerance_table,

@@ -145,7 +145,8 @@ def stein_estimate(
                 continue
             u = sampler.noise(start, stop)
             grads = evaluate(sampler.points(x, eps, u))
-            grad_sum += grads.sum(1)
+            weights = sampler.gradient_weights(start, stop)
+            grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
             reduction.add(*sampler.pairs(u, grads))
     else:
         bar = progress(total=-(-draws // tracking.group), desc=desc) if show_progress else None
@@ -185,13 +186,15 @@ def _evaluate_draws(
     active: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Draws ``start .. stop-1`` of the rows ``active`` (``x``, ``evaluate`` already cut to them):
-    their ``(scores, terms)`` pairs and, per draw, the sum of its gradient calls."""
+    their ``(scores, terms)`` pairs and, per draw, the (weighted) sum of its gradient calls."""
     u = sampler.noise(start, stop)
+    weights = sampler.gradient_weights(start, stop)
     if active is not None:
         u = u[active]
+        weights = None if weights is None else weights[active]
     grads = evaluate(sampler.points(x, eps, u))
     scores, terms = sampler.pairs(u, grads)
-    return scores, terms, grads.reshape(grads.shape[0], sampler.copies, stop - start, -1).sum(1)
+    return scores, terms, sampler.draw_gradients(grads, weights)
 
 
 def _stop(tracking: Tracking, reduction: Any, rows: Tensor, groups_done: int, bar: Any) -> Optional[Tensor]:

@@ -268,9 +268,12 @@ class SmoothHess(GradientAttribution):
             sampling: ``"orthogonal"``: the canonical noise comes in blocks
                 of ``d`` mutually orthogonal directions (a Haar-random
                 rotation per example and block) with independent radii, so
-                each sample keeps the kernel's exact law (the estimate stays
-                unbiased) and the error variance at equal ``n_samples`` is
-                several times smaller once there are at least ``d`` pairs.
+                the estimate stays unbiased and the error variance at equal
+                ``n_samples`` is several times smaller once there are at
+                least ``d`` pairs. The Gaussian's radii (from 5 features on)
+                are drawn from ``chi_{d+1}`` and importance-weighted back to
+                ``chi_d`` (so the Stein score has a constant length), the
+                Poisson kernel's from its own law.
                 ``"iid"`` (the only choice for the product kernels) is the
                 paper's estimator. ``None`` (default): ``"orthogonal"`` for the
                 rotation-invariant kernels (Gaussian, Poisson) when the call

@@ -12,7 +12,10 @@ the model HVPs fell again (7, 6, 6 -> 4, 4, 4; SmoothHess curvature 15, 9, 9 -> 
 sparsity 12, 9, 9 -> 4, 4, 4). The seven cases that sample orthogonal blocks were
 re-pinned when the blocks' rotations came to be built from Householder reflectors
 drawn directly (Stewart's method) instead of the QR of a Gaussian matrix: the same law
-(Haar), different draws for a seed.
+(Haar), different draws for a seed. Six of them again when SmoothHess's Gaussian
+orthogonal blocks (from d = 5) took their radii from chi_{d+1} with importance weights
+(the tilted radii of ``OrthogonalStream``): the same directions, other radii, and an
+estimate of the same mean; the Poisson case (untilted) kept its numbers.
 """
 
 from __future__ import annotations

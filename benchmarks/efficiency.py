@@ -5,9 +5,10 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
 1. Error variance (mean squared relative Frobenius error over seeds) at equal gradient calls,
    ``sampling="iid"`` vs the default ``"orthogonal"``, Gaussian and Poisson kernels, on the
    one-hidden-layer ReLU oracle (closed form; d = 10, 100, 784) and on the trained digits MLP
-   (d = 64; reference from a large iid run). Antithetic pairs throughout. Then the ratio at
-   d = 10 for nine oracles (hidden width x bandwidth): how much the gain depends on the function,
-   and with fewer pairs than one rotation holds (why the default is iid there). Then what the
+   (d = 64; reference from one 10^6-call run of the default sampling, another seed). Antithetic
+   pairs throughout. Then the ratio at d = 10 for nine oracles (hidden width x bandwidth): how
+   much the gain depends on the function, and with fewer pairs than one rotation holds (why the
+   default is iid there). Then what the
    tilted radii of the Gaussian blocks add (``chi_{d+1}`` radii with importance weights, vs
    ``chi_d``): the Hessian's variance ratio with each, and the smoothed gradient's error
    variance, which the gradient weights keep near that of ``chi_d`` radii.

@@ -672,10 +672,11 @@ def test_the_users_saved_tensor_hooks_apply_inside_caso() -> None:
     assert packed
     with torch.autograd.graph.disable_saved_tensors_hooks("no hooks here"):
         disabled = CASO(net).attribute(x, **kw)
-    # Not bit for bit: in a process that has first run some of the package's doctests (those of
-    # _evaluators, _hooks, _layout or visualization), two identical CASO calls differ by 1e-17 to
-    # 1e-16, while in a fresh process they are bitwise equal, so this failed in the full suite. The
-    # float64 products do not round alike across the process's history; a last-bit change could
-    # move FISTA's stop by an iteration, so the bound is the solver's tolerance (1e-9), with room.
+    # Not bit for bit: MKL's dynamic threading (MKL_DYNAMIC, on by default) may split the same
+    # float64 product over a different number of threads from one call to the next. After a float32
+    # product of 300 x 300, or some of the package's doctests, two identical CASO calls differed by
+    # 1e-17 to 1e-16 in some processes, never with MKL_DYNAMIC=FALSE or one thread, so this failed
+    # once in the full suite. A last-bit change could also move FISTA's stop by an iteration, so
+    # the bound is the solver's tolerance (1e-9), with room.
     torch.testing.assert_close(hooked, plain, rtol=0, atol=1e-8)
     torch.testing.assert_close(disabled, plain, rtol=0, atol=1e-8)

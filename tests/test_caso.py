@@ -675,7 +675,7 @@ def test_the_users_saved_tensor_hooks_apply_inside_caso() -> None:
     # Not bit for bit: MKL's dynamic threading (MKL_DYNAMIC, on by default) may split the same
     # float64 product over a different number of threads from one call to the next. After a float32
     # product of 300 x 300, or some of the package's doctests, two identical CASO calls differed by
-    # 1e-17 to 1e-16 in some processes, never with MKL_DYNAMIC=FALSE or one thread, so this failed
+    # 1e-17 to 1e-16 in some processes, not with MKL_DYNAMIC=FALSE or one thread, so this failed
     # once in the full suite. A last-bit change could also move FISTA's stop by an iteration, so
     # the bound is the solver's tolerance (1e-9), with room.
     torch.testing.assert_close(hooked, plain, rtol=0, atol=1e-8)

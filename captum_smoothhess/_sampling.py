@@ -118,8 +118,15 @@ class NoiseStream:
         fit = max(1, _BLOCK_ELEMENTS // max(1, self.batch * self.dim))
         return max(1, min(cap, 1 << (fit.bit_length() - 1)))
 
+    #: Whether the radii are tilted and the draws carry importance weights (:class:`OrthogonalStream`).
+    tilted: bool = False
+
     def _max_workers(self) -> int:
         return _MAX_WORKERS
+
+    def gradient_weights(self, start: int, stop: int) -> Optional[Tensor]:
+        """``(B, stop-start)`` weights of the gradients of draws ``start .. stop-1``; ``None``: all 1."""
+        return None
 
     def _draw(self, k: int) -> Tensor:
         gen = torch.Generator(device=self.device)
@@ -316,7 +323,7 @@ class OrthogonalStream(NoiseStream):
             del self._weights[k]
         return super().take(start, stop)
 
-    def gradient_weights(self, start: int, stop: int) -> Tensor:
+    def gradient_weights(self, start: int, stop: int) -> Optional[Tensor]:
         """Weights ``(B, stop-start)`` of the gradients of draws ``start .. stop-1`` (tilted radii).
 
         The importance weight ``w_i = c_d / |u_i|`` makes each weighted
@@ -328,8 +335,10 @@ class OrthogonalStream(NoiseStream):
         ``i``, so ``E[v_i g_i] = E[w_i g_i]`` (still unbiased), while the
         weights of a block sum to exactly ``m``. A function of the block only,
         so chunks and ranks see the same weights. Call after :meth:`take` of
-        the same draws (whose blocks it reads).
+        the same draws (whose blocks it reads). ``None`` (all 1) if not tilted.
         """
+        if not self.tilted:
+            return None
         first, last = start // self.block, (stop - 1) // self.block
         parts = []
         for k in range(first, last + 1):
@@ -456,7 +465,6 @@ class Sampler(ABC):
             self.stream = OrthogonalStream(kernel, batch, dim, seed, device, dtype, draws, tilted=tilted)
         else:
             self.stream = NoiseStream(kernel, batch, dim, seed, device, dtype, draws)
-        self._tilted = isinstance(self.stream, OrthogonalStream) and self.stream.tilted
 
     @property
     def independent_length(self) -> Optional[int]:
@@ -473,7 +481,7 @@ class Sampler(ABC):
         Tilted (:class:`OrthogonalStream`): ``w u = c_d u / |u|``, the
         direction at the mean radius of ``chi_d``.
         """
-        if not self._tilted:
+        if not self.stream.tilted:
             return self.kernel.score(u)
         wide = _wide(u)
         direction = wide / torch.linalg.vector_norm(wide, dim=-1, keepdim=True)
@@ -484,9 +492,6 @@ class Sampler(ABC):
 
         Call after :meth:`noise` of the same draws.
         """
-        if not self._tilted:
-            return None
-        assert isinstance(self.stream, OrthogonalStream)
         return self.stream.gradient_weights(start, stop)
 
     def draw_gradients(self, grads: Tensor, weights: Optional[Tensor]) -> Tensor:

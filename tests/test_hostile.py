@@ -5,6 +5,7 @@ Sections name the method(s) and the issue item; further methods add their own se
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import warnings
@@ -300,6 +301,26 @@ def test_poisson_score_does_not_overflow_in_float16() -> None:
     net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1)).half()
     h = SmoothHess(net, kernel="poisson").attribute(torch.randn(4, 10).half(), stdevs=0.3, n_samples=2000)
     assert h.dtype == torch.float16 and bool(torch.isfinite(h).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tilted_gaussian_blocks_in_half_precision(dtype: torch.dtype) -> None:
+    """The default (orthogonal, tilted radii at d = 10) in half precision: finite, and within 5% of
+    the float32 result for the same seed (measured 0.05% / 1.8% for float16 / bfloat16; another
+    seed's draws differ by about 20%)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(3, 10)
+    kw = {"stdevs": 0.5, "n_samples": 400, "return_gradient": True, "return_error": True}
+    ref_h, ref_g, _ = SmoothHess(net).attribute(x, generator=torch.Generator().manual_seed(1), **kw)
+    h, g, err = SmoothHess(copy.deepcopy(net).to(dtype)).attribute(
+        x.to(dtype), generator=torch.Generator().manual_seed(1), **kw
+    )
+    assert h.dtype == g.dtype == err.stderr.dtype == dtype
+    assert all(bool(torch.isfinite(t).all()) for t in (h, g, err.stderr, err.relative))
+    scale = float(ref_h.abs().max())
+    assert float((h.float() - ref_h).abs().max()) < 0.05 * scale
+    assert float((g.float() - ref_g).abs().max()) < 0.05 * float(ref_g.abs().max())
 
 
 # --------------------------------------------------------------------------- training mode

@@ -146,6 +146,7 @@ def stein_estimate(
             u = sampler.noise(start, stop)
             grads = evaluate(sampler.points(x, eps, u))
             weights = sampler.gradient_weights(start, stop)
+            # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
             grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
             reduction.add(*sampler.pairs(u, grads))
     else:

@@ -11,12 +11,15 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    default is iid there). Then what the
    tilted radii of the Gaussian blocks add (``chi_{d+1}`` radii with importance weights, vs
    ``chi_d``): the Hessian's variance ratio with each, and the smoothed gradient's error
-   variance, which the gradient weights keep near that of ``chi_d`` radii.
+   variance, which the gradient weights keep near that of ``chi_d`` radii. Then what sharing one
+   rotation over a group of 8 blocks costs (d = 256 and 784, from which SmoothHess shares): the
+   error variance with a Haar rotation per block and with the shared one.
 2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
    the calibration of ``return_error``: reported relative error over actual RMS error, and how
    often ``+-2 stderr`` covers the closed form (per entry).
 3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, the
-   default with its rotations by QR as before, and with chi_d radii instead of the tilted ones)
+   default with a Haar rotation per block as before its blocks shared rotations, with its
+   rotations by QR, and with chi_d radii instead of the tilted ones)
    over the floor of a plain SmoothGrad, ``n``
    batched gradient calls with their Gaussian noise drawn;
    ratios are medians of per-round ratios (``_timing.interleaved``).
@@ -204,6 +207,29 @@ def tilt_table(quick: bool) -> None:
         print(f"| {name} | {x.shape[1]} | {n} | {hess} | {grad} |")
 
 
+def share_table(quick: bool) -> None:
+    """What sharing a rotation over a group of blocks costs in error variance (Gaussian, d >= 256)."""
+    print(
+        "\n| Gaussian | d | n (calls) | blocks | Hessian variance, a rotation per block | shared "
+        "| ratio shared / per block | ratio to iid, shared |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    share_dim = _sampling._SHARE_MIN_DIM
+    for d, seeds in ((256, 8),) if quick else ((256, 60), (784, 16)):
+        net, x, ref = oracle(d, 2 * d, "gaussian", 0.5, 2)
+        sh = SmoothHess(net)
+        n = 2 * _sampling._SHARE_BLOCKS * d  # one whole group
+        shared = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
+        iid = mse(sh, x, ref, 0.5, n, "iid", seeds)
+        try:
+            _sampling._SHARE_MIN_DIM = 1 << 62
+            alone = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
+        finally:
+            _sampling._SHARE_MIN_DIM = share_dim
+        cells = f"{alone:.4g} | {shared:.4g} | {shared / alone:.3f} | {iid / shared:.2f}"
+        print(f"| ReLU oracle | {d} | {n} | {n // (2 * d)} | {cells} |")
+
+
 def tolerance_table(quick: bool) -> None:
     print(
         "\n| model | kernel | d | sampling | tolerance | mean calls | actual err (RMS / max) "
@@ -257,12 +283,16 @@ def timing_table(quick: bool) -> None:
             pts = (x + eps * torch.randn(rows, 784, generator=g)).requires_grad_()
             torch.autograd.grad(net(pts)[:, target].sum(), pts)
 
-    def run(sampling: Optional[str], qr: bool = False, tilt: bool = True) -> Callable[[], None]:
+    def run(
+        sampling: Optional[str], qr: bool = False, tilt: bool = True, share: bool = True
+    ) -> Callable[[], None]:
         def f() -> None:
             # qr=True: the orthogonalisation the sampler used before its reflectors (the same law).
             _sampling._haar_columns = _qr_directions if qr else reflectors
             # tilt=False: chi_d radii, no weights (what the tilted radii cost).
             _sampling._TILT_MIN_DIM = floor_dim if tilt else 1 << 62
+            # share=False: one Haar rotation per block, summed with explicit scores (what sharing saves).
+            _sampling._SHARE_MIN_DIM = share_dim if share else 1 << 62
             sh.attribute(
                 x,
                 target=target,
@@ -275,14 +305,33 @@ def timing_table(quick: bool) -> None:
 
         return f
 
-    reflectors, floor_dim = _sampling._haar_columns, _sampling._TILT_MIN_DIM
+    reflectors, floor_dim, share_dim = (
+        _sampling._haar_columns,
+        _sampling._TILT_MIN_DIM,
+        _sampling._SHARE_MIN_DIM,
+    )
+    contenders = [
+        floor,
+        run(None),
+        run("iid"),
+        run(None, share=False),
+        run(None, qr=True),
+        run(None, tilt=False),
+    ]
     try:
-        t = interleaved([floor, run(None), run("iid"), run(None, qr=True), run(None, tilt=False)], repeats)
+        t = interleaved(contenders, repeats)
     finally:
         _sampling._haar_columns, _sampling._TILT_MIN_DIM = reflectors, floor_dim
+        _sampling._SHARE_MIN_DIM = share_dim
     print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|")
-    names = ("orthogonal (default)", "iid", "orthogonal, rotations by QR (before)", "orthogonal, chi_d radii")
+    names = (
+        "orthogonal (default)",
+        "iid",
+        "orthogonal, a rotation per block (before)",
+        "orthogonal, rotations by QR",
+        "orthogonal, chi_d radii",
+    )
     for i, name in enumerate(names, start=1):
         print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
 
@@ -365,7 +414,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
         "--only",
-        default="variance,tilt,oracles,partial,tolerance,timing,qr,tunnel",
+        default="variance,tilt,share,oracles,partial,tolerance,timing,qr,tunnel",
         help="comma-separated tables",
     )
     args = parser.parse_args()
@@ -373,6 +422,7 @@ def main() -> None:
     tables = {
         "variance": variance_table,
         "tilt": tilt_table,
+        "share": share_table,
         "oracles": oracle_table,
         "partial": partial_table,
         "tolerance": tolerance_table,

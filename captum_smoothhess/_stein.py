@@ -36,7 +36,14 @@ from ._validation import _check_positive_int
 
 
 class Reduction(Protocol):
-    """What the core streams the ``(scores, terms)`` pairs of each chunk into."""
+    """What the core streams the ``(scores, terms)`` pairs of each chunk into.
+
+    Untracked, a reduction may instead take the draws themselves: with an
+    ``add_draws(start, stop, u, terms)`` method the core calls it in place of
+    :meth:`add` (no explicit scores are formed), and with a ``finish()``
+    method calls it after the last chunk, before any all-reduce
+    (:class:`~captum_smoothhess.factors._RotatedSums`).
+    """
 
     def add(self, scores: Tensor, terms: Tensor) -> None:
         """Add one chunk, both ``(B, c, d)``."""
@@ -140,6 +147,8 @@ def stein_estimate(
         world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     grad_sum = torch.zeros_like(x)
     if tracking is None:
+        # A reduction that takes the draws themselves (factors._RotatedSums) forms no explicit scores.
+        add_draws = getattr(reduction, "add_draws", None)
         for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
             if i % world != rank:
                 continue
@@ -148,7 +157,13 @@ def stein_estimate(
             weights = sampler.gradient_weights(start, stop)
             # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
             grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
-            reduction.add(*sampler.pairs(u, grads))
+            if add_draws is not None:
+                add_draws(start, stop, u, sampler.terms(grads))
+            else:
+                reduction.add(*sampler.pairs(u, grads))
+        finish = getattr(reduction, "finish", None)
+        if finish is not None:
+            finish()
     else:
         bar = progress(total=-(-draws // tracking.group), desc=desc) if show_progress else None
         try:

@@ -9,12 +9,14 @@ strongest pairs. :class:`_HessianSums` is the one routine that reduces
 ``(S, D)`` chunks to a dense or grouped matrix; the dense path of
 :class:`~captum_smoothhess.SmoothHess` streams its chunks through it, and
 :meth:`SmoothHessFactors.to_dense` replays the same chunks through it, so the
-two agree exactly.
+two agree exactly (to rounding where the orthogonal blocks share rotations, from
+256 features on: the dense path then sums in the rotations' coordinates,
+:class:`_RotatedSums`).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +24,7 @@ from torch import Tensor
 from ._errors import GroupStats, SmoothHessError, relative_error
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
 from ._pairs import top_pairs as _top_pairs
+from ._sampling import OrthogonalStream, Sampler, chi_mean
 from ._validation import _format_feature_mask
 
 __all__ = ["SmoothHessFactors", "TopPairs"]
@@ -121,6 +124,108 @@ class _HessianSums:
         """Per-entry standard errors of :meth:`result`, from the groups."""
         assert self.stats is not None
         return self.stats.variance().sqrt()
+
+
+class _RotatedSums:
+    """The dense sum of :class:`_HessianSums` for blocks that share rotations, formed in their coordinates.
+
+    Block ``k`` of group ``g`` has the scores ``s_j = a_j (M_k R_g)_j``
+    (:meth:`~captum_smoothhess._sampling.OrthogonalStream.rotation` and
+    ``mixer``; ``a_j`` from :meth:`~captum_smoothhess._sampling.Sampler.coefficients`),
+    so its part of ``sum_j s_j t_j^T`` is ``R_g^T M_k^T (a * T_k)``
+    (``T_k`` the block's terms, one row per draw). The
+    terms of a block are collected in a ``(B, d, d)`` buffer, mixed back by
+    ``M_k^T`` once the block is complete (``4 d^2 sqrt(d)`` flops), summed
+    over the group, and the group's sum rotated by ``R_g^T`` once: one
+    ``d x d x d`` product per group of blocks instead of one per block. The
+    same sum as :meth:`_HessianSums.add` of the explicit scores, up to
+    rounding. Untracked, unmasked and unweighted sums only; :meth:`finish`
+    adds what is still open (the last blocks, or the blocks of which this
+    rank saw a part). Memory: besides the result, the open group's sum and
+    the open block's rows, ``(B, d, d)`` each (and the stream's rotation).
+    """
+
+    def __init__(self, inner: _HessianSums, sampler: Sampler) -> None:
+        assert inner.stats is None and inner.mask is None and sampler.shares_rotations
+        stream = sampler.stream
+        assert isinstance(stream, OrthogonalStream) and stream.total is not None
+        self.inner = inner
+        self.sampler = sampler
+        self.stream = stream
+        self._draws = stream.total
+        # block -> [collected rows, rows so far, its mixer]; group -> [rotation, sum, blocks added]
+        self._blocks: Dict[int, List[Any]] = {}
+        self._groups: Dict[int, List[Any]] = {}
+
+    def _rows(self, k: int) -> int:
+        return min(self.stream.block, self._draws - k * self.stream.block)
+
+    def _blocks_in(self, group: int) -> int:
+        share = self.stream.share
+        return min(share, -(-self._draws // self.stream.block) - group * share)
+
+    def add_draws(self, start: int, stop: int, u: Tensor, terms: Tensor) -> None:
+        """Add the draws ``start .. stop-1``: their noise ``u`` and terms, both ``(B, c, d)``."""
+        length, share = self.stream.block, self.stream.share
+        # Tilted radii: every coefficient is c_d, applied to each group's sum instead.
+        rows = terms if self.stream.tilted else terms * self.sampler.coefficients(u)[..., None]
+        at = start
+        while at < stop:
+            k = at // length
+            end = min(stop, (k + 1) * length)
+            piece, offset = slice(at - start, end - start), at - k * length
+            group = k // share
+            rotation = self.stream.rotation(group)
+            if rotation is None:  # a group of one block: no shared rotation, explicit scores
+                self.inner.add(self.sampler.score(u[:, piece]), terms[:, piece])
+                at = end
+                continue
+            if group not in self._groups:
+                self._groups[group] = [rotation, torch.zeros_like(rotation), 0]
+            if k not in self._blocks:
+                first = k % share == 0  # the group's first block: M = I, its rows go straight into the sum
+                self._blocks[k] = [None if first else torch.zeros_like(rotation), 0, self.stream.mixer(k)]
+            entry = self._blocks[k]
+            into = self._groups[group][1] if entry[0] is None else entry[0]
+            into[:, offset : offset + end - at] += rows[:, piece]
+            entry[1] += end - at
+            if entry[1] == self._rows(k):
+                self._fold(k)
+            at = end
+
+    def _fold(self, k: int) -> None:
+        """Block ``k`` into its group's sum (closing the group once it holds all its blocks)."""
+        collected, _, mixer = self._blocks.pop(k)
+        group = k // self.stream.share
+        entry = self._groups[group]
+        if mixer is not None:
+            entry[1] += mixer.apply_transpose(collected)
+        entry[2] += 1
+        if entry[2] == self._blocks_in(group):
+            self._close(group)
+
+    def _close(self, group: int) -> None:
+        rotation, total, _ = self._groups.pop(group)
+        scale = chi_mean(self.stream.dim) if self.stream.tilted else 1.0
+        self.inner.total.baddbmm_(rotation.transpose(1, 2), total, alpha=scale)
+
+    def finish(self) -> None:
+        """Add the blocks and groups still open."""
+        for k in sorted(self._blocks):
+            collected, _, mixer = self._blocks.pop(k)
+            if mixer is not None:
+                self._groups[k // self.stream.share][1] += mixer.apply_transpose(collected)
+        for group in sorted(self._groups):
+            self._close(group)
+
+    def add(self, scores: Tensor, terms: Tensor) -> None:
+        self.inner.add(scores, terms)
+
+    def all_reduce(self, group: Any) -> None:
+        self.inner.all_reduce(group)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class _Weighted:

@@ -43,7 +43,7 @@ from ._validation import (
     _format_feature_mask,
     _format_stdevs,
 )
-from .factors import SmoothHessFactors, _HessianSums, _KeptFactors, _Weighted
+from .factors import SmoothHessFactors, _HessianSums, _KeptFactors, _RotatedSums, _Weighted
 from .kernels import Gaussian, Kernel, get_kernel
 
 __all__ = ["SmoothHess", "SmoothHessError"]
@@ -273,7 +273,11 @@ class SmoothHess(GradientAttribution):
                 least ``d`` pairs. The Gaussian's radii (from 5 features on)
                 are drawn from ``chi_{d+1}`` and importance-weighted back to
                 ``chi_d`` (so the Stein score has a constant length), the
-                Poisson kernel's from its own law.
+                Poisson kernel's from its own law. From 256 features on,
+                groups of 8 blocks share one rotation, each block mixed by a
+                cheap random orthogonal matrix of its own (still exactly
+                Haar; 0.7-1.5% more error variance on the ReLU oracle, for a
+                fraction of the cost of independent rotations).
                 ``"iid"`` (the only choice for the product kernels) is the
                 paper's estimator. ``None`` (default): ``"orthogonal"`` for the
                 rotation-invariant kernels (Gaussian, Poisson) when the call
@@ -287,14 +291,17 @@ class SmoothHess(GradientAttribution):
                 error and the gradient calls per example, and the smoothed
                 gradient's standard errors, from batch means over independent
                 blocks of the samples (no extra gradient call). The error is
-                calibrated when the draws fill at least 4 blocks of ``d``
-                (``n_samples >= 8 d`` with antithetic pairs); with fewer, the
-                blocks are split and the error, if orthogonal, is
-                conservative. With ``output="factors"``, use
+                calibrated when the draws fill at least 4 independent blocks
+                of ``d`` (``n_samples >= 8 d`` with antithetic pairs; from 256
+                features on, 4 groups of 8 blocks that share a rotation,
+                ``n_samples >= 64 d``); with fewer, the blocks are split and
+                the error, if orthogonal, is conservative (the directions of
+                a block cancel each other's error). With ``output="factors"``, use
                 :meth:`SmoothHessFactors.error` instead.
             tolerance: Draw blocks of samples until every example's estimated
                 relative Frobenius error is at most ``tolerance`` (after at
-                least 8 blocks), ``n_samples`` being the cap; an example that is
+                least 8 independent blocks, or groups of blocks sharing a
+                rotation), ``n_samples`` being the cap; an example that is
                 done leaves the batch and costs no more gradient calls. The
                 progress bar shows the current largest estimated error. Not
                 with ``output="factors"``. Across processes the ranks take
@@ -470,7 +477,16 @@ class SmoothHess(GradientAttribution):
             if output == "factors"
             else _HessianSums(batch, dim, inv_eps, mask, n_groups, copies)
         )
-        reduction = sums if weight is None else _Weighted(sums, weight)
+        reduction: Any = sums if weight is None else _Weighted(sums, weight)
+        if (
+            isinstance(sums, _HessianSums)
+            and weight is None
+            and mask is None
+            and not return_error
+            and sampler.shares_rotations
+            and x.dtype in (torch.float32, torch.float64)
+        ):
+            reduction = _RotatedSums(sums, sampler)
         tracking = None
         if return_error:
             independent = sampler.independent_length or dim

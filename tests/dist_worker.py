@@ -5,6 +5,8 @@ default process group (the ranks split the samples) and saves its result; rank
 0 also saves the single-process result for the same seed, computed after the
 process group is destroyed.
 
+Mode ``shared``: as the default mode, with orthogonal blocks that share rotations.
+
 Mode ``global``: each rank computes :func:`global_interactions` over the same
 batches (the ranks split the batches), and rank 0 saves the single-process
 result for the same seed the same way.
@@ -162,6 +164,38 @@ def main_tolerance(out: str) -> None:
         torch.save(run(7, 36), f"{out}/single_36.pt")
 
 
+def main_shared(out: str) -> None:
+    """Orthogonal blocks that share rotations (the threshold lowered to 2 features), Gaussian."""
+    from captum_smoothhess import _sampling
+
+    _sampling._SHARE_MIN_DIM = 2
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(2, 6)
+    sh = SmoothHess(net)
+
+    def run(seed: int) -> dict:
+        # 300 draws: groups of 48 draws (8 blocks of 6), chunks of 25 draws across ranks.
+        hess, grad = sh.attribute(
+            x,
+            target=1,
+            stdevs=0.5,
+            n_samples=600,
+            n_samples_batch_size=50,
+            generator=torch.Generator().manual_seed(seed),
+            return_gradient=True,
+        )
+        return {"hess": hess, "grad": grad}
+
+    torch.save(run(7 + rank), f"{out}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        torch.save(run(7), f"{out}/single.pt")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "global":
         main_global(sys.argv[1])
@@ -169,5 +203,7 @@ if __name__ == "__main__":
         main_error(sys.argv[1])
     elif len(sys.argv) > 2 and sys.argv[2] == "tolerance":
         main_tolerance(sys.argv[1])
+    elif len(sys.argv) > 2 and sys.argv[2] == "shared":
+        main_shared(sys.argv[1])
     else:
         main(sys.argv[1])

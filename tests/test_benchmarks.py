@@ -61,7 +61,13 @@ def test_layer_benchmark_quick() -> None:
 
 def test_efficiency_benchmark_quick() -> None:
     out = _run(
-        [str(BENCH / "efficiency.py"), "--quick", "--only", "variance,tilt,oracles,partial,tolerance,timing"]
+        [
+            str(BENCH / "efficiency.py"),
+            "--quick",
+            "--only",
+            "variance,tilt,share,oracles,partial,tolerance,timing",
+        ]
     )
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out
     assert "chi_d radii | tilted" in out and "+-2 stderr coverage" in out
+    assert "ratio shared / per block" in out and "a rotation per block (before)" in out

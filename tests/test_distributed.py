@@ -58,6 +58,18 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
 
 
 @needs_gloo
+def test_two_ranks_equal_one_process_with_shared_rotations(tmp_path: Path) -> None:
+    """Ranks see parts of blocks and groups: each forms what its part of the rotated sums holds."""
+    _launch(tmp_path, "shared")
+    single = torch.load(tmp_path / "single.pt")
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["hess"], single["hess"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["grad"], single["grad"], rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(single["hess"]) > 0
+
+
+@needs_gloo
 def test_global_interactions_two_ranks_equal_one_process(tmp_path: Path) -> None:
     _launch(tmp_path, "global")
     single = torch.load(tmp_path / "single.pt")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import OneHiddenReLU, gen, make_one_hidden
+from helpers import OneHiddenReLU, gen
 
 from captum_smoothhess import Gaussian, Poisson, SmoothHess, _sampling
 from captum_smoothhess._sampling import (
@@ -224,16 +224,6 @@ def test_default_is_iid_where_a_block_cannot_hold_a_full_rotation() -> None:
 # --------------------------------------------------------------------------- the estimate
 
 
-@pytest.fixture(scope="module")
-def relu10() -> OneHiddenReLU:
-    return make_one_hidden(10, 20, seed=0, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def x10() -> torch.Tensor:
-    return torch.randn(4, 10, generator=gen(1), dtype=torch.float64)
-
-
 def _errors(
     relu: OneHiddenReLU, x: torch.Tensor, kernel: str, sampling: str, n: int, seeds: int
 ) -> torch.Tensor:
@@ -264,12 +254,21 @@ def test_orthogonal_reduces_the_error_variance(
     assert mse["iid"] / mse["orthogonal"] > bound
 
 
-def test_tilted_gradient_is_unbiased(relu10: OneHiddenReLU, x10: torch.Tensor) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["own rotations", "shared rotations"])
+def test_tilted_gradient_is_unbiased(
+    relu10: OneHiddenReLU, x10: torch.Tensor, shared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 seeds against the closed form; shared: 80 calls, one group of 4 blocks sharing a rotation."""
+    if shared:
+        monkeypatch.setattr(_sampling, "_SHARE_MIN_DIM", 2)
     sh = SmoothHess(relu10.net)
     ref = relu10.gaussian_gradient(x10, EPS)
     err = torch.stack(
         [
-            sh.attribute(x10, stdevs=EPS, n_samples=40, generator=gen(s), return_gradient=True)[1] - ref
+            sh.attribute(
+                x10, stdevs=EPS, n_samples=80 if shared else 40, generator=gen(s), return_gradient=True
+            )[1]
+            - ref
             for s in range(200)
         ]
     )
@@ -313,15 +312,20 @@ def test_tilted_radii_reduce_the_hessian_error_and_keep_the_gradients(
     assert tilted[1] / plain[1] < 1.25
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own rotations", "shared rotations"])
 @pytest.mark.parametrize("kernel", ["gaussian", "poisson"])
 def test_same_seed_same_result_for_any_chunk_size(
-    relu10: OneHiddenReLU, x10: torch.Tensor, kernel: str
+    relu10: OneHiddenReLU, x10: torch.Tensor, kernel: str, shared: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Shared (threshold lowered): 70 draws of d = 10, one group of 7 blocks sharing a rotation."""
+    if shared:
+        monkeypatch.setattr(_sampling, "_SHARE_MIN_DIM", 2)
+    n = 140 if shared else 64
     sh = SmoothHess(relu10.net, kernel=kernel)
-    ref, gref = sh.attribute(x10, stdevs=EPS, n_samples=64, generator=gen(5), return_gradient=True)
-    for chunk in (2, 6, 20, 30):
+    ref, gref = sh.attribute(x10, stdevs=EPS, n_samples=n, generator=gen(5), return_gradient=True)
+    for chunk in (2, 6, 20, 30, 60):
         h, g = sh.attribute(
-            x10, stdevs=EPS, n_samples=64, generator=gen(5), return_gradient=True, n_samples_batch_size=chunk
+            x10, stdevs=EPS, n_samples=n, generator=gen(5), return_gradient=True, n_samples_batch_size=chunk
         )
         torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g, gref, rtol=1e-10, atol=1e-12)

@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import OneHiddenReLU, gen, make_one_hidden
+from helpers import OneHiddenReLU, gen
 from torch import Tensor, nn
 
 from captum_smoothhess import SmoothHess, SmoothHessError
 from captum_smoothhess._evaluators import GradientEvaluator
 
 EPS = 0.7
-
-
-@pytest.fixture(scope="module")
-def relu10() -> OneHiddenReLU:
-    return make_one_hidden(10, 20, seed=0, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def x10() -> Tensor:
-    return torch.randn(4, 10, generator=gen(1), dtype=torch.float64)
 
 
 def _rel(h: Tensor, ref: Tensor) -> Tensor:

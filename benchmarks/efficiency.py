@@ -310,7 +310,7 @@ def timing_table(quick: bool) -> None:
         _sampling._TILT_MIN_DIM,
         _sampling._SHARE_MIN_DIM,
     )
-    contenders = [
+    contenders: List[Callable[[], object]] = [
         floor,
         run(None),
         run("iid"),

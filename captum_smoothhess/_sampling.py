@@ -52,8 +52,9 @@ _TILT_MIN_DIM = 5
 # blocks per shared rotation. A Haar block costs (4/3) d^3 flops and its dense sum 2 d^3, a mixer and its
 # transpose 8 d^2 sqrt(d): at d = 784 the rotation and the sum of a block took about half as long as its
 # gradient calls (MLP 784-500-300-250-250-10). Sharing a rotation over 8 blocks raised the error variance
-# of the ReLU oracle (8 blocks, against independent ones) by 0.7% at d = 784 and 1.5% at d = 256 (1.1%
-# and 0.5% over 4 blocks), and 4.5% at d = 64, where sharing saves little.
+# of the ReLU oracle (8 blocks, against independent ones) by 0.5-0.7% at d = 784 and 1.5-1.8% at d = 256
+# (0.5% and 1.1% over 4 blocks; `benchmarks/efficiency.py --only share`), and 4.4% at d = 64, where sharing
+# saves little.
 _SHARE_MIN_DIM = 256
 _SHARE_BLOCKS = 8
 
@@ -263,7 +264,7 @@ class _Mixer:
     ``R`` (:class:`OrthogonalStream`) each keep the law of an independent block; what ``M`` must do is make
     the blocks of a group look unrelated to each other. On the ReLU oracle (d = 256 to 784; error
     variance over that of independent blocks) one such layer was not enough (+12-16%, groups of 4);
-    two cost 0.5-1.9% for groups of 4 and 0.7-1.5% for groups of 8, whether the diagonal blocks are
+    two cost 0.5-1.9% for groups of 4 and 0.5-1.8% for groups of 8, whether the diagonal blocks are
     independent or one repeated, against 3.6-4x for a permutation alone (the blocks of a group then
     have the same directions). One layer of about ``d^(1/3)`` larger blocks cost 1.7% at d = 784
     (two: 0.7%) and was slower to apply. Applying it costs ``4 d^2 sqrt(d)`` flops per ``d``

@@ -276,7 +276,7 @@ class SmoothHess(GradientAttribution):
                 Poisson kernel's from its own law. From 256 features on,
                 groups of 8 blocks share one rotation, each block mixed by a
                 cheap random orthogonal matrix of its own (still exactly
-                Haar; 0.7-1.5% more error variance on the ReLU oracle, for a
+                Haar; 0.5-1.8% more error variance on the ReLU oracle, for a
                 fraction of the cost of independent rotations).
                 ``"iid"`` (the only choice for the product kernels) is the
                 paper's estimator. ``None`` (default): ``"orthogonal"`` for the

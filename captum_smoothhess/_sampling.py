@@ -48,6 +48,11 @@ _ORTHOGONAL_ELEMENTS = 1 << 25
 # as d falls (variance 0.06 at d = 10, 0.13 at 5, 0.27 at 3, 0.57 at 2): on the ReLU oracle the smoothed
 # gradient's error variance is then 1.05x, 1.16x, 1.8x and 2.8x that with chi_d radii.
 _TILT_MIN_DIM = 5
+# Most features for them (exclusive). The tilt's gain falls as d grows while its cost per draw (the weights,
+# the weighted gradient sum) stays: on the ReLU oracle (n = 16 d) the Hessian's error variance was 1.3%
+# lower than with chi_d radii at d = 256 and 0.4% at d = 784, while on the d = 784 MLP the tilted default
+# took 2-9% longer (four interleaved runs of `benchmarks/efficiency.py --only timing`).
+_TILT_MAX_DIM = 256
 # Fewest features for SmoothHess's orthogonal blocks to share rotations (OrthogonalStream's ``share``), and
 # blocks per shared rotation. A Haar block costs (4/3) d^3 flops and its dense sum 2 d^3, a mixer and its
 # transpose 8 d^2 sqrt(d): at d = 784 the rotation and the sum of a block took about half as long as its
@@ -328,7 +333,7 @@ class OrthogonalStream(NoiseStream):
     error. Blocks are independent; each example has its own rotations.
 
     ``tilted=True`` (Gaussian only; what SmoothHess uses from
-    ``_TILT_MIN_DIM`` features on) draws the radii from ``chi_{d+1}``, the
+    ``_TILT_MIN_DIM`` features up to ``_TILT_MAX_DIM``) draws the radii from ``chi_{d+1}``, the
     ``chi_d`` law tilted by the score's radial factor ``|u|``, and each draw
     carries the importance weight ``w = c_d / |u|`` (``c_d = E chi_d``,
     :func:`chi_mean`), so weighted draws keep the Gaussian's law exactly.
@@ -573,7 +578,7 @@ class Sampler(ABC):
         draws: Number of draws that will be taken, if known.
         sampling: ``"iid"`` (a :class:`NoiseStream`) or ``"orthogonal"`` (an
             :class:`OrthogonalStream`, for rotation-invariant kernels; with
-            the Gaussian and at least ``_TILT_MIN_DIM`` features its radii
+            the Gaussian and ``_TILT_MIN_DIM <= d < _TILT_MAX_DIM`` its radii
             are tilted, and :meth:`score` / :meth:`gradient_weights` carry
             the importance weights; from ``_SHARE_MIN_DIM`` features on its
             blocks share rotations in groups of ``_SHARE_BLOCKS``).
@@ -596,7 +601,7 @@ class Sampler(ABC):
         self.kernel = kernel
         self.stream: NoiseStream
         if resolve_sampling(sampling, kernel) == "orthogonal":
-            tilted = isinstance(kernel, Gaussian) and dim >= _TILT_MIN_DIM
+            tilted = isinstance(kernel, Gaussian) and _TILT_MIN_DIM <= dim < _TILT_MAX_DIM
             share = _SHARE_BLOCKS if dim >= _SHARE_MIN_DIM else 1
             self.stream = OrthogonalStream(
                 kernel, batch, dim, seed, device, dtype, draws, tilted=tilted, share=share

@@ -270,7 +270,7 @@ class SmoothHess(GradientAttribution):
                 rotation per example and block) with independent radii, so
                 the estimate stays unbiased and the error variance at equal
                 ``n_samples`` is several times smaller once there are at
-                least ``d`` pairs. The Gaussian's radii (from 5 features on)
+                least ``d`` pairs. The Gaussian's radii (from 5 to 255 features)
                 are drawn from ``chi_{d+1}`` and importance-weighted back to
                 ``chi_d`` (so the Stein score has a constant length), the
                 Poisson kernel's from its own law. From 256 features on,

@@ -166,14 +166,15 @@ def test_gradient_weights_sum_to_each_block_and_do_not_depend_on_the_split() -> 
         assert torch.equal(torch.cat(parts, dim=1), v), sizes
 
 
-def test_tilted_radii_only_for_the_gaussian_from_tilt_min_dim_features() -> None:
+def test_tilted_radii_only_for_the_gaussian_from_tilt_min_dim_to_tilt_max_dim_features() -> None:
     def tilted(kernel: Kernel, dim: int, sampling: str = "orthogonal") -> bool:
         sampler = AntitheticSampler(kernel, 1, dim, 0, CPU, torch.float64, 4 * dim, sampling)
         return isinstance(sampler.stream, OrthogonalStream) and sampler.stream.tilted
 
-    assert _sampling._TILT_MIN_DIM == 5
-    assert tilted(Gaussian(), 5) and tilted(Gaussian(), 784)
-    assert not tilted(Gaussian(), 4) and not tilted(Poisson(), 10) and not tilted(Gaussian(), 10, "iid")
+    assert (_sampling._TILT_MIN_DIM, _sampling._TILT_MAX_DIM) == (5, 256)
+    assert tilted(Gaussian(), 5) and tilted(Gaussian(), 255)
+    assert not tilted(Gaussian(), 4) and not tilted(Gaussian(), 256) and not tilted(Gaussian(), 784)
+    assert not tilted(Poisson(), 10) and not tilted(Gaussian(), 10, "iid")
     with pytest.raises(ValueError, match="Gaussian"):
         OrthogonalStream(Poisson(), 1, 6, 0, CPU, torch.float64, 6, tilted=True)
 

@@ -126,13 +126,14 @@ def test_each_shared_draw_has_the_kernel_marginal(kernel: Kernel) -> None:
 # --------------------------------------------------------------------------- the estimate
 
 
-def test_rotated_sums_equal_the_explicit_sum() -> None:
-    """Any chunking, a partial last block, a group of one block, two examples."""
+@pytest.mark.parametrize("kernel", [Gaussian(), Poisson()], ids=repr)
+def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel) -> None:
+    """Any chunking, a partial last block, a group of one block, two examples; chi_d / Poisson radii."""
     d = 6
     for draws in (6 * 9 + 2, 6 * 8 + 3, 6 * 4, 6 * 5):
         grads = torch.randn(2, 2 * draws, d, generator=gen(draws), dtype=torch.float64)
-        sampler = AntitheticSampler(Gaussian(), 2, d, 9, CPU, torch.float64, draws, "orthogonal")
-        sampler.stream = _stream(Gaussian(), d, draws)
+        sampler = AntitheticSampler(kernel, 2, d, 9, CPU, torch.float64, draws, "orthogonal")
+        sampler.stream = _stream(kernel, d, draws)
         explicit = _HessianSums(2, d, torch.ones(2, d, dtype=torch.float64), None, 0)
         u = sampler.noise(0, draws)
         explicit.add(*sampler.pairs(u, grads))

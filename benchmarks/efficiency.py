@@ -37,6 +37,7 @@ import itertools
 import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
@@ -192,16 +193,12 @@ def tilt_table(quick: bool) -> None:
         x, target=0, stdevs=0.5, n_samples=ref_n, generator=_gen(999), return_gradient=True
     )
     cases.append((f"digits MLP (ref n={ref_n})", net, x, refs, 8 * 64, 5 if quick else 40, {"target": 0}))
-    floor = _sampling._TILT_MIN_DIM
     for name, net, x, refs, n, seeds, kw in cases:
         sh = SmoothHess(net)
         iid = _errors(sh, x, refs, 0.5, n, seeds, sampling="iid", **kw)
         tilted = _errors(sh, x, refs, 0.5, n, seeds, sampling="orthogonal", **kw)
-        try:
-            _sampling._TILT_MIN_DIM = 1 << 62
+        with mock.patch.object(_sampling, "_TILT_MIN_DIM", 1 << 62):
             plain = _errors(sh, x, refs, 0.5, n, seeds, sampling="orthogonal", **kw)
-        finally:
-            _sampling._TILT_MIN_DIM = floor
         hess = f"{float(iid[0] / plain[0]):.2f} | {float(iid[0] / tilted[0]):.2f}"
         grad = f"{float(iid[1]):.3g} | {float(plain[1]):.3g} | {float(tilted[1]):.3g}"
         print(f"| {name} | {x.shape[1]} | {n} | {hess} | {grad} |")
@@ -214,18 +211,14 @@ def share_table(quick: bool) -> None:
         "| ratio shared / per block | ratio to iid, shared |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    share_dim = _sampling._SHARE_MIN_DIM
     for d, seeds in ((256, 8),) if quick else ((256, 60), (784, 16)):
         net, x, ref = oracle(d, 2 * d, "gaussian", 0.5, 2)
         sh = SmoothHess(net)
         n = 2 * _sampling._SHARE_BLOCKS * d  # one whole group
         shared = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
         iid = mse(sh, x, ref, 0.5, n, "iid", seeds)
-        try:
-            _sampling._SHARE_MIN_DIM = 1 << 62
+        with mock.patch.object(_sampling, "_SHARE_MIN_DIM", 1 << 62):
             alone = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
-        finally:
-            _sampling._SHARE_MIN_DIM = share_dim
         cells = f"{alone:.4g} | {shared:.4g} | {shared / alone:.3f} | {iid / shared:.2f}"
         print(f"| ReLU oracle | {d} | {n} | {n // (2 * d)} | {cells} |")
 

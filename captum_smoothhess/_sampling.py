@@ -398,9 +398,19 @@ class OrthogonalStream(NoiseStream):
         elements = self.batch * self.block * self.dim
         return 1 if elements < 1 << 16 else max(1, (4 * _BLOCK_ELEMENTS) // elements)
 
+    def block_draws(self, k: int) -> int:
+        """Draws of block ``k``: the block length, fewer for the last block of a known ``total``."""
+        return self.block if self.total is None else min(self.block, self.total - k * self.block)
+
+    def group_blocks(self, group: int) -> int:
+        """Blocks of ``group`` (``share``, fewer for the last group of a known ``total``)."""
+        if self._n_blocks is None:
+            return self.share
+        return min(self.share, self._n_blocks - group * self.share)
+
     def _shared(self, group: int) -> bool:
         """Whether ``group`` has more than one block (and so a whole rotation that its blocks share)."""
-        return self.share > 1 and (self._n_blocks is None or group * self.share + 1 < self._n_blocks)
+        return self.group_blocks(group) > 1
 
     def rotation(self, group: int) -> Optional[Tensor]:
         """The rotation ``R`` ``(B, d, d)`` (rows orthonormal) that the blocks of ``group`` share.
@@ -423,7 +433,7 @@ class OrthogonalStream(NoiseStream):
         return self._mixers.get(k)
 
     def _draw(self, k: int) -> Tensor:
-        m = self.block if self.total is None else min(self.block, self.total - k * self.block)
+        m = self.block_draws(k)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_mix(self.seed, k))
         b, d = self.batch, self.dim

@@ -16,6 +16,7 @@ two agree exactly (to rounding where the orthogonal blocks share rotations, from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 from ._errors import GroupStats, SmoothHessError, relative_error
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
 from ._pairs import top_pairs as _top_pairs
-from ._sampling import OrthogonalStream, Sampler, chi_mean
+from ._sampling import OrthogonalStream, Sampler, _Mixer, chi_mean
 from ._validation import _format_feature_mask
 
 __all__ = ["SmoothHessFactors", "TopPairs"]
@@ -145,6 +146,23 @@ class _RotatedSums:
     the open block's rows, ``(B, d, d)`` each (and the stream's rotation).
     """
 
+    @dataclass
+    class _Block:
+        """An open block: its collected rows (``None`` for a group's first block, whose rows go straight
+        into the group's sum), the rows so far, and its mixer."""
+
+        rows: Optional[Tensor]
+        mixer: Optional[_Mixer]
+        filled: int = 0
+
+    @dataclass
+    class _Group:
+        """An open group: its rotation, the sum of its blocks in the rotation's coordinates, blocks added."""
+
+        rotation: Tensor
+        total: Tensor
+        folded: int = 0
+
     def __init__(self, inner: _HessianSums, sampler: Sampler) -> None:
         assert inner.stats is None and inner.mask is None and sampler.shares_rotations
         stream = sampler.stream
@@ -152,17 +170,8 @@ class _RotatedSums:
         self.inner = inner
         self.sampler = sampler
         self.stream = stream
-        self._draws = stream.total
-        # block -> [collected rows, rows so far, its mixer]; group -> [rotation, sum, blocks added]
-        self._blocks: Dict[int, List[Any]] = {}
-        self._groups: Dict[int, List[Any]] = {}
-
-    def _rows(self, k: int) -> int:
-        return min(self.stream.block, self._draws - k * self.stream.block)
-
-    def _blocks_in(self, group: int) -> int:
-        share = self.stream.share
-        return min(share, -(-self._draws // self.stream.block) - group * share)
+        self._blocks: Dict[int, _RotatedSums._Block] = {}
+        self._groups: Dict[int, _RotatedSums._Group] = {}
 
     def add_draws(self, start: int, stop: int, u: Tensor, terms: Tensor) -> None:
         """Add the draws ``start .. stop-1``: their noise ``u`` and terms, both ``(B, c, d)``."""
@@ -181,40 +190,42 @@ class _RotatedSums:
                 at = end
                 continue
             if group not in self._groups:
-                self._groups[group] = [rotation, torch.zeros_like(rotation), 0]
+                self._groups[group] = self._Group(rotation, torch.zeros_like(rotation))
             if k not in self._blocks:
-                first = k % share == 0  # the group's first block: M = I, its rows go straight into the sum
-                self._blocks[k] = [None if first else torch.zeros_like(rotation), 0, self.stream.mixer(k)]
-            entry = self._blocks[k]
-            into = self._groups[group][1] if entry[0] is None else entry[0]
+                mixer = self.stream.mixer(k)  # None for the group's first block (M = I)
+                self._blocks[k] = self._Block(None if mixer is None else torch.zeros_like(rotation), mixer)
+            block = self._blocks[k]
+            into = self._groups[group].total if block.rows is None else block.rows
             into[:, offset : offset + end - at] += rows[:, piece]
-            entry[1] += end - at
-            if entry[1] == self._rows(k):
+            block.filled += end - at
+            if block.filled == self.stream.block_draws(k):
                 self._fold(k)
             at = end
 
     def _fold(self, k: int) -> None:
         """Block ``k`` into its group's sum (closing the group once it holds all its blocks)."""
-        collected, _, mixer = self._blocks.pop(k)
+        block = self._blocks.pop(k)
         group = k // self.stream.share
         entry = self._groups[group]
-        if mixer is not None:
-            entry[1] += mixer.apply_transpose(collected)
-        entry[2] += 1
-        if entry[2] == self._blocks_in(group):
+        if block.mixer is not None:
+            assert block.rows is not None
+            entry.total += block.mixer.apply_transpose(block.rows)
+        entry.folded += 1
+        if entry.folded == self.stream.group_blocks(group):
             self._close(group)
 
     def _close(self, group: int) -> None:
-        rotation, total, _ = self._groups.pop(group)
+        entry = self._groups.pop(group)
         scale = chi_mean(self.stream.dim) if self.stream.tilted else 1.0
-        self.inner.total.baddbmm_(rotation.transpose(1, 2), total, alpha=scale)
+        self.inner.total.baddbmm_(entry.rotation.transpose(1, 2), entry.total, alpha=scale)
 
     def finish(self) -> None:
-        """Add the blocks and groups still open."""
+        """Add the blocks and groups still open (the last ones, or those of which this rank saw a part)."""
         for k in sorted(self._blocks):
-            collected, _, mixer = self._blocks.pop(k)
-            if mixer is not None:
-                self._groups[k // self.stream.share][1] += mixer.apply_transpose(collected)
+            block = self._blocks.pop(k)
+            if block.mixer is not None:
+                assert block.rows is not None
+                self._groups[k // self.stream.share].total += block.mixer.apply_transpose(block.rows)
         for group in sorted(self._groups):
             self._close(group)
 

@@ -26,6 +26,7 @@ from captum_smoothhess import (
     NeuronSmoothHess,
     NoiseGrad,
     SmoothHess,
+    _sampling,
 )
 
 D_A, D_B, CLASSES = 3, 2, 3
@@ -170,6 +171,14 @@ SPECS: List[Spec] = [
     ),
     Spec("SmoothHess-tolerance", SmoothHess, _smoothhess_with(n_samples=400, tolerance=0.3), extras=1),
     Spec("SmoothHess-baselines", SmoothHess, _smoothhess_with(baselines=0.5)),
+    # Orthogonal blocks that share rotations and the dense sum in their coordinates (the threshold is
+    # lowered for this spec, see _shared_rotations): 40 draws of d = 5, one group of 8 blocks.
+    Spec("SmoothHess-shared", SmoothHess, _smoothhess_with(n_samples=80)),
+    Spec(
+        "SmoothHess-shared-poisson",
+        lambda net: SmoothHess(net, kernel="poisson"),
+        _smoothhess_with(n_samples=80),
+    ),
     Spec("KernelNoiseTunnel", lambda net: KernelNoiseTunnel(Saliency(net), kernel="sigmoid"), _tunnel),
     Spec(
         "KernelNoiseTunnel-orthogonal",
@@ -204,6 +213,15 @@ SPECS: List[Spec] = [
     ),
 ]
 IDS = [s.name for s in SPECS]
+
+
+@pytest.fixture(autouse=True)
+def _shared_rotations(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``-shared`` specs run with rotations shared from 2 features on (set before any thread starts)."""
+    callspec = getattr(request.node, "callspec", None)
+    spec = callspec.params.get("spec") if callspec is not None else None
+    if isinstance(spec, Spec) and "-shared" in spec.name:
+        monkeypatch.setattr(_sampling, "_SHARE_MIN_DIM", 2)
 
 
 def _inputs(batch: int = 3, requires_grad: bool = False) -> Tuple[Tensor, Tensor]:

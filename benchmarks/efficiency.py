@@ -19,10 +19,10 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    often ``+-2 stderr`` covers the closed form (per entry).
 3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, the
    default before its blocks shared rotations: a Haar rotation per block and tilted radii, the
-   default with its rotations by QR, and with the tilted radii that it keeps below 256 features)
-   over the floor of a plain SmoothGrad, ``n``
-   batched gradient calls with their Gaussian noise drawn;
-   ratios are medians of per-round ratios (``_timing.interleaved``).
+   default with its rotations by QR, with the tilted radii that it keeps below 256 features, and
+   with the two-layer mixers of the ``d`` that do not factor) over the floor of a plain
+   SmoothGrad, ``n`` batched gradient calls with their Gaussian noise drawn; 15 interleaved
+   rounds, ratios are medians of per-round ratios (``_timing.interleaved``).
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
    ``m`` Householder reflectors drawn directly (Stewart's method: the same law, no
    factorisation), and a structured random orthogonal transform (three rounds of random signs
@@ -32,6 +32,7 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import math
@@ -263,7 +264,7 @@ def tolerance_table(quick: bool) -> None:
 def timing_table(quick: bool) -> None:
     n = 1568 if quick else 8192
     batch = min(1024, n)
-    repeats = 1 if quick else 9
+    repeats = 1 if quick else 15
     net = mlp784()
     x = torch.rand(1, 784, generator=_gen(1))
     sh = SmoothHess(net)
@@ -277,33 +278,39 @@ def timing_table(quick: bool) -> None:
             torch.autograd.grad(net(pts)[:, target].sum(), pts)
 
     def run(
-        sampling: Optional[str], qr: bool = False, tilt: bool = False, share: bool = True
+        sampling: Optional[str],
+        qr: bool = False,
+        tilt: bool = False,
+        share: bool = True,
+        layered: bool = False,
     ) -> Callable[[], None]:
+        patches: List[Any] = []
+        if qr:  # the orthogonalisation the sampler used before its reflectors (the same law)
+            patches.append(mock.patch.object(_sampling, "_haar_columns", _qr_directions))
+        if tilt:  # tilted radii and their weights at d = 784 too (what they would cost)
+            patches.append(mock.patch.object(_sampling, "_TILT_MAX_DIM", 1 << 62))
+        if not share:  # a Haar rotation per block, explicit scores (with tilt: the default before sharing)
+            patches.append(mock.patch.object(_sampling, "_SHARE_MIN_DIM", 1 << 62))
+        if layered:  # the two-layer mixers, which any d can have (the Kronecker ones need d = s c)
+            layers = staticmethod(_sampling._LayeredMixer)
+            patches.append(mock.patch.object(_sampling._Mixer, "draw", layers))
+
         def f() -> None:
-            # qr=True: the orthogonalisation the sampler used before its reflectors (the same law).
-            _sampling._haar_columns = _qr_directions if qr else reflectors
-            # tilt=True: tilted radii and their weights at d = 784 too (what they would cost).
-            _sampling._TILT_MAX_DIM = 1 << 62 if tilt else tilt_dim
-            # share=False: one Haar rotation per block, summed with explicit scores (with tilt=True: the
-            # default before the blocks shared rotations).
-            _sampling._SHARE_MIN_DIM = share_dim if share else 1 << 62
-            sh.attribute(
-                x,
-                target=target,
-                stdevs=eps,
-                n_samples=n,
-                n_samples_batch_size=batch,
-                sampling=sampling,
-                generator=_gen(0),
-            )
+            with contextlib.ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch)
+                sh.attribute(
+                    x,
+                    target=target,
+                    stdevs=eps,
+                    n_samples=n,
+                    n_samples_batch_size=batch,
+                    sampling=sampling,
+                    generator=_gen(0),
+                )
 
         return f
 
-    reflectors, tilt_dim, share_dim = (
-        _sampling._haar_columns,
-        _sampling._TILT_MAX_DIM,
-        _sampling._SHARE_MIN_DIM,
-    )
     contenders: List[Callable[[], object]] = [
         floor,
         run(None),
@@ -311,12 +318,9 @@ def timing_table(quick: bool) -> None:
         run(None, share=False, tilt=True),
         run(None, qr=True),
         run(None, tilt=True),
+        run(None, layered=True),
     ]
-    try:
-        t = interleaved(contenders, repeats)
-    finally:
-        _sampling._haar_columns, _sampling._TILT_MAX_DIM = reflectors, tilt_dim
-        _sampling._SHARE_MIN_DIM = share_dim
+    t = interleaved(contenders, repeats)
     print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
     print("|---|---|---|---|---|")
     names = (
@@ -325,6 +329,7 @@ def timing_table(quick: bool) -> None:
         "orthogonal, a rotation per block (before)",
         "orthogonal, rotations by QR",
         "orthogonal, tilted radii",
+        "orthogonal, two-layer mixers",
     )
     for i, name in enumerate(names, start=1):
         print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
@@ -341,7 +346,7 @@ def _fwht(v: Tensor) -> Tensor:
     return v / math.sqrt(d)
 
 
-def _qr_directions(gauss: Tensor) -> Tensor:
+def _qr_directions(gauss: Tensor, overwrite: bool = False) -> Tensor:
     """What the sampler used before: the Q of the QR of ``gauss``, signs fixed (R's diagonal > 0)."""
     q, r = torch.linalg.qr(gauss)
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]

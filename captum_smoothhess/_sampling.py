@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ._captum import progress
-from .kernels import Gaussian, Kernel
+from .kernels import Gaussian, Kernel, Poisson
 
 _MASK64 = (1 << 64) - 1
 # Elements of noise drawn per block; fixes the block length for a given (B, d, n).
@@ -57,9 +57,9 @@ _TILT_MAX_DIM = 256
 # blocks per shared rotation. A Haar block costs (4/3) d^3 flops and its dense sum 2 d^3, a mixer and its
 # transpose 8 d^2 sqrt(d): at d = 784 the rotation and the sum of a block took about half as long as its
 # gradient calls (MLP 784-500-300-250-250-10). Sharing a rotation over 8 blocks raised the error variance
-# of the ReLU oracle (8 blocks, against independent ones) by 0.5-0.7% at d = 784 and 1.5-1.8% at d = 256
-# (0.5% and 1.1% over 4 blocks; `benchmarks/efficiency.py --only share`), and 4.4% at d = 64, where sharing
-# saves little.
+# of the ReLU oracle (8 blocks, against independent ones) by 0.4% at d = 784 and 1.4% at d = 256 with the
+# Kronecker mixers (0.5-0.7% and 1.5-1.8% with the two-layer ones; 0.5% and 1.1% over 4 blocks;
+# `benchmarks/efficiency.py --only share`), and 4.4% at d = 64, where sharing saves little.
 _SHARE_MIN_DIM = 256
 _SHARE_BLOCKS = 8
 
@@ -233,7 +233,7 @@ def orthogonal_block_length(dim: int) -> int:
     return max(1, min(dim, _ORTHOGONAL_ELEMENTS // max(1, dim)))
 
 
-def _haar_columns(gauss: Tensor) -> Tensor:
+def _haar_columns(gauss: Tensor, overwrite: bool = False) -> Tensor:
     """The first ``m`` columns ``(B, d, m)`` of Haar-random ``d x d`` orthogonal matrices.
 
     Stewart's method: the Householder QR of a Gaussian matrix meets, at step
@@ -245,10 +245,13 @@ def _haar_columns(gauss: Tensor) -> Tensor:
     reflectors is formed (``householder_product``): the law is that of the
     ``Q`` of ``torch.linalg.qr(gauss)`` with signs fixed so that ``R`` has a
     positive diagonal (exactly Haar), at about half its cost, since no
-    factorisation runs.
+    factorisation runs. ``overwrite=True`` builds the reflectors in
+    ``gauss`` itself (no second ``d x m`` buffer).
     """
     m = gauss.shape[-1]
     alpha = torch.diagonal(gauss, dim1=-2, dim2=-1)
+    if overwrite:
+        alpha = alpha.clone()
     # Norms of the columns' lower parts; only the top m x m block has entries above the diagonal.
     norm = torch.linalg.vector_norm(gauss[..., :m, :].tril(), dim=-2)
     if gauss.shape[-2] > m:
@@ -256,24 +259,116 @@ def _haar_columns(gauss: Tensor) -> Tensor:
     sign = torch.where(alpha < 0, -1.0, 1.0).to(gauss.dtype)
     beta = -sign * norm  # the diagonal of R
     # householder_product reads the reflectors below the diagonal only: no need to zero the rest.
-    reflectors = gauss / (alpha - beta)[..., None, :]
+    pivot = (alpha - beta)[..., None, :]
+    reflectors = gauss.div_(pivot) if overwrite else gauss / pivot
     q = torch.linalg.householder_product(reflectors, (beta - alpha) / beta)
-    return q * (-sign)[..., None, :]  # columns times sign(R_kk): a positive diagonal
+    return q.mul_((-sign)[..., None, :])  # columns times sign(R_kk): a positive diagonal
 
 
-class _Mixer:
-    """A random ``d x d`` orthogonal matrix ``M`` that is cheap to apply: two layers of (a random permutation
-    of the rows, then a block-diagonal matrix of about ``sqrt(d)`` blocks, one Haar matrix per block size).
+def _balanced_factor(dim: int) -> int:
+    """The largest divisor of ``dim`` that is at most ``sqrt(dim)``."""
+    s = math.isqrt(dim)
+    while dim % s:
+        s -= 1
+    return s
+
+
+class _Mixer(ABC):
+    """A random ``d x d`` orthogonal matrix ``M`` that is cheap to apply (:meth:`draw` picks the kind).
 
     For a Haar ``R`` independent of it, ``M R`` is again exactly Haar, so the blocks of a group that share
     ``R`` (:class:`OrthogonalStream`) each keep the law of an independent block; what ``M`` must do is make
-    the blocks of a group look unrelated to each other. On the ReLU oracle (d = 256 to 784; error
-    variance over that of independent blocks) one such layer was not enough (+12-16%, groups of 4);
-    two cost 0.5-1.9% for groups of 4 and 0.5-1.8% for groups of 8, whether the diagonal blocks are
-    independent or one repeated, against 3.6-4x for a permutation alone (the blocks of a group then
-    have the same directions). One layer of about ``d^(1/3)`` larger blocks cost 1.7% at d = 784
-    (two: 0.7%) and was slower to apply. Applying it costs ``4 d^2 sqrt(d)`` flops per ``d``
-    columns, where a Haar block costs ``(4/3) d^3``.
+    the blocks of a group look unrelated to each other. Both kinds cost ``4 d^2 sqrt(d)`` flops per ``d``
+    columns (a Haar block costs ``(4/3) d^3``), and both keep the error variance of a group of 8 blocks on
+    the ReLU oracle within 2% of that of 8 independent blocks (``benchmarks/efficiency.py --only share``),
+    against 3.6-4x for a permutation alone (the blocks of a group then have the same directions).
+    """
+
+    @staticmethod
+    def draw(dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> _Mixer:
+        """A :class:`_KroneckerMixer` if ``d = s c`` with ``sqrt(d) / 2 <= s <= sqrt(d)``, else a
+        :class:`_LayeredMixer`."""
+        s = _balanced_factor(dim)
+        if s > 1 and 4 * s * s >= dim:
+            return _KroneckerMixer(dim, s, generator, device, dtype)
+        return _LayeredMixer(dim, generator, device, dtype)
+
+    def apply(
+        self,
+        rows: Tensor,
+        out: Optional[Tensor] = None,
+        scratch: Optional[Tensor] = None,
+        scale: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``M rows`` for ``rows`` ``(B, d, n)``, into ``out``, with ``scratch`` of the same shape (both
+        contiguous, made if ``None``); with ``scale`` ``(B, d)``, row ``j`` of the result times
+        ``scale[:, j]``."""
+        out = torch.empty_like(rows) if out is None else out
+        self._apply(rows, out, torch.empty_like(rows) if scratch is None else scratch, scale)
+        return out
+
+    @abstractmethod
+    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
+        """:meth:`apply` into the buffers given."""
+
+    @abstractmethod
+    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
+        """``into += M^T rows`` (all ``(B, d, n)`` contiguous), overwriting ``rows`` and ``scratch``."""
+
+    def apply_transpose(self, rows: Tensor) -> Tensor:
+        """``M^T rows``."""
+        out = torch.zeros_like(rows)
+        self.add_transpose(rows.clone(), out, torch.empty_like(rows))
+        return out
+
+
+class _KroneckerMixer(_Mixer):
+    """``M = (F kron G) P`` for ``d = s c``: a random permutation ``P`` of the rows, then Haar matrices
+    ``F`` (``s x s``) and ``G`` (``c x c``) on the two indices of row ``a c + b``: one gather and two
+    products, each over all rows at once (the two-layer mixer makes two gathers and its products are
+    cut by block size). On the ReLU oracle a group of 8 blocks had 1.4% more error variance than 8
+    independent blocks at d = 256 (60 seeds) and 0.4% at d = 784 (16 seeds), as the two-layer mixer
+    (1.8% and 0.5%); without ``P``, 3.9% and 1.3%. Inside SmoothHess on the MLP 784-500-300-250-250-10
+    (n = 8192: five mixed blocks) the mixers of a call took 9.2 ms for the noise and 9.0 ms for the sums,
+    against 14.1 and 13.3 ms for two-layer mixers (both with the same reused buffers).
+    """
+
+    def __init__(
+        self, dim: int, s: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.s, self.c = s, dim // s
+        self.perm = torch.randperm(dim, generator=generator, device=device)
+        if s == self.c:  # one call for both (a Haar draw of this size is mostly call overhead)
+            self.f, self.g = _haar_columns(
+                torch.randn(2, s, s, generator=generator, device=device, dtype=dtype), overwrite=True
+            )
+        else:
+            gauss = (torch.randn(k, k, generator=generator, device=device, dtype=dtype) for k in (s, self.c))
+            self.f, self.g = (_haar_columns(z, overwrite=True) for z in gauss)
+
+    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
+        b, s, c, n = rows.shape[0], self.s, self.c, rows.shape[-1]
+        torch.index_select(rows, 1, self.perm, out=out)
+        torch.matmul(self.f, out.view(b, s, c * n), out=scratch.view(b, s, c * n))
+        # The scale of the rows a c .. a c + c - 1 goes into G: one (c x c) matrix per slab a, no extra pass.
+        g = self.g if scale is None else (scale.reshape(b * s, c, 1) * self.g)
+        torch.matmul(g, scratch.view(b * s, c, n), out=out.view(b * s, c, n))
+
+    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
+        b, s, c, n = rows.shape[0], self.s, self.c, rows.shape[-1]
+        torch.matmul(self.g.mT, rows.view(b * s, c, n), out=scratch.view(b * s, c, n))
+        torch.matmul(self.f.mT, scratch.view(b, s, c * n), out=rows.view(b, s, c * n))
+        into.index_add_(1, self.perm, rows)  # P^T: row j goes back to row perm[j]
+
+
+class _LayeredMixer(_Mixer):
+    """Two layers of (a random permutation of the rows, then a block-diagonal matrix of about ``sqrt(d)``
+    blocks, one Haar matrix per block size), for any ``d``.
+
+    On the ReLU oracle (d = 256 to 784; error variance over that of independent blocks) one such layer
+    was not enough (+12-16%, groups of 4); two cost 0.5-1.9% for groups of 4 and 0.5-1.8% for groups of
+    8, whether the diagonal blocks are independent or one repeated. One layer of about ``d^(1/3)``
+    larger blocks cost 1.7% at d = 784 (two: 0.7%) and was slower to apply.
     """
 
     def __init__(
@@ -287,34 +382,40 @@ class _Mixer:
         self.inverse = [torch.argsort(perm) for perm in self.perms]
         # One Haar matrix per block size and layer: factors[i][layer].
         self.factors = [
-            _haar_columns(torch.randn(layers, size, size, generator=generator, device=device, dtype=dtype))
+            _haar_columns(
+                torch.randn(layers, size, size, generator=generator, device=device, dtype=dtype),
+                overwrite=True,
+            )
             for size, _ in self.sizes
         ]
 
-    def _layer(self, x: Tensor, layer: int, transpose: bool) -> Tensor:
-        """The block-diagonal part of ``layer``. Block ``c`` of a size holds its rows ``i * count + c``, so
-        each size is one product ``F @ x.view(size, count * n)`` (the permutation before it makes the
-        layout immaterial)."""
+    def _layer(self, x: Tensor, out: Tensor, layer: int, transpose: bool) -> None:
+        """The block-diagonal part of ``layer``, from ``x`` into ``out``. Block ``c`` of a size holds its rows
+        ``i * count + c``, so each size is one product ``F @ x.view(size, count * n)`` (the permutation before
+        it makes the layout immaterial)."""
         batch, n = x.shape[0], x.shape[-1]
-        parts, at = [], 0
+        at = 0
         for (size, count), factor in zip(self.sizes, self.factors):
             f = factor[layer].mT if transpose else factor[layer]
-            part = x[:, at : at + size * count].reshape(batch, size, count * n)
-            parts.append(torch.matmul(f, part).reshape(batch, size * count, n))
+            rows = slice(at, at + size * count)
+            view = (batch, size, count * n)
+            torch.matmul(f, x[:, rows].reshape(view), out=out[:, rows].view(view))
             at += size * count
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def apply(self, rows: Tensor) -> Tensor:
-        """``M rows`` for ``rows`` ``(B, d, n)``."""
+    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
+        src = rows
         for layer, perm in enumerate(self.perms):
-            rows = self._layer(rows.index_select(1, perm), layer, transpose=False)
-        return rows
+            torch.index_select(src, 1, perm, out=scratch)
+            self._layer(scratch, out, layer, transpose=False)
+            src = out
+        if scale is not None:
+            out.mul_(scale[..., None])
 
-    def apply_transpose(self, rows: Tensor) -> Tensor:
-        """``M^T rows`` for ``rows`` ``(B, d, n)``."""
-        for layer in reversed(range(len(self.perms))):
-            rows = self._layer(rows, layer, transpose=True).index_select(1, self.inverse[layer])
-        return rows
+    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
+        self._layer(rows, scratch, 1, transpose=True)
+        torch.index_select(scratch, 1, self.inverse[1], out=rows)
+        self._layer(rows, scratch, 0, transpose=True)
+        into.index_add_(1, self.perms[0], scratch)  # the first permutation's inverse, added
 
 
 class OrthogonalStream(NoiseStream):
@@ -354,8 +455,8 @@ class OrthogonalStream(NoiseStream):
     (:attr:`group_length` draws). Each example has its own rotations; a
     block's mixer serves all examples (their rotations being independent,
     so are their blocks). Only whole rotations are shared (blocks of ``d``
-    directions). Memory: the open group's rotation, ``(B, d, d)``, besides
-    the blocks.
+    directions). Memory: the open group's rotation and the mixers'
+    workspace, ``(B, d, d)`` each, besides the blocks.
     """
 
     def __init__(
@@ -380,6 +481,7 @@ class OrthogonalStream(NoiseStream):
         self._weights: Dict[int, Tensor] = {}
         self._rotations: Dict[int, Tensor] = {}
         self._mixers: Dict[int, _Mixer] = {}
+        self._workspace: Optional[Tensor] = None
         super().__init__(kernel, batch, dim, seed, device, dtype, total)
 
     def _block_length(self) -> int:
@@ -425,6 +527,13 @@ class OrthogonalStream(NoiseStream):
             self._cache[group * self.share] = self._draw(group * self.share)
         return self._rotations[group]
 
+    def workspace(self, like: Tensor) -> Tensor:
+        """A ``(B, d, d)`` buffer of ``like``'s dtype for the mixers' intermediate products (this stream's,
+        and those of the sums of its blocks); what it holds does not outlast the call that writes it."""
+        if self._workspace is None or self._workspace.dtype != like.dtype:
+            self._workspace = torch.empty_like(like)
+        return self._workspace
+
     def mixer(self, k: int) -> Optional[_Mixer]:
         """The mixer ``M_k`` of block ``k`` (``None``: the first block of its group, ``M = I``).
 
@@ -441,28 +550,46 @@ class OrthogonalStream(NoiseStream):
         work = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
         group, position = divmod(k, self.share)
         if position:
-            # A later block of a group: the group's rotation, mixed by this block's own mixer.
+            # A later block of a group: the group's rotation, mixed by this block's own mixer, and scaled by
+            # the radii as it is mixed (the rows past a partial block's m by 0, then cut).
             rotation = self.rotation(group)
             assert rotation is not None
-            self._mixers[k] = mixer = _Mixer(d, gen, self.device, work)
-            directions = mixer.apply(rotation)[:, :m]
-        else:
-            shared = self._shared(group)
-            columns = d if shared else m
-            directions = _haar_columns(
-                torch.randn(b, d, columns, generator=gen, device=self.device, dtype=work)
-            )
-            directions = directions.transpose(1, 2)
-            if shared:
-                self._rotations[group] = directions = directions.contiguous()
-        if isinstance(self.kernel, Gaussian):
-            # |N(0, I_d)| is chi_d: the square root of twice a Gamma(d/2) draw (chi_{d+1} when tilted).
-            shape = torch.full((b, m), (d + self.tilted) / 2, device=self.device, dtype=work)
-            radius = (2 * torch._standard_gamma(shape, generator=gen)).sqrt()
-        else:
-            radius = self.kernel.sample(b * m, d, generator=gen, device=self.device, dtype=work)
-            radius = radius.norm(dim=-1).reshape(b, m)
+            self._mixers[k] = mixer = _Mixer.draw(d, gen, self.device, work)
+            radius = self._radii(gen, m, work)
+            scale = radius if m == d else torch.nn.functional.pad(radius, (0, d - m))
+            mixed = mixer.apply(rotation, scratch=self.workspace(rotation), scale=scale)
+            return mixed[:, :m].to(self.dtype).contiguous()
+        shared = self._shared(group)
+        gauss = torch.randn(b, d, d if shared else m, generator=gen, device=self.device, dtype=work)
+        directions = _haar_columns(gauss, overwrite=True).transpose(1, 2)
+        if shared:  # the rows, contiguous, in the buffer the reflectors were built in
+            self._rotations[group] = directions = gauss.copy_(directions)
+        radius = self._radii(gen, m, work)
         return (directions * radius[..., None]).to(self.dtype).contiguous()
+
+    def _radii(self, gen: torch.Generator, m: int, dtype: torch.dtype) -> Tensor:
+        """``(B, m)`` independent radii, with the law of the norm of a kernel draw.
+
+        float16 noise cannot hold the Poisson kernel's tail (at d = 10 about one draw in 28,000 has a
+        norm above its largest value, 65504): its radii are capped at that value over 16, which a draw
+        exceeds with probability about ``6e-4`` at d = 10 (both measured on 2e7 draws). The score of
+        such a draw is at most ``(d + 1) / 4094``, so the cap moves the estimate by far less than
+        float16's own rounding.
+        """
+        b, d = self.batch, self.dim
+        if isinstance(self.kernel, (Gaussian, Poisson)):
+            # |N(0, I_d)| is chi_d: the square root of twice a Gamma(d/2) draw (chi_{d+1} when tilted).
+            shape = torch.full((b, m), (d + self.tilted) / 2, device=self.device, dtype=dtype)
+            radius = (2 * torch._standard_gamma(shape, generator=gen)).sqrt()
+            if isinstance(self.kernel, Poisson):
+                # A Poisson draw is g / |z| (Poisson.sample): its norm is chi_d over an independent |N(0, 1)|.
+                radius /= torch.randn(b, m, generator=gen, device=self.device, dtype=dtype).abs()
+        else:
+            radius = self.kernel.sample(b * m, d, generator=gen, device=self.device, dtype=dtype)
+            radius = radius.norm(dim=-1).reshape(b, m)
+        if self.dtype == torch.float16:
+            radius = radius.clamp(max=torch.finfo(torch.float16).max / 16)
+        return radius
 
     def take(self, start: int, stop: int) -> Tensor:
         for cache in (self._weights, self._mixers):
@@ -654,6 +781,8 @@ class Sampler(ABC):
         if self.stream.tilted:
             return u.new_full(u.shape[:-1], chi_mean(u.shape[-1]))
         wide = _wide(u)
+        if isinstance(self.kernel, Gaussian):  # the score is u itself: a = |u|
+            return torch.linalg.vector_norm(wide, dim=-1).to(u.dtype)
         radial = (_wide(self.kernel.score(u)) * wide).sum(-1) / torch.linalg.vector_norm(wide, dim=-1)
         return radial.to(u.dtype)
 

@@ -16,7 +16,7 @@ two agree exactly (to rounding where the orthogonal blocks share rotations, from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -143,17 +143,28 @@ class _RotatedSums:
     rounding. Untracked, unmasked and unweighted sums only; :meth:`finish`
     adds what is still open (the last blocks, or the blocks of which this
     rank saw a part). Memory: besides the result, the open group's sum and
-    the open block's rows, ``(B, d, d)`` each (and the stream's rotation).
+    the open block's rows, ``(B, d, d)`` each (and the stream's rotation
+    and workspace).
     """
 
     @dataclass
     class _Block:
         """An open block: its collected rows (``None`` for a group's first block, whose rows go straight
-        into the group's sum), the rows so far, and its mixer."""
+        into the group's sum), its mixer, the rows written so far and where (its buffer is not zeroed:
+        each draw's row is written once, the rows never written are zeroed before it is mixed back)."""
 
         rows: Optional[Tensor]
         mixer: Optional[_Mixer]
         filled: int = 0
+        written: List[Tuple[int, int]] = field(default_factory=list)
+
+        def zero_unwritten(self) -> None:
+            assert self.rows is not None
+            at, rows = 0, self.rows.shape[1]
+            for start, end in [*sorted(self.written), (rows, rows)]:  # the gaps between the rows written
+                if start > at:
+                    self.rows[:, at:start].zero_()
+                at = max(at, end)
 
     @dataclass
     class _Group:
@@ -172,12 +183,24 @@ class _RotatedSums:
         self.stream = stream
         self._blocks: Dict[int, _RotatedSums._Block] = {}
         self._groups: Dict[int, _RotatedSums._Group] = {}
+        # (B, d, d) buffers of folded blocks and closed groups, reused (fresh ones cost page faults on CPU).
+        self._spare: List[Tensor] = []
+
+    def _buffer(self, like: Tensor) -> Tensor:
+        return self._spare.pop() if self._spare else torch.empty_like(like)
+
+    def _mix_back(self, block: _RotatedSums._Block, into: Tensor) -> None:
+        """``into += M_k^T rows`` of a block (its buffer is then spare)."""
+        assert block.rows is not None and block.mixer is not None
+        block.zero_unwritten()
+        block.mixer.add_transpose(block.rows, into, self.stream.workspace(block.rows))
+        self._spare.append(block.rows)
 
     def add_draws(self, start: int, stop: int, u: Tensor, terms: Tensor) -> None:
         """Add the draws ``start .. stop-1``: their noise ``u`` and terms, both ``(B, c, d)``."""
         length, share = self.stream.block, self.stream.share
         # Tilted radii: every coefficient is c_d, applied to each group's sum instead.
-        rows = terms if self.stream.tilted else terms * self.sampler.coefficients(u)[..., None]
+        coefficients = None if self.stream.tilted else self.sampler.coefficients(u)[..., None]
         at = start
         while at < stop:
             k = at // length
@@ -190,13 +213,24 @@ class _RotatedSums:
                 at = end
                 continue
             if group not in self._groups:
-                self._groups[group] = self._Group(rotation, torch.zeros_like(rotation))
+                self._groups[group] = self._Group(rotation, self._buffer(rotation).zero_())
             if k not in self._blocks:
                 mixer = self.stream.mixer(k)  # None for the group's first block (M = I)
-                self._blocks[k] = self._Block(None if mixer is None else torch.zeros_like(rotation), mixer)
+                self._blocks[k] = self._Block(None if mixer is None else self._buffer(rotation), mixer)
             block = self._blocks[k]
-            into = self._groups[group].total if block.rows is None else block.rows
-            into[:, offset : offset + end - at] += rows[:, piece]
+            span = slice(offset, offset + end - at)  # each draw has its own row, written once
+            if block.rows is None:  # into the group's sum (zero there still)
+                total = self._groups[group].total[:, span]
+                if coefficients is None:
+                    total += terms[:, piece]
+                else:
+                    total.addcmul_(terms[:, piece], coefficients[:, piece])
+            else:
+                if coefficients is None:
+                    block.rows[:, span].copy_(terms[:, piece])
+                else:
+                    torch.mul(terms[:, piece], coefficients[:, piece], out=block.rows[:, span])
+                block.written.append((span.start, span.stop))
             block.filled += end - at
             if block.filled == self.stream.block_draws(k):
                 self._fold(k)
@@ -208,8 +242,7 @@ class _RotatedSums:
         group = k // self.stream.share
         entry = self._groups[group]
         if block.mixer is not None:
-            assert block.rows is not None
-            entry.total += block.mixer.apply_transpose(block.rows)
+            self._mix_back(block, entry.total)
         entry.folded += 1
         if entry.folded == self.stream.group_blocks(group):
             self._close(group)
@@ -218,14 +251,14 @@ class _RotatedSums:
         entry = self._groups.pop(group)
         scale = chi_mean(self.stream.dim) if self.stream.tilted else 1.0
         self.inner.total.baddbmm_(entry.rotation.transpose(1, 2), entry.total, alpha=scale)
+        self._spare.append(entry.total)
 
     def finish(self) -> None:
         """Add the blocks and groups still open (the last ones, or those of which this rank saw a part)."""
         for k in sorted(self._blocks):
             block = self._blocks.pop(k)
             if block.mixer is not None:
-                assert block.rows is not None
-                self._groups[k // self.stream.share].total += block.mixer.apply_transpose(block.rows)
+                self._mix_back(block, self._groups[k // self.stream.share].total)
         for group in sorted(self._groups):
             self._close(group)
 

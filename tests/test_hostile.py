@@ -25,8 +25,8 @@ from test_noisegrad import _assert_untouched, _loop_draws, _snapshot
 from torch import Tensor, nn
 
 from captum_smoothhess import CAFO, CASO, SmoothHess
-from captum_smoothhess._sampling import seed_from
-from captum_smoothhess.kernels import Gaussian
+from captum_smoothhess._sampling import OrthogonalStream, seed_from
+from captum_smoothhess.kernels import Gaussian, Poisson
 from captum_smoothhess.noise_tunnel import KernelNoiseTunnel
 from captum_smoothhess.noisegrad import FusionGrad, NoiseGrad
 
@@ -301,6 +301,20 @@ def test_poisson_score_does_not_overflow_in_float16() -> None:
     net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1)).half()
     h = SmoothHess(net, kernel="poisson").attribute(torch.randn(4, 10).half(), stdevs=0.3, n_samples=2000)
     assert h.dtype == torch.float16 and bool(torch.isfinite(h).all())
+
+
+def test_orthogonal_poisson_noise_stays_finite_in_float16() -> None:
+    """200,000 draws at d = 10: in float32 about 120 have a norm above 4094 (the tail is there); in
+    float16 the radii are capped there, so no draw overflows (about 7 would exceed 65504)."""
+    norms = {}
+    for dtype in (torch.float32, torch.float16):
+        stream = OrthogonalStream(Poisson(), 1, 10, 5, torch.device("cpu"), dtype, total=200_000)
+        u = stream.take(0, 200_000)
+        assert u.dtype == dtype
+        norms[dtype] = u.float().norm(dim=-1)
+    cap = torch.finfo(torch.float16).max / 16
+    assert int((norms[torch.float32] > cap).sum()) > 50
+    assert bool(torch.isfinite(norms[torch.float16]).all()) and float(norms[torch.float16].max()) < 1.01 * cap
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, List
+from typing import Any, List, Optional
 
 import pytest
 import torch
@@ -18,7 +18,13 @@ from helpers import OneHiddenReLU, gen, make_one_hidden
 
 from captum_smoothhess import Gaussian, Poisson, SmoothHess, _sampling
 from captum_smoothhess import smoothhess as smoothhess_module
-from captum_smoothhess._sampling import AntitheticSampler, OrthogonalStream, _Mixer
+from captum_smoothhess._sampling import (
+    AntitheticSampler,
+    OrthogonalStream,
+    _KroneckerMixer,
+    _LayeredMixer,
+    _Mixer,
+)
 from captum_smoothhess.factors import _HessianSums, _RotatedSums
 from captum_smoothhess.kernels import Kernel
 
@@ -39,15 +45,37 @@ def shared(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- the mixer and the noise
 
 
-@pytest.mark.parametrize("d", [1, 2, 5, 16, 257, 300])
-def test_mixer_is_orthogonal_and_apply_transpose_is_its_inverse(d: int) -> None:
-    mixer = _Mixer(d, gen(0), CPU, torch.float64)
+@pytest.mark.parametrize(
+    ("d", "kind"),
+    [
+        (1, _LayeredMixer),
+        (2, _LayeredMixer),
+        (5, _LayeredMixer),
+        (6, _KroneckerMixer),  # 2 x 3
+        (16, _KroneckerMixer),
+        (257, _LayeredMixer),  # a prime
+        (300, _KroneckerMixer),  # 15 x 20
+        (302, _LayeredMixer),  # 2 x 151: too unbalanced
+    ],
+)
+def test_mixer_is_orthogonal_and_its_transpose_inverts_it(d: int, kind: type) -> None:
+    mixer = _Mixer.draw(d, gen(0), CPU, torch.float64)
+    assert type(mixer) is kind
+    mixers = [mixer] + ([_LayeredMixer(d, gen(0), CPU, torch.float64)] if kind is _KroneckerMixer else [])
     eye = torch.eye(d, dtype=torch.float64).expand(2, d, d)
-    m = mixer.apply(eye)
-    torch.testing.assert_close(m @ m.mT, eye, rtol=0, atol=1e-12)
-    torch.testing.assert_close(mixer.apply_transpose(eye), m.mT, rtol=0, atol=1e-12)
-    if d >= 16:  # it mixes: every row spreads over more than one block of about sqrt(d) rows
-        assert int((m[0].abs() > 1e-12).sum(1).min()) > math.isqrt(d)
+    for mixer in mixers:
+        m = mixer.apply(eye)
+        torch.testing.assert_close(m @ m.mT, eye, rtol=0, atol=1e-12)
+        torch.testing.assert_close(mixer.apply_transpose(eye), m.mT, rtol=0, atol=1e-12)
+        scale = torch.rand(2, d, generator=gen(3), dtype=torch.float64)
+        torch.testing.assert_close(mixer.apply(eye, scale=scale), m * scale[..., None], rtol=0, atol=1e-12)
+        # add_transpose adds M^T rows to what is there, through the buffers it is given.
+        rows, into = torch.randn(2, d, d, generator=gen(2), dtype=torch.float64), torch.ones(2, d, d).double()
+        expected = 1 + m.mT @ rows
+        mixer.add_transpose(rows, into, torch.empty_like(rows))
+        torch.testing.assert_close(into, expected, rtol=0, atol=1e-12)
+        if d >= 16:  # it mixes: every row spreads over more than one block of about sqrt(d) rows
+            assert int((m[0].abs() > 1e-12).sum(1).min()) > math.isqrt(d)
 
 
 def test_blocks_of_a_group_are_mixed_copies_of_its_rotation() -> None:
@@ -149,6 +177,26 @@ def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel) -> None:
             torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
 
 
+def test_rotated_sums_of_some_chunks_ignore_what_their_buffers_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a rank sees: every other chunk, so blocks with gaps, mixed back at ``finish``. A block's buffer
+    is not zeroed when taken; the rows never written must count as zero (buffers made of NaN here)."""
+    d, draws, chunk = 6, 6 * 9 + 2, 5
+    grads = torch.randn(2, 2 * draws, d, generator=gen(4), dtype=torch.float64)
+    sampler = AntitheticSampler(Gaussian(), 2, d, 9, CPU, torch.float64, draws, "orthogonal")
+    sampler.stream = _stream(Gaussian(), d, draws)
+    monkeypatch.setattr(_RotatedSums, "_buffer", lambda self, like: torch.full_like(like, float("nan")))
+    explicit = _HessianSums(2, d, torch.ones(2, d, dtype=torch.float64), None, 0)
+    rotated = _RotatedSums(_HessianSums(2, d, torch.ones(2, d, dtype=torch.float64), None, 0), sampler)
+    for start in range(0, draws, 2 * chunk):
+        stop = min(draws, start + chunk)
+        g = torch.cat([grads[:, start:stop], grads[:, draws + start : draws + stop]], dim=1)
+        u = sampler.noise(start, stop)
+        explicit.add(*sampler.pairs(u, g))
+        rotated.add_draws(start, stop, u, sampler.terms(g))
+    rotated.finish()
+    torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
+
+
 def test_smoothhess_with_and_without_rotated_sums_agree(
     shared: None, relu10: OneHiddenReLU, x10: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,8 +241,23 @@ def test_sharing_costs_little_variance_unless_the_mixer_is_removed(monkeypatch: 
     independent = mse()
     monkeypatch.setattr(_sampling, "_SHARE_MIN_DIM", 2)
     with_mixer = mse()
-    monkeypatch.setattr(_Mixer, "apply", lambda self, rows: rows)
-    monkeypatch.setattr(_Mixer, "apply_transpose", lambda self, rows: rows)
+
+    def identity(
+        self: _Mixer,
+        rows: torch.Tensor,
+        out: Optional[torch.Tensor] = None,
+        scratch: object = None,
+        scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        out = rows.clone() if out is None else out.copy_(rows)
+        return out if scale is None else out.mul_(scale[..., None])
+
+    def add(self: _Mixer, rows: torch.Tensor, into: torch.Tensor, scratch: object) -> None:
+        into += rows
+
+    for kind in (_KroneckerMixer, _LayeredMixer):
+        monkeypatch.setattr(kind, "apply", identity)
+        monkeypatch.setattr(kind, "add_transpose", add)
     without = mse()
     assert with_mixer / independent < 1.2
     assert without / independent > 2.0

@@ -406,7 +406,11 @@ def main() -> None:
     parser.add_argument(
         "--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES)
     )
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--out",
+        help="file for the table (default: docs/benchmarks.md when every case runs; a subset of the "
+        "cases is only printed, so that it does not replace the other cases' rows)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--inner-factors", help=argparse.SUPPRESS)
     parser.add_argument("--inner-exact", help=argparse.SUPPRESS)
@@ -444,10 +448,15 @@ def main() -> None:
     )
     table = _table(rows, header)
     print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
-        print(f"\nwritten to {args.out}", file=sys.stderr)
+    out = args.out
+    if out is None and set(args.cases.split(",")) == set(CASES):
+        out = str(HERE.parent / "docs" / "benchmarks.md")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n")
+        print(f"\nwritten to {out}", file=sys.stderr)
+    else:
+        print("\n(a subset of the cases: not written; pass --out to write it)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -334,3 +334,54 @@ def test_shared_path_in_threads_gives_the_one_thread_numbers(shared: None) -> No
         got = list(pool.map(run, range(4)))
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "poisson"])
+def test_kronecker_mixers_keep_the_contract(
+    shared: None, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cross-method contract tests run the shared rotations at d = 5, where the mixers are two-layer;
+    here d = 6 + 4 = 10 = 2 x 5, so the Kronecker mixers run (counted): a tuple in gives a tuple of
+    blocks out, the chunk size does not change the result, and a model in training mode is left as
+    found (weights, BatchNorm buffers, the flag), the inputs keeping ``requires_grad``."""
+    applied: List[int] = []
+    apply = _KroneckerMixer._apply
+
+    def counted(self: _KroneckerMixer, *args: Any) -> None:
+        applied.append(1)
+        apply(self, *args)
+
+    monkeypatch.setattr(_KroneckerMixer, "_apply", counted)
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Linear(10, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+            )
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return self.body(torch.cat([a, b], dim=1))
+
+    net = TwoInputs().double()
+    net.eval()  # batch statistics would make the result depend on the chunks; training mode is below
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    a = torch.randn(3, 6, generator=gen(1), dtype=torch.float64).requires_grad_()
+    b = torch.randn(3, 4, generator=gen(2), dtype=torch.float64)
+    sh = SmoothHess(net, kernel=kernel)
+    kw: Any = {"target": 1, "stdevs": 0.3, "n_samples": 200, "generator": gen(3)}
+    h = sh.attribute((a, b), **kw)
+    kw["generator"] = gen(3)
+    chunked = sh.attribute((a, b), n_samples_batch_size=36, **kw)
+    assert applied, "the Kronecker mixers did not run"
+    assert isinstance(h, tuple) and len(h) == 2 and all(len(row) == 2 for row in h)
+    assert h[0][0].shape == (3, 6, 6) and h[0][1].shape == (3, 6, 4) and h[1][1].shape == (3, 4, 4)
+    for row, row_chunked in zip(h, chunked):
+        for block, block_chunked in zip(row, row_chunked):
+            torch.testing.assert_close(block, block_chunked, rtol=1e-10, atol=1e-12)
+    net.train()
+    kw["generator"] = gen(3)
+    sh.attribute((a, b), **kw)
+    assert a.requires_grad and not b.requires_grad and net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -287,6 +287,7 @@ def timing_table(quick: bool) -> None:
         patches: List[Any] = []
         if qr:  # the orthogonalisation the sampler used before its reflectors (the same law)
             patches.append(mock.patch.object(_sampling, "_haar_columns", _qr_directions))
+            patches.append(mock.patch.object(_sampling, "_lower_gaussian", _full_gaussian))
         if tilt:  # tilted radii and their weights at d = 784 too (what they would cost)
             patches.append(mock.patch.object(_sampling, "_TILT_MAX_DIM", 1 << 62))
         if not share:  # a Haar rotation per block, explicit scores (with tilt: the default before sharing)
@@ -346,10 +347,20 @@ def _fwht(v: Tensor) -> Tensor:
     return v / math.sqrt(d)
 
 
-def _qr_directions(gauss: Tensor, overwrite: bool = False) -> Tensor:
-    """What the sampler used before: the Q of the QR of ``gauss``, signs fixed (R's diagonal > 0)."""
+def _qr_directions(gauss: Tensor, overwrite: bool = False, rows: bool = False) -> Tensor:
+    """What the sampler used before: the Q of the QR of ``gauss``, signs fixed (R's diagonal > 0); with
+    ``rows``, its transpose written into ``gauss``."""
     q, r = torch.linalg.qr(gauss)
-    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
+    return gauss.copy_(q.mT) if rows else q
+
+
+def _full_gaussian(
+    batch: int, dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """A whole ``d x d`` Gaussian matrix (the QR contender needs all of it; the sampler draws the lower
+    triangle only)."""
+    return torch.randn(batch, dim, dim, generator=generator, device=device, dtype=dtype)
 
 
 def orthogonalisation_table(quick: bool) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Dict, Iterator, Literal, Optional, Tuple, Type
+from typing import ClassVar, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -84,6 +84,26 @@ def _mix(seed: int, index: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+def _span(blocks: List[Tensor], offset: int, length: int) -> Tensor:
+    """Draws ``offset .. offset + length - 1`` of consecutive ``blocks`` ``(B, L_k, ...)``, along dim 1.
+
+    Within one block this is a view; across blocks only the rows taken are
+    copied (a chunk that spans a block boundary of the d = 784 orthogonal
+    stream would otherwise copy two whole ``d x d`` blocks, about 2 ms each).
+    """
+    if len(blocks) == 1:
+        return blocks[0][:, offset : offset + length]
+    pieces = []
+    for block in blocks:
+        rows = block.shape[1]
+        if offset < rows and length > 0:
+            take = min(rows - offset, length)
+            pieces.append(block[:, offset : offset + take])
+            length -= take
+        offset = max(0, offset - rows)
+    return torch.cat(pieces, dim=1)
 
 
 class NoiseStream:
@@ -173,10 +193,9 @@ class NoiseStream:
             del self._cache[k]
         if any(k not in self._cache for k in range(first, last + 1)):
             self._fill(first, last)
-        parts = [self._cache[k] for k in range(first, last + 1)]
-        u = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        offset = start - first * self.block
-        return u[:, offset : offset + (stop - start)]
+        return _span(
+            [self._cache[k] for k in range(first, last + 1)], start - first * self.block, stop - start
+        )
 
 
 def rotation_invariant(kernel: Kernel) -> bool:
@@ -233,7 +252,35 @@ def orthogonal_block_length(dim: int) -> int:
     return max(1, min(dim, _ORTHOGONAL_ELEMENTS // max(1, dim)))
 
 
-def _haar_columns(gauss: Tensor, overwrite: bool = False) -> Tensor:
+def _lower_gaussian(
+    batch: int, dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """``(B, d, d)`` with iid standard normal entries on and below the diagonal, all that
+    :func:`_haar_columns` reads of a square Gaussian matrix, from ``d (d + 1) / 2`` normals instead of
+    ``d^2`` (at d = 784 the draw takes 0.8 instead of 1.45 ms). Above the diagonal: zeros, and normals
+    that the lower part does not use.
+
+    The columns ``k < h = d // 2`` take their lower parts from the same columns of a Gaussian
+    ``W`` ``(B, d, d - h)``; the lower triangle of the trailing ``(d - h) x (d - h)`` block is the
+    transpose of the upper triangle of ``W``'s leading square block, whose strictly upper entries the
+    first columns do not use, and its diagonal (which they do use) is drawn afresh. Every entry read
+    is thus a distinct normal draw.
+    """
+    h = dim // 2
+    w = dim - h
+    top = torch.randn(batch, dim, w, generator=generator, device=device, dtype=dtype)
+    gauss = torch.empty(batch, dim, dim, device=device, dtype=dtype)
+    gauss[:, :, :h] = top[:, :, :h]
+    gauss[:, :h, h:] = 0
+    corner = gauss[:, h:, h:]
+    corner.copy_(top[:, :w, :w].transpose(1, 2))
+    corner.diagonal(dim1=-2, dim2=-1).copy_(
+        torch.randn(batch, w, generator=generator, device=device, dtype=dtype)
+    )
+    return gauss
+
+
+def _haar_columns(gauss: Tensor, overwrite: bool = False, rows: bool = False) -> Tensor:
     """The first ``m`` columns ``(B, d, m)`` of Haar-random ``d x d`` orthogonal matrices.
 
     Stewart's method: the Householder QR of a Gaussian matrix meets, at step
@@ -246,7 +293,9 @@ def _haar_columns(gauss: Tensor, overwrite: bool = False) -> Tensor:
     ``Q`` of ``torch.linalg.qr(gauss)`` with signs fixed so that ``R`` has a
     positive diagonal (exactly Haar), at about half its cost, since no
     factorisation runs. ``overwrite=True`` builds the reflectors in
-    ``gauss`` itself (no second ``d x m`` buffer).
+    ``gauss`` itself (no second ``d x m`` buffer); with ``rows=True`` too
+    (square ``gauss`` only) the result is the transpose, the matrix's
+    rows, written back into ``gauss`` in the same pass as the signs.
     """
     m = gauss.shape[-1]
     alpha = torch.diagonal(gauss, dim1=-2, dim2=-1)
@@ -262,7 +311,12 @@ def _haar_columns(gauss: Tensor, overwrite: bool = False) -> Tensor:
     pivot = (alpha - beta)[..., None, :]
     reflectors = gauss.div_(pivot) if overwrite else gauss / pivot
     q = torch.linalg.householder_product(reflectors, (beta - alpha) / beta)
-    return q.mul_((-sign)[..., None, :])  # columns times sign(R_kk): a positive diagonal
+    flip = (-sign)[..., None, :]  # columns times sign(R_kk): a positive diagonal
+    if rows:
+        if not overwrite or gauss.shape[-2] != m:
+            raise ValueError("rows=True needs a square gauss that may be overwritten")
+        return torch.mul(q.mT, flip.mT, out=gauss)
+    return q.mul_(flip)
 
 
 def _balanced_factor(dim: int) -> int:
@@ -284,14 +338,25 @@ class _Mixer(ABC):
     against 3.6-4x for a permutation alone (the blocks of a group then have the same directions).
     """
 
+    #: ``d``.
+    dim: int
+
     @staticmethod
     def draw(dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> _Mixer:
         """A :class:`_KroneckerMixer` if ``d = s c`` with ``sqrt(d) / 2 <= s <= sqrt(d)``, else a
         :class:`_LayeredMixer`."""
+        return _Mixer.draw_many(dim, 1, generator, device, dtype)[0]
+
+    @staticmethod
+    def draw_many(
+        dim: int, count: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    ) -> List[_Mixer]:
+        """``count`` independent mixers of the kind :meth:`draw` picks, the Kronecker ones drawn together
+        (one batched Haar draw: a group's mixers cost about one mixer's call overhead)."""
         s = _balanced_factor(dim)
         if s > 1 and 4 * s * s >= dim:
-            return _KroneckerMixer(dim, s, generator, device, dtype)
-        return _LayeredMixer(dim, generator, device, dtype)
+            return list(_KroneckerMixer.draw_batch(dim, s, count, generator, device, dtype))
+        return [_LayeredMixer(dim, generator, device, dtype) for _ in range(count)]
 
     def apply(
         self,
@@ -299,21 +364,44 @@ class _Mixer(ABC):
         out: Optional[Tensor] = None,
         scratch: Optional[Tensor] = None,
         scale: Optional[Tensor] = None,
+        count: Optional[int] = None,
     ) -> Tensor:
         """``M rows`` for ``rows`` ``(B, d, n)``, into ``out``, with ``scratch`` of the same shape (both
         contiguous, made if ``None``); with ``scale`` ``(B, d)``, row ``j`` of the result times
-        ``scale[:, j]``."""
+        ``scale[:, j]``.
+
+        With ``count``, only the first ``count`` rows of the result are wanted (a partial block): the
+        result is then ``(B, span(count), n)``, a view of ``out``'s memory, and may hold fewer
+        than ``d`` rows.
+        """
         out = torch.empty_like(rows) if out is None else out
-        self._apply(rows, out, torch.empty_like(rows) if scratch is None else scratch, scale)
-        return out
+        wanted = self.dim if count is None else self.span(count)
+        return self._apply(rows, out, torch.empty_like(rows) if scratch is None else scratch, scale, wanted)
+
+    def span(self, count: int) -> int:
+        """The leading rows of ``M`` that :meth:`apply` computes, and :meth:`add_transpose` reads, for a
+        partial block of ``count`` rows (at least ``count``; ``d`` unless the mixer can skip the rest)."""
+        return self.dim
 
     @abstractmethod
-    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
-        """:meth:`apply` into the buffers given."""
+    def _apply(
+        self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor], wanted: int
+    ) -> Tensor:
+        """:meth:`apply` into the buffers given, of at least the first ``wanted`` (``span``) rows."""
 
     @abstractmethod
-    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
-        """``into += M^T rows`` (all ``(B, d, n)`` contiguous), overwriting ``rows`` and ``scratch``."""
+    def add_transpose(
+        self,
+        rows: Tensor,
+        into: Tensor,
+        scratch: Tensor,
+        count: Optional[int] = None,
+        scale: Optional[Tensor] = None,
+    ) -> None:
+        """``into += M^T rows`` (all ``(B, d, n)`` contiguous), overwriting ``rows`` and ``scratch``; with
+        ``count``, rows past ``span(count)`` are taken as zero and not read (those from ``count`` to
+        ``span(count)`` must be zero); with ``scale`` ``(B, span)`` or longer, row ``j`` of ``rows``
+        taken times ``scale[:, j]``."""
 
     def apply_transpose(self, rows: Tensor) -> Tensor:
         """``M^T rows``."""
@@ -333,31 +421,70 @@ class _KroneckerMixer(_Mixer):
     against 14.1 and 13.3 ms for two-layer mixers (both with the same reused buffers).
     """
 
-    def __init__(
-        self, dim: int, s: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
-    ) -> None:
-        self.s, self.c = s, dim // s
-        self.perm = torch.randperm(dim, generator=generator, device=device)
-        if s == self.c:  # one call for both (a Haar draw of this size is mostly call overhead)
-            self.f, self.g = _haar_columns(
-                torch.randn(2, s, s, generator=generator, device=device, dtype=dtype), overwrite=True
-            )
+    def __init__(self, perm: Tensor, f: Tensor, g: Tensor) -> None:
+        self.dim, self.s, self.c = perm.numel(), f.shape[-1], g.shape[-1]
+        self.perm, self.f, self.g = perm, f, g
+
+    @classmethod
+    def draw_batch(
+        cls,
+        dim: int,
+        s: int,
+        count: int,
+        generator: torch.Generator,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> List[_KroneckerMixer]:
+        """``count`` mixers with ``s``-row slabs: uniform permutations (the ranks of iid float64 uniforms;
+        a tie, of probability about ``d^2 / 2^54``, still gives a permutation) and Haar factors."""
+        c = dim // s
+        keys = torch.rand(count, dim, generator=generator, device=device, dtype=torch.float64)
+        perms = torch.argsort(keys, dim=1)
+        if s == c:  # one call for all (a Haar draw of this size is mostly call overhead)
+            both = torch.randn(2 * count, s, s, generator=generator, device=device, dtype=dtype)
+            haar = _haar_columns(both, overwrite=True)
+            fs, gs = haar[:count], haar[count:]
         else:
-            gauss = (torch.randn(k, k, generator=generator, device=device, dtype=dtype) for k in (s, self.c))
-            self.f, self.g = (_haar_columns(z, overwrite=True) for z in gauss)
+            fs, gs = (
+                _haar_columns(torch.randn(count, k, k, generator=generator, device=device, dtype=dtype), True)
+                for k in (s, c)
+            )
+        return [cls(perms[i], fs[i], gs[i]) for i in range(count)]
 
-    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
+    def span(self, count: int) -> int:
+        """Whole slabs of ``c`` rows: a partial block's mixing costs about its share of the slabs."""
+        return min(self.dim, -(-count // self.c) * self.c)
+
+    def _apply(
+        self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor], wanted: int
+    ) -> Tensor:
         b, s, c, n = rows.shape[0], self.s, self.c, rows.shape[-1]
+        # The slabs wanted: the products below are cut to them, in the buffers' first elements.
+        a = wanted // c
         torch.index_select(rows, 1, self.perm, out=out)
-        torch.matmul(self.f, out.view(b, s, c * n), out=scratch.view(b, s, c * n))
+        mid = scratch.view(-1)[: b * a * c * n].view(b, a, c * n)
+        torch.matmul(self.f[:a], out.view(b, s, c * n), out=mid)
         # The scale of the rows a c .. a c + c - 1 goes into G: one (c x c) matrix per slab a, no extra pass.
-        g = self.g if scale is None else (scale.reshape(b * s, c, 1) * self.g)
-        torch.matmul(g, scratch.view(b * s, c, n), out=out.view(b * s, c, n))
+        g = self.g if scale is None else (scale[:, : a * c].reshape(b * a, c, 1) * self.g)
+        result = out.view(-1)[: b * a * c * n].view(b, a * c, n)
+        torch.matmul(g, mid.view(b * a, c, n), out=result.view(b * a, c, n))
+        return result
 
-    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
+    def add_transpose(
+        self,
+        rows: Tensor,
+        into: Tensor,
+        scratch: Tensor,
+        count: Optional[int] = None,
+        scale: Optional[Tensor] = None,
+    ) -> None:
         b, s, c, n = rows.shape[0], self.s, self.c, rows.shape[-1]
-        torch.matmul(self.g.mT, rows.view(b * s, c, n), out=scratch.view(b * s, c, n))
-        torch.matmul(self.f.mT, scratch.view(b, s, c * n), out=rows.view(b, s, c * n))
+        a = s if count is None else self.span(count) // c  # slabs past these are zero: G^T keeps them so
+        mid = scratch.view(-1)[: b * a * c * n].view(b, a, c, n)
+        # The scale of the rows of slab a goes into the columns of its G^T (no pass over the rows).
+        g = self.g.mT if scale is None else self.g.mT * scale[:, : a * c].reshape(b, a, 1, c)
+        torch.matmul(g, rows.view(b, s, c, n)[:, :a], out=mid)
+        torch.matmul(self.f.mT[:, :a], mid.view(b, a, c * n), out=rows.view(b, s, c * n))
         into.index_add_(1, self.perm, rows)  # P^T: row j goes back to row perm[j]
 
 
@@ -374,6 +501,7 @@ class _LayeredMixer(_Mixer):
     def __init__(
         self, dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
     ) -> None:
+        self.dim = dim
         layers = 2
         blocks = math.isqrt(dim - 1) + 1 if dim > 1 else 1  # ceil(sqrt(d)) blocks
         small, large = divmod(dim, blocks)  # `large` blocks of small + 1 rows, the rest of `small` rows
@@ -402,7 +530,9 @@ class _LayeredMixer(_Mixer):
             torch.matmul(f, x[:, rows].reshape(view), out=out[:, rows].view(view))
             at += size * count
 
-    def _apply(self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor]) -> None:
+    def _apply(
+        self, rows: Tensor, out: Tensor, scratch: Tensor, scale: Optional[Tensor], wanted: int
+    ) -> Tensor:
         src = rows
         for layer, perm in enumerate(self.perms):
             torch.index_select(src, 1, perm, out=scratch)
@@ -410,8 +540,18 @@ class _LayeredMixer(_Mixer):
             src = out
         if scale is not None:
             out.mul_(scale[..., None])
+        return out
 
-    def add_transpose(self, rows: Tensor, into: Tensor, scratch: Tensor) -> None:
+    def add_transpose(
+        self,
+        rows: Tensor,
+        into: Tensor,
+        scratch: Tensor,
+        count: Optional[int] = None,
+        scale: Optional[Tensor] = None,
+    ) -> None:
+        if scale is not None:
+            rows.mul_(scale[:, : rows.shape[1], None])
         self._layer(rows, scratch, 1, transpose=True)
         torch.index_select(scratch, 1, self.inverse[1], out=rows)
         self._layer(rows, scratch, 0, transpose=True)
@@ -449,7 +589,11 @@ class OrthogonalStream(NoiseStream):
     d^3`` flops per block) lets groups of ``share`` consecutive blocks share
     one rotation ``R``: the group's first block has the directions of ``R``,
     block ``k`` those of ``M_k R`` for its own random mixer ``M_k``
-    (:class:`_Mixer`, ``4 d^2 sqrt(d)`` flops), independent of ``R``. So each
+    (:class:`_Mixer`, ``4 d^2 sqrt(d)`` flops), independent of ``R``. ``R``
+    (from the lower triangle of a Gaussian matrix alone,
+    :func:`_lower_gaussian`) and the mixers of the group's later blocks are
+    drawn together, from the generator of its first block; each block draws
+    its radii from its own. So each
     block is still exactly Haar and each draw keeps its law; the blocks of a
     group are not independent of each other, the groups are
     (:attr:`group_length` draws). Each example has its own rotations; a
@@ -479,7 +623,9 @@ class OrthogonalStream(NoiseStream):
         # A shared rotation must be a whole one: blocks of fewer than d directions would share a subspace.
         self.share = share if orthogonal_block_length(dim) == dim else 1
         self._weights: Dict[int, Tensor] = {}
+        self._radius: Dict[int, Tensor] = {}
         self._rotations: Dict[int, Tensor] = {}
+        self._group_mixers: Dict[int, List[_Mixer]] = {}
         self._mixers: Dict[int, _Mixer] = {}
         self._workspace: Optional[Tensor] = None
         super().__init__(kernel, batch, dim, seed, device, dtype, total)
@@ -554,17 +700,24 @@ class OrthogonalStream(NoiseStream):
             # the radii as it is mixed (the rows past a partial block's m by 0, then cut).
             rotation = self.rotation(group)
             assert rotation is not None
-            self._mixers[k] = mixer = _Mixer.draw(d, gen, self.device, work)
-            radius = self._radii(gen, m, work)
+            self._mixers[k] = mixer = self._group_mixers[group][position - 1]
+            self._radius[k] = radius = self._radii(gen, m, work)
             scale = radius if m == d else torch.nn.functional.pad(radius, (0, d - m))
-            mixed = mixer.apply(rotation, scratch=self.workspace(rotation), scale=scale)
+            mixed = mixer.apply(rotation, scratch=self.workspace(rotation), scale=scale, count=m)
             return mixed[:, :m].to(self.dtype).contiguous()
-        shared = self._shared(group)
-        gauss = torch.randn(b, d, d if shared else m, generator=gen, device=self.device, dtype=work)
-        directions = _haar_columns(gauss, overwrite=True).transpose(1, 2)
-        if shared:  # the rows, contiguous, in the buffer the reflectors were built in
-            self._rotations[group] = directions = gauss.copy_(directions)
-        radius = self._radii(gen, m, work)
+        if self._shared(group):
+            # Only the lower triangle is read; the rows end contiguous, in the buffer the reflectors were
+            # built in.
+            gauss = _lower_gaussian(b, d, gen, self.device, work)
+            self._rotations[group] = directions = _haar_columns(gauss, overwrite=True, rows=True)
+        else:
+            gauss = torch.randn(b, d, m, generator=gen, device=self.device, dtype=work)
+            directions = _haar_columns(gauss, overwrite=True).transpose(1, 2)
+        self._radius[k] = radius = self._radii(gen, m, work)
+        if self._shared(group):  # the mixers of the group's later blocks, drawn together
+            self._group_mixers[group] = _Mixer.draw_many(
+                d, self.group_blocks(group) - 1, gen, self.device, work
+            )
         return (directions * radius[..., None]).to(self.dtype).contiguous()
 
     def _radii(self, gen: torch.Generator, m: int, dtype: torch.dtype) -> Tensor:
@@ -591,12 +744,19 @@ class OrthogonalStream(NoiseStream):
             radius = radius.clamp(max=torch.finfo(torch.float16).max / 16)
         return radius
 
+    def radii(self, start: int, stop: int) -> Tensor:
+        """``(B, stop-start)``: the radii of draws ``start .. stop-1`` (their norms, up to rounding), in
+        float32 at least. Call after :meth:`take` of the same draws."""
+        first, last = start // self.block, (stop - 1) // self.block
+        parts = [self._radius[k] for k in range(first, last + 1)]
+        return _span(parts, start - first * self.block, stop - start)
+
     def take(self, start: int, stop: int) -> Tensor:
-        for cache in (self._weights, self._mixers):
+        for cache in (self._weights, self._mixers, self._radius):
             for k in [k for k in cache if k < start // self.block]:
                 del cache[k]
         for group in [g for g in self._rotations if g < start // self.group_length]:
-            del self._rotations[group]
+            del self._rotations[group], self._group_mixers[group]
         return super().take(start, stop)
 
     def gradient_weights(self, start: int, stop: int) -> Optional[Tensor]:
@@ -626,9 +786,7 @@ class OrthogonalStream(NoiseStream):
                 others = excess.sum(1, keepdim=True) - excess
                 self._weights[k] = (1 + excess - (others / (m - 1) if m > 1 else 0)).to(u.dtype)
             parts.append(self._weights[k])
-        v = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        offset = start - first * self.block
-        return v[:, offset : offset + (stop - start)]
+        return _span(parts, start - first * self.block, stop - start)
 
 
 class _AntitheticTake(NoiseStream):
@@ -772,14 +930,23 @@ class Sampler(ABC):
         """Whether the orthogonal blocks share rotations in groups (:class:`OrthogonalStream`'s ``share``)."""
         return isinstance(self.stream, OrthogonalStream) and self.stream.share > 1
 
-    def coefficients(self, u: Tensor) -> Tensor:
+    def coefficients(self, u: Tensor, start: Optional[int] = None) -> Tensor:
         """``(B, c)``: each score's length along its draw, ``a`` in ``score(u) = a u / |u|``.
 
         Defined for the rotation-invariant kernels, whose scores are radial;
-        ``c_d`` for every draw when the radii are tilted.
+        ``c_d`` for every draw when the radii are tilted. With ``start``
+        (the index of ``u``'s first draw) an :class:`OrthogonalStream`'s
+        Gaussian or Poisson draws take it from the radii it drew, with no
+        pass over ``u``: ``a = r`` and ``a = (d + 1) r / (1 + r^2)``.
         """
         if self.stream.tilted:
             return u.new_full(u.shape[:-1], chi_mean(u.shape[-1]))
+        if start is not None and isinstance(self.stream, OrthogonalStream):
+            if isinstance(self.kernel, Gaussian):
+                return self.stream.radii(start, start + u.shape[1]).to(u.dtype)
+            if isinstance(self.kernel, Poisson):
+                r = self.stream.radii(start, start + u.shape[1])
+                return ((u.shape[-1] + 1) * r / (1 + r * r)).to(u.dtype)
         wide = _wide(u)
         if isinstance(self.kernel, Gaussian):  # the score is u itself: a = |u|
             return torch.linalg.vector_norm(wide, dim=-1).to(u.dtype)
@@ -806,6 +973,11 @@ class Sampler(ABC):
     def terms(self, grads: Tensor) -> Tensor:
         """``(B, c, d)``: the gradient terms of the draws, from the gradients at :meth:`points`."""
 
+    @abstractmethod
+    def write_terms(self, grads: Tensor, draws: slice, out: Tensor) -> None:
+        """``terms(grads)[:, draws]`` (a contiguous range of the chunk's draws), into ``out``, with no
+        other buffer."""
+
     def pairs(self, u: Tensor, grads: Tensor) -> Tuple[Tensor, Tensor]:
         """``(scores, terms)``, both ``(B, c, d)``, from the gradients at :meth:`points`.
 
@@ -825,6 +997,9 @@ class PlainSampler(Sampler):
 
     def terms(self, grads: Tensor) -> Tensor:
         return grads
+
+    def write_terms(self, grads: Tensor, draws: slice, out: Tensor) -> None:
+        out.copy_(grads[:, draws])
 
 
 class AntitheticSampler(Sampler):
@@ -847,6 +1022,10 @@ class AntitheticSampler(Sampler):
     def terms(self, grads: Tensor) -> Tensor:
         c = grads.shape[1] // 2
         return grads[:, :c] - grads[:, c:]
+
+    def write_terms(self, grads: Tensor, draws: slice, out: Tensor) -> None:
+        c = grads.shape[1] // 2
+        torch.sub(grads[:, draws], grads[:, c + draws.start : c + draws.stop], out=out)
 
 
 def sampler_class(antithetic: bool) -> Type[Sampler]:

@@ -39,8 +39,9 @@ class Reduction(Protocol):
     """What the core streams the ``(scores, terms)`` pairs of each chunk into.
 
     Untracked, a reduction may instead take the draws themselves: with an
-    ``add_draws(start, stop, u, terms)`` method the core calls it in place of
-    :meth:`add` (no explicit scores are formed), and with a ``finish()``
+    ``add_draws(start, stop, u, grads)`` method the core calls it in place of
+    :meth:`add` with the noise and the gradients at the chunk's points (no
+    explicit scores are formed, and it forms the terms), and with a ``finish()``
     method calls it after the last chunk, before any all-reduce
     (:class:`~captum_smoothhess.factors._RotatedSums`).
     """
@@ -158,9 +159,11 @@ def stein_estimate(
             # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
             grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
             if add_draws is not None:
-                add_draws(start, stop, u, sampler.terms(grads))
+                add_draws(start, stop, u, grads)
             else:
                 reduction.add(*sampler.pairs(u, grads))
+            # Freed before the next chunk's are made, whose memory the allocator can then reuse.
+            del u, grads
         finish = getattr(reduction, "finish", None)
         if finish is not None:
             finish()

@@ -135,9 +135,13 @@ class _RotatedSums:
     ``mixer``; ``a_j`` from :meth:`~captum_smoothhess._sampling.Sampler.coefficients`),
     so its part of ``sum_j s_j t_j^T`` is ``R_g^T M_k^T (a * T_k)``
     (``T_k`` the block's terms, one row per draw). The
-    terms of a block are collected in a ``(B, d, d)`` buffer, mixed back by
-    ``M_k^T`` once the block is complete (``4 d^2 sqrt(d)`` flops), summed
-    over the group, and the group's sum rotated by ``R_g^T`` once: one
+    terms of a block are written straight from the gradients into a
+    ``(B, d, d)`` buffer (:meth:`~captum_smoothhess._sampling.Sampler.write_terms`),
+    mixed back by ``M_k^T`` once the block is complete (``4 d^2 sqrt(d)``
+    flops; the coefficients ``a``, taken from the drawn radii, scale the
+    mixer's first product, and a partial block mixes only the slabs that
+    hold its rows), summed over the group, and the group's sum rotated by
+    ``R_g^T`` once: one
     ``d x d x d`` product per group of blocks instead of one per block. The
     same sum as :meth:`_HessianSums.add` of the explicit scores, up to
     rounding. Untracked, unmasked and unweighted sums only; :meth:`finish`
@@ -155,12 +159,17 @@ class _RotatedSums:
 
         rows: Optional[Tensor]
         mixer: Optional[_Mixer]
+        count: int
+        scale: Optional[Tensor] = None  # (B, span) coefficients of the rows, applied as they are mixed back
         filled: int = 0
         written: List[Tuple[int, int]] = field(default_factory=list)
 
         def zero_unwritten(self) -> None:
-            assert self.rows is not None
-            at, rows = 0, self.rows.shape[1]
+            """Zero the rows that the mixer reads (``span``: a partial block's rows past its slabs are not)
+            and that no draw wrote."""
+            assert self.rows is not None and self.mixer is not None
+            at = 0
+            rows = self.mixer.span(self.count)
             for start, end in [*sorted(self.written), (rows, rows)]:  # the gaps between the rows written
                 if start > at:
                     self.rows[:, at:start].zero_()
@@ -193,14 +202,17 @@ class _RotatedSums:
         """``into += M_k^T rows`` of a block (its buffer is then spare)."""
         assert block.rows is not None and block.mixer is not None
         block.zero_unwritten()
-        block.mixer.add_transpose(block.rows, into, self.stream.workspace(block.rows))
+        workspace = self.stream.workspace(block.rows)
+        block.mixer.add_transpose(block.rows, into, workspace, block.count, block.scale)
         self._spare.append(block.rows)
 
-    def add_draws(self, start: int, stop: int, u: Tensor, terms: Tensor) -> None:
-        """Add the draws ``start .. stop-1``: their noise ``u`` and terms, both ``(B, c, d)``."""
+    def add_draws(self, start: int, stop: int, u: Tensor, grads: Tensor) -> None:
+        """Add the draws ``start .. stop-1``: their noise ``u`` ``(B, c, d)`` and the gradients at their
+        points (``Sampler.points``), whose terms go straight into the blocks' buffers."""
         length, share = self.stream.block, self.stream.share
         # Tilted radii: every coefficient is c_d, applied to each group's sum instead.
-        coefficients = None if self.stream.tilted else self.sampler.coefficients(u)[..., None]
+        coefficients = None if self.stream.tilted else self.sampler.coefficients(u, start)
+        terms: Optional[Tensor] = None  # formed only for draws that go into a sum directly
         at = start
         while at < stop:
             k = at // length
@@ -209,6 +221,7 @@ class _RotatedSums:
             group = k // share
             rotation = self.stream.rotation(group)
             if rotation is None:  # a group of one block: no shared rotation, explicit scores
+                terms = self.sampler.terms(grads) if terms is None else terms
                 self.inner.add(self.sampler.score(u[:, piece]), terms[:, piece])
                 at = end
                 continue
@@ -216,25 +229,38 @@ class _RotatedSums:
                 self._groups[group] = self._Group(rotation, self._buffer(rotation).zero_())
             if k not in self._blocks:
                 mixer = self.stream.mixer(k)  # None for the group's first block (M = I)
-                self._blocks[k] = self._Block(None if mixer is None else self._buffer(rotation), mixer)
+                self._blocks[k] = self._open(k, mixer, rotation, coefficients)
             block = self._blocks[k]
             span = slice(offset, offset + end - at)  # each draw has its own row, written once
             if block.rows is None:  # into the group's sum (zero there still)
                 total = self._groups[group].total[:, span]
+                terms = self.sampler.terms(grads) if terms is None else terms
                 if coefficients is None:
                     total += terms[:, piece]
                 else:
-                    total.addcmul_(terms[:, piece], coefficients[:, piece])
+                    total.addcmul_(terms[:, piece], coefficients[:, piece, None])
             else:
-                if coefficients is None:
-                    block.rows[:, span].copy_(terms[:, piece])
-                else:
-                    torch.mul(terms[:, piece], coefficients[:, piece], out=block.rows[:, span])
+                self.sampler.write_terms(grads, piece, block.rows[:, span])
+                if block.scale is not None and coefficients is not None:
+                    block.scale[:, span] = coefficients[:, piece]
                 block.written.append((span.start, span.stop))
             block.filled += end - at
             if block.filled == self.stream.block_draws(k):
                 self._fold(k)
             at = end
+
+    def _open(
+        self, k: int, mixer: Optional[_Mixer], rotation: Tensor, coefficients: Optional[Tensor]
+    ) -> _RotatedSums._Block:
+        """Block ``k``'s record: rows to collect unless it is its group's first block (``mixer`` None), and
+        room for their coefficients (zeros past the rows written)."""
+        count = self.stream.block_draws(k)
+        if mixer is None:
+            return self._Block(None, None, count)
+        scale = None
+        if coefficients is not None:
+            scale = coefficients.new_zeros(coefficients.shape[0], mixer.span(count))
+        return self._Block(self._buffer(rotation), mixer, count, scale)
 
     def _fold(self, k: int) -> None:
         """Block ``k`` into its group's sum (closing the group once it holds all its blocks)."""

@@ -13,6 +13,7 @@ from captum_smoothhess._sampling import (
     AntitheticSampler,
     OrthogonalStream,
     _haar_columns,
+    _lower_gaussian,
     chi_mean,
     orthogonal_block_length,
 )
@@ -78,10 +79,16 @@ def test_haar_columns_are_orthonormal(d: int, m: int) -> None:
     torch.testing.assert_close(q.transpose(1, 2) @ q, torch.eye(m, dtype=torch.float64).expand(3, m, m))
 
 
-def test_haar_columns_have_the_law_of_a_gaussian_qr() -> None:
-    """Stewart's reflectors give the law of the QR factor: moments and two-sample KS against it."""
-    d, n = 4, 20000
-    q = _haar_columns(torch.randn(n, d, d, generator=gen(1), dtype=torch.float64))
+@pytest.mark.parametrize(("d", "lower"), [(4, False), (4, True), (5, True)])
+def test_haar_columns_have_the_law_of_a_gaussian_qr(d: int, lower: bool) -> None:
+    """Stewart's reflectors give the law of the QR factor: moments and two-sample KS against it; also
+    from the lower triangle alone (``_lower_gaussian``, even and odd d), as rows written in place."""
+    n = 20000
+    if lower:
+        gauss = _lower_gaussian(n, d, gen(1), torch.device("cpu"), torch.float64)
+        q = _haar_columns(gauss, overwrite=True, rows=True).mT
+    else:
+        q = _haar_columns(torch.randn(n, d, d, generator=gen(1), dtype=torch.float64))
     ref = _qr_haar(torch.randn(n, d, d, generator=gen(2), dtype=torch.float64))
     # Haar moments of O(d) (Weingarten): E q00^2 q11^2 = (d+1)/((d-1)d(d+2)), E q00 q01 q10 q11 = -1/(...).
     c = (d - 1) * d * (d + 2)
@@ -363,3 +370,26 @@ def test_tunnel_sampling_opt_in() -> None:
         KernelNoiseTunnel(Saliency(net), kernel="sigmoid", sampling="orthogonal")
     with pytest.raises(ValueError, match=r"^sampling"):
         KernelNoiseTunnel(Saliency(net), sampling="sobol")
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 6, 9])
+def test_lower_gaussian_reads_each_normal_once(d: int) -> None:
+    """The entries on and below the diagonal are d (d + 1) / 2 distinct standard normal draws (none
+    used twice, as the diagonal of the trailing block would be without its fresh draw); above it, no
+    garbage (zeros or normals)."""
+    n = 4000
+    gauss = _lower_gaussian(n, d, gen(4), torch.device("cpu"), torch.float64)
+    rows, cols = torch.tril_indices(d, d)
+    lower = gauss[:, rows, cols]
+    assert lower.shape == (n, d * (d + 1) // 2)
+    assert torch.unique(lower[0]).numel() == lower.shape[1]
+    assert bool(torch.isfinite(gauss).all())
+    pooled = lower.flatten()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    ecdf = torch.arange(1, pooled.numel() + 1, dtype=torch.float64) / pooled.numel()
+    assert float((normal.cdf(pooled.sort().values) - ecdf).abs().max()) < 1.95 / math.sqrt(pooled.numel())
+    # Entries are uncorrelated with each other across draws (a reuse would give correlation 1).
+    if lower.shape[1] > 1:
+        corr = torch.corrcoef(lower.T)
+        off = corr - torch.diag(torch.diagonal(corr))
+        assert float(off.abs().max()) < 5 / math.sqrt(n)

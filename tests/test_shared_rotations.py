@@ -78,11 +78,37 @@ def test_mixer_is_orthogonal_and_its_transpose_inverts_it(d: int, kind: type) ->
             assert int((m[0].abs() > 1e-12).sum(1).min()) > math.isqrt(d)
 
 
+@pytest.mark.parametrize(("d", "kind"), [(6, _KroneckerMixer), (300, _KroneckerMixer), (257, _LayeredMixer)])
+def test_mixer_of_a_partial_block_computes_its_rows_only(d: int, kind: type) -> None:
+    """With ``count`` the mixer forms (and reads back) only the slabs that hold a partial block's rows,
+    with the same numbers as the whole product for those rows."""
+    mixer = _Mixer.draw(d, gen(5), CPU, torch.float64)
+    assert type(mixer) is kind
+    rotation = torch.randn(2, d, d, generator=gen(6), dtype=torch.float64)
+    scale = torch.rand(2, d, generator=gen(7), dtype=torch.float64)
+    full = mixer.apply(rotation, scale=scale)
+    for count in (1, d // 3, d - 1, d):
+        span = mixer.span(count)
+        assert count <= span <= d
+        if kind is _KroneckerMixer:
+            assert span < count + mixer.c  # whole slabs only
+        part = mixer.apply(rotation, scale=scale, count=count)
+        assert part.shape == (2, span, d)
+        torch.testing.assert_close(part[:, :count], full[:, :count], rtol=0, atol=1e-12)
+        rows = torch.randn(2, d, d, generator=gen(8), dtype=torch.float64)
+        rows[:, count:] = 0
+        expected = mixer.apply_transpose(rows)
+        rows[:, span:] = float("nan")  # never read
+        into = torch.zeros(2, d, d, dtype=torch.float64)
+        mixer.add_transpose(rows, into, torch.empty_like(rows), count)
+        torch.testing.assert_close(into, expected, rtol=0, atol=1e-12)
+
+
 def test_blocks_of_a_group_are_mixed_copies_of_its_rotation() -> None:
     d, total = 6, 6 * 9 + 2  # share=4: groups of blocks 0-3, 4-7, and 8-9 (a last block of 2 draws)
     stream = _stream(Gaussian(), d, total)
     u = stream.take(0, total)
-    unshared = _stream(Gaussian(), d, total, share=1).take(0, total)
+    rotations = _stream(Gaussian(), d, total)
     assert stream.group_length == 24
     for k in range(10):
         block = u[:, k * d : (k + 1) * d]
@@ -91,8 +117,10 @@ def test_blocks_of_a_group_are_mixed_copies_of_its_rotation() -> None:
         torch.testing.assert_close(
             directions @ directions.mT, torch.eye(m, dtype=torch.float64).expand(2, m, m)
         )
-        if k % 4 == 0:  # a group's first block is the unshared stream's block
-            assert torch.equal(block, unshared[:, k * d : (k + 1) * d])
+        if k % 4 == 0:  # a group's first block: the rows of the group's rotation, scaled by the radii
+            rotation = rotations.rotation(k // 4)
+            assert rotation is not None
+            torch.testing.assert_close(directions, rotation, rtol=0, atol=1e-14)
     # A later block is its mixer applied to the group's rotation.
     stream = _stream(Gaussian(), d, total)
     block = stream.take(6, 12)
@@ -172,7 +200,7 @@ def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel) -> None:
             for start in range(0, draws, chunk):
                 stop = min(draws, start + chunk)
                 g = torch.cat([grads[:, start:stop], grads[:, draws + start : draws + stop]], dim=1)
-                rotated.add_draws(start, stop, sampler.noise(start, stop), sampler.terms(g))
+                rotated.add_draws(start, stop, sampler.noise(start, stop), g)
             rotated.finish()
             torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
 
@@ -192,7 +220,7 @@ def test_rotated_sums_of_some_chunks_ignore_what_their_buffers_held(monkeypatch:
         g = torch.cat([grads[:, start:stop], grads[:, draws + start : draws + stop]], dim=1)
         u = sampler.noise(start, stop)
         explicit.add(*sampler.pairs(u, g))
-        rotated.add_draws(start, stop, u, sampler.terms(g))
+        rotated.add_draws(start, stop, u, g)
     rotated.finish()
     torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
 
@@ -248,16 +276,25 @@ def test_sharing_costs_little_variance_unless_the_mixer_is_removed(monkeypatch: 
         out: Optional[torch.Tensor] = None,
         scratch: object = None,
         scale: Optional[torch.Tensor] = None,
+        count: Optional[int] = None,
     ) -> torch.Tensor:
         out = rows.clone() if out is None else out.copy_(rows)
         return out if scale is None else out.mul_(scale[..., None])
 
-    def add(self: _Mixer, rows: torch.Tensor, into: torch.Tensor, scratch: object) -> None:
-        into += rows
+    def add(
+        self: _Mixer,
+        rows: torch.Tensor,
+        into: torch.Tensor,
+        scratch: object,
+        count: Optional[int] = None,
+        scale: Optional[torch.Tensor] = None,
+    ) -> None:
+        into += rows if scale is None else rows * scale[..., None]
 
     for kind in (_KroneckerMixer, _LayeredMixer):
         monkeypatch.setattr(kind, "apply", identity)
         monkeypatch.setattr(kind, "add_transpose", add)
+        monkeypatch.setattr(kind, "span", lambda self, count: self.dim)
     without = mse()
     assert with_mixer / independent < 1.2
     assert without / independent > 2.0
@@ -311,7 +348,13 @@ def test_shared_path_memory_does_not_grow_with_n_samples(shared: None) -> None:
     def add_draws(self: _RotatedSums, *args: Any) -> None:
         original(self, *args)
         stream = self.stream
-        sizes.append(len(self._groups) + len(self._blocks) + len(stream._rotations) + len(stream._mixers))
+        sizes.append(
+            len(self._groups)
+            + len(self._blocks)
+            + len(stream._rotations)
+            + len(stream._mixers)
+            + len(stream._radius)
+        )
         if len(sizes) > 400:
             raise Stop
 
@@ -319,7 +362,8 @@ def test_shared_path_memory_does_not_grow_with_n_samples(shared: None) -> None:
         patch.setattr(_RotatedSums, "add_draws", add_draws)
         with pytest.raises(Stop):
             SmoothHess(net).attribute(torch.randn(4, 64), target=0, n_samples=10**12, n_samples_batch_size=50)
-    assert max(sizes) <= 6, max(sizes)
+    # At most an open group and its rotation, two open blocks, and the mixers and radii of two blocks.
+    assert max(sizes) <= 8, max(sizes)
 
 
 def test_shared_path_in_threads_gives_the_one_thread_numbers(shared: None) -> None:
@@ -347,9 +391,9 @@ def test_kronecker_mixers_keep_the_contract(
     applied: List[int] = []
     apply = _KroneckerMixer._apply
 
-    def counted(self: _KroneckerMixer, *args: Any) -> None:
+    def counted(self: _KroneckerMixer, *args: Any) -> torch.Tensor:
         applied.append(1)
-        apply(self, *args)
+        return apply(self, *args)
 
     monkeypatch.setattr(_KroneckerMixer, "_apply", counted)
 

@@ -21,6 +21,7 @@ from captum_smoothhess import smoothhess as smoothhess_module
 from captum_smoothhess._sampling import (
     AntitheticSampler,
     OrthogonalStream,
+    PlainSampler,
     _KroneckerMixer,
     _LayeredMixer,
     _Mixer,
@@ -182,13 +183,16 @@ def test_each_shared_draw_has_the_kernel_marginal(kernel: Kernel) -> None:
 # --------------------------------------------------------------------------- the estimate
 
 
+@pytest.mark.parametrize("antithetic", [True, False], ids=["antithetic", "plain"])
 @pytest.mark.parametrize("kernel", [Gaussian(), Poisson()], ids=repr)
-def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel) -> None:
-    """Any chunking, a partial last block, a group of one block, two examples; chi_d / Poisson radii."""
+def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel, antithetic: bool) -> None:
+    """Any chunking, a partial last block, a group of one block, two examples; chi_d / Poisson radii;
+    antithetic pairs and one gradient call per draw (whose terms are the gradients themselves)."""
     d = 6
+    kind = AntitheticSampler if antithetic else PlainSampler
     for draws in (6 * 9 + 2, 6 * 8 + 3, 6 * 4, 6 * 5):
-        grads = torch.randn(2, 2 * draws, d, generator=gen(draws), dtype=torch.float64)
-        sampler = AntitheticSampler(kernel, 2, d, 9, CPU, torch.float64, draws, "orthogonal")
+        grads = torch.randn(2, kind.copies * draws, d, generator=gen(draws), dtype=torch.float64)
+        sampler = kind(kernel, 2, d, 9, CPU, torch.float64, draws, "orthogonal")
         sampler.stream = _stream(kernel, d, draws)
         explicit = _HessianSums(2, d, torch.ones(2, d, dtype=torch.float64), None, 0)
         u = sampler.noise(0, draws)
@@ -199,8 +203,10 @@ def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel) -> None:
             )
             for start in range(0, draws, chunk):
                 stop = min(draws, start + chunk)
-                g = torch.cat([grads[:, start:stop], grads[:, draws + start : draws + stop]], dim=1)
-                rotated.add_draws(start, stop, sampler.noise(start, stop), g)
+                parts = [grads[:, start:stop]] + (
+                    [grads[:, draws + start : draws + stop]] if antithetic else []
+                )
+                rotated.add_draws(start, stop, sampler.noise(start, stop), torch.cat(parts, dim=1))
             rotated.finish()
             torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
 
@@ -225,13 +231,19 @@ def test_rotated_sums_of_some_chunks_ignore_what_their_buffers_held(monkeypatch:
     torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("antithetic", [True, False], ids=["antithetic", "plain"])
 def test_smoothhess_with_and_without_rotated_sums_agree(
-    shared: None, relu10: OneHiddenReLU, x10: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    shared: None,
+    relu10: OneHiddenReLU,
+    x10: torch.Tensor,
+    monkeypatch: pytest.MonkeyPatch,
+    antithetic: bool,
 ) -> None:
     sh = SmoothHess(relu10.net)
-    h = sh.attribute(x10, stdevs=EPS, n_samples=2 * 95, n_samples_batch_size=36, generator=gen(2))
+    kw: Any = dict(stdevs=EPS, n_samples=2 * 95, n_samples_batch_size=36, antithetic=antithetic)
+    h = sh.attribute(x10, generator=gen(2), **kw)
     monkeypatch.setattr(smoothhess_module, "_RotatedSums", lambda inner, sampler: inner)
-    explicit = sh.attribute(x10, stdevs=EPS, n_samples=2 * 95, n_samples_batch_size=36, generator=gen(2))
+    explicit = sh.attribute(x10, generator=gen(2), **kw)
     torch.testing.assert_close(h, explicit, rtol=1e-10, atol=1e-12)
 
 

@@ -447,7 +447,9 @@ class _KroneckerMixer(_Mixer):
             fs, gs = haar[:count], haar[count:]
         else:
             fs, gs = (
-                _haar_columns(torch.randn(count, k, k, generator=generator, device=device, dtype=dtype), True)
+                _haar_columns(
+                    torch.randn(count, k, k, generator=generator, device=device, dtype=dtype), overwrite=True
+                )
                 for k in (s, c)
             )
         return [cls(perms[i], fs[i], gs[i]) for i in range(count)]

@@ -328,7 +328,7 @@ def _balanced_factor(dim: int) -> int:
 
 
 class _Mixer(ABC):
-    """A random ``d x d`` orthogonal matrix ``M`` that is cheap to apply (:meth:`draw` picks the kind).
+    """A random ``d x d`` orthogonal matrix ``M`` that is cheap to apply (:meth:`draw_many` picks the kind).
 
     For a Haar ``R`` independent of it, ``M R`` is again exactly Haar, so the blocks of a group that share
     ``R`` (:class:`OrthogonalStream`) each keep the law of an independent block; what ``M`` must do is make
@@ -342,17 +342,12 @@ class _Mixer(ABC):
     dim: int
 
     @staticmethod
-    def draw(dim: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> _Mixer:
-        """A :class:`_KroneckerMixer` if ``d = s c`` with ``sqrt(d) / 2 <= s <= sqrt(d)``, else a
-        :class:`_LayeredMixer`."""
-        return _Mixer.draw_many(dim, 1, generator, device, dtype)[0]
-
-    @staticmethod
     def draw_many(
         dim: int, count: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
     ) -> List[_Mixer]:
-        """``count`` independent mixers of the kind :meth:`draw` picks, the Kronecker ones drawn together
-        (one batched Haar draw: a group's mixers cost about one mixer's call overhead)."""
+        """``count`` independent mixers: :class:`_KroneckerMixer` if ``d = s c`` with ``sqrt(d) / 2 <= s
+        <= sqrt(d)`` (drawn together, one batched Haar draw: a group's mixers cost about one mixer's call
+        overhead), else :class:`_LayeredMixer`."""
         s = _balanced_factor(dim)
         if s > 1 and 4 * s * s >= dim:
             return list(_KroneckerMixer.draw_batch(dim, s, count, generator, device, dtype))
@@ -933,26 +928,24 @@ class Sampler(ABC):
         """Whether the orthogonal blocks share rotations in groups (:class:`OrthogonalStream`'s ``share``)."""
         return isinstance(self.stream, OrthogonalStream) and self.stream.share > 1
 
-    def coefficients(self, u: Tensor, start: Optional[int] = None) -> Tensor:
-        """``(B, c)``: each score's length along its draw, ``a`` in ``score(u) = a u / |u|``.
+    def coefficients(self, u: Tensor, start: int) -> Tensor:
+        """``(B, c)``: each score's length along its draw, ``a`` in ``score(u) = a u / |u|``, for the
+        draws ``start .. start + c - 1`` of an :class:`OrthogonalStream`.
 
         Defined for the rotation-invariant kernels, whose scores are radial;
-        ``c_d`` for every draw when the radii are tilted. With ``start``
-        (the index of ``u``'s first draw) an :class:`OrthogonalStream`'s
-        Gaussian or Poisson draws take it from the radii it drew, with no
-        pass over ``u``: ``a = r`` and ``a = (d + 1) r / (1 + r^2)``.
+        ``c_d`` for every draw when the radii are tilted. From the radii the
+        stream drew where the kernel gives the score's length in closed form
+        (Gaussian: ``a = r``, Poisson: ``(d + 1) r / (1 + r^2)``), with no
+        pass over ``u``; else from the points.
         """
         if self.stream.tilted:
             return u.new_full(u.shape[:-1], chi_mean(u.shape[-1]))
-        if start is not None and isinstance(self.stream, OrthogonalStream):
-            if isinstance(self.kernel, Gaussian):
-                return self.stream.radii(start, start + u.shape[1]).to(u.dtype)
-            if isinstance(self.kernel, Poisson):
-                r = self.stream.radii(start, start + u.shape[1])
-                return ((u.shape[-1] + 1) * r / (1 + r * r)).to(u.dtype)
+        if isinstance(self.stream, OrthogonalStream):
+            radius = self.stream.radii(start, start + u.shape[1])
+            length = self.kernel._radial_score(radius, u.shape[-1])
+            if length is not None:
+                return length.to(u.dtype)
         wide = _wide(u)
-        if isinstance(self.kernel, Gaussian):  # the score is u itself: a = |u|
-            return torch.linalg.vector_norm(wide, dim=-1).to(u.dtype)
         radial = (_wide(self.kernel.score(u)) * wide).sum(-1) / torch.linalg.vector_norm(wide, dim=-1)
         return radial.to(u.dtype)
 

@@ -155,6 +155,12 @@ class Kernel(ABC):
             "Poisson(), Hyperbolic() or Sigmoid()."
         )
 
+    def _radial_score(self, radius: Tensor, dim: int) -> Optional[Tensor]:
+        """For a radial kernel on R^dim, the length of :meth:`score` at points of norm ``radius``
+        (``score(u) = a(|u|) u / |u|``); ``None`` where the kernel does not give it in closed form (the
+        samplers then take it from the points)."""
+        return None
+
     def log_prob(self, u: Tensor) -> Tensor:
         """Log-density of the canonical kernel at points ``u`` of shape ``(..., dim)``.
 
@@ -208,6 +214,9 @@ class Gaussian(Kernel):
     def score(self, u: Tensor) -> Tensor:
         return u
 
+    def _radial_score(self, radius: Tensor, dim: int) -> Optional[Tensor]:
+        return radius
+
     def log_prob(self, u: Tensor) -> Tensor:
         return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
 
@@ -251,6 +260,9 @@ class Poisson(Kernel):
         # |u|^2 of heavy-tailed draws overflows half precision: accumulate in float32 at least.
         wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
         return ((d + 1) * wide / (1 + (wide * wide).sum(-1, keepdim=True))).to(u.dtype)
+
+    def _radial_score(self, radius: Tensor, dim: int) -> Optional[Tensor]:
+        return (dim + 1) * radius / (1 + radius * radius)  # the length of score(u) above, |u| = radius
 
     def log_prob(self, u: Tensor) -> Tensor:
         d = u.shape[-1]

@@ -60,7 +60,7 @@ def shared(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_mixer_is_orthogonal_and_its_transpose_inverts_it(d: int, kind: type) -> None:
-    mixer = _Mixer.draw(d, gen(0), CPU, torch.float64)
+    mixer = _Mixer.draw_many(d, 1, gen(0), CPU, torch.float64)[0]
     assert type(mixer) is kind
     mixers = [mixer] + ([_LayeredMixer(d, gen(0), CPU, torch.float64)] if kind is _KroneckerMixer else [])
     eye = torch.eye(d, dtype=torch.float64).expand(2, d, d)
@@ -83,7 +83,7 @@ def test_mixer_is_orthogonal_and_its_transpose_inverts_it(d: int, kind: type) ->
 def test_mixer_of_a_partial_block_computes_its_rows_only(d: int, kind: type) -> None:
     """With ``count`` the mixer forms (and reads back) only the slabs that hold a partial block's rows,
     with the same numbers as the whole product for those rows."""
-    mixer = _Mixer.draw(d, gen(5), CPU, torch.float64)
+    mixer = _Mixer.draw_many(d, 1, gen(5), CPU, torch.float64)[0]
     assert type(mixer) is kind
     rotation = torch.randn(2, d, d, generator=gen(6), dtype=torch.float64)
     scale = torch.rand(2, d, generator=gen(7), dtype=torch.float64)
@@ -209,6 +209,26 @@ def test_rotated_sums_equal_the_explicit_sum(kernel: Kernel, antithetic: bool) -
                 rotated.add_draws(start, stop, sampler.noise(start, stop), torch.cat(parts, dim=1))
             rotated.finish()
             torch.testing.assert_close(rotated.total, explicit.total, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [Gaussian(), Poisson()], ids=repr)
+def test_score_lengths_from_the_radii_equal_those_of_the_points(kernel: Kernel) -> None:
+    """``Kernel._radial_score`` is the length of ``score(u)`` at ``|u|``, and the coefficients taken from
+    the stream's radii equal those measured on the points (what a radial kernel without the closed
+    form gets)."""
+    u = torch.randn(5, 7, generator=gen(11), dtype=torch.float64) * 3
+    length = kernel._radial_score(u.norm(dim=-1), 7)
+    assert length is not None
+    torch.testing.assert_close(length, kernel.score(u).norm(dim=-1), rtol=1e-12, atol=0)
+    d, draws = 6, 6 * 5
+    sampler = AntitheticSampler(kernel, 2, d, 9, CPU, torch.float64, draws, "orthogonal")
+    sampler.stream = _stream(kernel, d, draws)
+    noise = sampler.noise(7, 20)
+    from_radii = sampler.coefficients(noise, 7)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(kernel), "_radial_score", lambda self, radius, dim: None)
+        from_points = sampler.coefficients(noise, 7)
+    torch.testing.assert_close(from_radii, from_points, rtol=1e-12, atol=0)
 
 
 def test_rotated_sums_of_some_chunks_ignore_what_their_buffers_held(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -293,8 +293,7 @@ def timing_table(quick: bool) -> None:
         if not share:  # a Haar rotation per block, explicit scores (with tilt: the default before sharing)
             patches.append(mock.patch.object(_sampling, "_SHARE_MIN_DIM", 1 << 62))
         if layered:  # the two-layer mixers, which any d can have (the Kronecker ones need d = s c)
-            layers = staticmethod(_sampling._LayeredMixer)
-            patches.append(mock.patch.object(_sampling._Mixer, "draw", layers))
+            patches.append(mock.patch.object(_sampling._Mixer, "draw_many", staticmethod(_layered_mixers)))
 
         def f() -> None:
             with contextlib.ExitStack() as stack:
@@ -345,6 +344,13 @@ def _fwht(v: Tensor) -> Tensor:
         v = torch.stack((v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]), dim=2).reshape(m, d)
         h *= 2
     return v / math.sqrt(d)
+
+
+def _layered_mixers(
+    dim: int, count: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> List[Any]:
+    """Two-layer mixers for any ``d`` (what ``_Mixer.draw_many`` gives when ``d`` does not factor)."""
+    return [_sampling._LayeredMixer(dim, generator, device, dtype) for _ in range(count)]
 
 
 def _qr_directions(gauss: Tensor, overwrite: bool = False, rows: bool = False) -> Tensor:

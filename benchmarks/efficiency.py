@@ -22,7 +22,12 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    default with its rotations by QR, with the tilted radii that it keeps below 256 features, and
    with the two-layer mixers of the ``d`` that do not factor) over the floor of a plain
    SmoothGrad, ``n`` batched gradient calls with their Gaussian noise drawn; 15 interleaved
-   rounds, ratios are medians of per-round ratios (``_timing.interleaved``).
+   rounds, ratios are medians of per-round ratios (``_timing.interleaved``). For reference, what
+   Captum's own SmoothGrad (``NoiseTunnel(Saliency)``, the same ``n`` and batches) pays. Then the default and
+   iid against the floor as ``n`` grows (n = 8192 to 50,176: the orthogonal draws of a call fill
+   part of one group of 8 blocks, one group, two and four), each ``n`` interleaved on its own:
+   a group's rotation and its ``d x d x d`` product are paid once per group, whatever the
+   number of its blocks that the call uses.
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
    ``m`` Householder reflectors drawn directly (Stewart's method: the same law, no
    factorisation), and a structured random orthogonal transform (three rounds of random signs
@@ -43,6 +48,7 @@ from unittest import mock
 import _checkout  # noqa: F401  (this checkout's package first on sys.path)
 import torch
 from _timing import interleaved
+from captum.attr import NoiseTunnel, Saliency
 from smoothhess import mlp784
 from torch import Tensor, nn
 
@@ -261,6 +267,32 @@ def tolerance_table(quick: bool) -> None:
             print(f"| ReLU oracle | {kernel} | {d} | {sampling} | 0.05 | {cells} |")
 
 
+def _floor(net: nn.Module, x: Tensor, eps: float, target: int, n: int, batch: int) -> Callable[[], None]:
+    """A plain SmoothGrad's cost: ``n`` gradient calls in batches, their Gaussian noise drawn."""
+
+    def f() -> None:
+        g = _gen(0)
+        for start in range(0, n, batch):
+            rows = min(batch, n - start)
+            pts = (x + eps * torch.randn(rows, x.shape[1], generator=g)).requires_grad_()
+            torch.autograd.grad(net(pts)[:, target].sum(), pts)
+
+    return f
+
+
+def _dense(sh: Any, x: Tensor, eps: float, target: int, n: int, batch: int, sampling: Optional[str]) -> None:
+    """Dense SmoothHess with the same ``n`` and batches (seeded)."""
+    sh.attribute(
+        x,
+        target=target,
+        stdevs=eps,
+        n_samples=n,
+        n_samples_batch_size=batch,
+        sampling=sampling,
+        generator=_gen(0),
+    )
+
+
 def timing_table(quick: bool) -> None:
     n = 1568 if quick else 8192
     batch = min(1024, n)
@@ -270,12 +302,7 @@ def timing_table(quick: bool) -> None:
     sh = SmoothHess(net)
     eps, target = 0.1, 3
 
-    def floor() -> None:  # a plain SmoothGrad's cost: noise drawn, n gradient calls in batches
-        g = _gen(0)
-        for start in range(0, n, batch):
-            rows = min(batch, n - start)
-            pts = (x + eps * torch.randn(rows, 784, generator=g)).requires_grad_()
-            torch.autograd.grad(net(pts)[:, target].sum(), pts)
+    floor = _floor(net, x, eps, target, n, batch)
 
     def run(
         sampling: Optional[str],
@@ -299,17 +326,16 @@ def timing_table(quick: bool) -> None:
             with contextlib.ExitStack() as stack:
                 for patch in patches:
                     stack.enter_context(patch)
-                sh.attribute(
-                    x,
-                    target=target,
-                    stdevs=eps,
-                    n_samples=n,
-                    n_samples_batch_size=batch,
-                    sampling=sampling,
-                    generator=_gen(0),
-                )
+                _dense(sh, x, eps, target, n, batch, sampling)
 
         return f
+
+    tunnel = NoiseTunnel(Saliency(net))
+
+    def captum_smoothgrad() -> None:  # what a Captum user pays for SmoothGrad (for reference)
+        tunnel.attribute(
+            x, nt_type="smoothgrad", nt_samples=n, nt_samples_batch_size=batch, stdevs=eps, target=target
+        )
 
     contenders: List[Callable[[], object]] = [
         floor,
@@ -319,6 +345,7 @@ def timing_table(quick: bool) -> None:
         run(None, qr=True),
         run(None, tilt=True),
         run(None, layered=True),
+        captum_smoothgrad,
     ]
     t = interleaved(contenders, repeats)
     print("\n| MLP 784-500-300-250-250-10 | n | floor: noise + gradients (s) | time (s) | ratio to floor |")
@@ -333,6 +360,28 @@ def timing_table(quick: bool) -> None:
     )
     for i, name in enumerate(names, start=1):
         print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
+    i = len(names) + 1
+    row = f"| {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |"
+    print(f"| Captum's SmoothGrad, NoiseTunnel(Saliency) (for reference) {row}")
+    growth_table(net, x, eps, target, batch, quick)
+
+
+def growth_table(net: nn.Module, x: Tensor, eps: float, target: int, batch: int, quick: bool) -> None:
+    """The default's and iid's ratio to the floor as ``n`` grows (a group's fixed cost amortised)."""
+    d = x.shape[1]
+    sizes = (1568, 3136) if quick else (8192, 12544, 25088, 50176)
+    share = _sampling._SHARE_BLOCKS
+    print(f"\n| MLP 784-500-300-250-250-10, n | blocks (groups of {share}) | floor (s) ", end="")
+    print("| default: ratio | iid: ratio |")
+    print("|---|---|---|---|---|")
+    sh = SmoothHess(net)
+    for n in sizes:
+        calls = [functools.partial(_dense, sh, x, eps, target, n, batch, s) for s in (None, "iid")]
+        rounds = 1 if quick else (15 if n <= 12544 else 7)
+        t = interleaved([_floor(net, x, eps, target, n, batch), *calls], rounds)
+        blocks = n / 2 / d  # antithetic pairs: n / 2 draws, d per block
+        groups = math.ceil(blocks / share)
+        print(f"| {n} | {blocks:.2f} ({groups}) | {t.best[0]:.3f} | {t.ratio[1]:.3f} | {t.ratio[2]:.3f} |")
 
 
 def _fwht(v: Tensor) -> Tensor:

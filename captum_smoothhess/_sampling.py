@@ -301,8 +301,10 @@ def _haar_columns(gauss: Tensor, overwrite: bool = False, rows: bool = False) ->
     alpha = torch.diagonal(gauss, dim1=-2, dim2=-1)
     if overwrite:
         alpha = alpha.clone()
-    # Norms of the columns' lower parts; only the top m x m block has entries above the diagonal.
-    norm = torch.linalg.vector_norm(gauss[..., :m, :].tril(), dim=-2)
+    # Norms of the columns' lower parts; only the top m x m block has entries above the diagonal (which
+    # householder_product does not read: zeroed in place when gauss may be overwritten, with no copy).
+    top = gauss[..., :m, :]
+    norm = torch.linalg.vector_norm(top.tril_() if overwrite else top.tril(), dim=-2)
     if gauss.shape[-2] > m:
         norm = torch.hypot(norm, torch.linalg.vector_norm(gauss[..., m:, :], dim=-2))
     sign = torch.where(alpha < 0, -1.0, 1.0).to(gauss.dtype)

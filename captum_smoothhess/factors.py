@@ -115,11 +115,18 @@ class _HessianSums:
             torch.distributed.all_reduce(self.total, group=group)
 
     def result(self, count: int) -> Tensor:
-        """The symmetrised mean ``sym(diag(1/eps) sum) / count`` (the groups' mean when kept per group)."""
+        """The symmetrised mean ``sym(diag(1/eps) sum) / count`` (the groups' mean when kept per group).
+
+        Called once, at the end: the sum is scaled in place (a ``(B, d, d)`` buffer and a pass fewer).
+        """
         if self.stats is not None:
             return self.stats.mean()
-        h = self.total * (self.row_scale[:, None] / count) if self.mask is None else self.total / count
-        return (h + h.transpose(1, 2)).mul_(0.5)
+        # Halving is exact in binary floating point: the same numbers as halving the symmetrised sum.
+        if self.mask is None:
+            h = self.total.mul_(self.row_scale[:, None] / count * 0.5)
+        else:
+            h = self.total.div_(2 * count)
+        return torch.add(h, h.transpose(1, 2))
 
     def stderr(self) -> Tensor:
         """Per-entry standard errors of :meth:`result`, from the groups."""
@@ -232,13 +239,11 @@ class _RotatedSums:
                 self._blocks[k] = self._open(k, mixer, rotation, coefficients)
             block = self._blocks[k]
             span = slice(offset, offset + end - at)  # each draw has its own row, written once
-            if block.rows is None:  # into the group's sum (zero there still)
+            if block.rows is None:  # into the group's sum, zero there still: written, with no buffer
                 total = self._groups[group].total[:, span]
-                terms = self.sampler.terms(grads) if terms is None else terms
-                if coefficients is None:
-                    total += terms[:, piece]
-                else:
-                    total.addcmul_(terms[:, piece], coefficients[:, piece, None])
+                self.sampler.write_terms(grads, piece, total)
+                if coefficients is not None:
+                    total.mul_(coefficients[:, piece, None])
             else:
                 self.sampler.write_terms(grads, piece, block.rows[:, span])
                 if block.scale is not None and coefficients is not None:

@@ -71,3 +71,4 @@ def test_efficiency_benchmark_quick() -> None:
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out
     assert "chi_d radii | tilted" in out and "+-2 stderr coverage" in out
     assert "ratio shared / per block" in out and "a rotation per block (before)" in out
+    assert "blocks (groups of 8)" in out and "default: ratio" in out

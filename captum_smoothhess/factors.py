@@ -73,6 +73,7 @@ class _HessianSums:
         self.copies = copies
         self.stats = None if copies is None else GroupStats(self.total)
         self.index: Optional[Tensor] = None
+        self._scaled = False  # result() scales the sum in place, once
 
     def _group(self, t: Tensor) -> Tensor:
         assert self.mask is not None
@@ -121,6 +122,9 @@ class _HessianSums:
         """
         if self.stats is not None:
             return self.stats.mean()
+        if self._scaled:
+            raise RuntimeError("_HessianSums.result: already taken (the sum was scaled in place)")
+        self._scaled = True
         # Halving is exact in binary floating point: the same numbers as halving the symmetrised sum.
         if self.mask is None:
             h = self.total.mul_(self.row_scale[:, None] / count * 0.5)

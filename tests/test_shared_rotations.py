@@ -467,12 +467,12 @@ def test_hessian_sums_result_is_taken_once() -> None:
     """``result`` scales the sum in place (no second ``(B, d, d)`` buffer): the symmetrised, scaled mean,
     and a second call refuses instead of scaling twice."""
     d = 5
-    scale = torch.rand(2, d, generator=gen(3), dtype=torch.float64) + 0.5
+    scale = torch.rand(d, generator=gen(3), dtype=torch.float64) + 0.5  # 1 / stdevs, one per feature
     sums = _HessianSums(2, d, scale, None, 0)
     a, b = (torch.randn(2, 7, d, generator=gen(k), dtype=torch.float64) for k in (4, 5))
     sums.add(a, b)
     torch.testing.assert_close(sums.total, a.transpose(1, 2) @ b, rtol=1e-12, atol=1e-12)
-    raw = sums.total * (scale[:, None] / 7)  # what result() computed out of place before
+    raw = sums.total * (scale[:, None] / 7)  # rows times 1 / eps_i: what result() computed out of place
     assert torch.equal(sums.result(7), (raw + raw.transpose(1, 2)) * 0.5)
     with pytest.raises(RuntimeError, match="already taken"):
         sums.result(7)

@@ -967,9 +967,12 @@ class Sampler(ABC):
     def points(self, x: Tensor, eps: Tensor, u: Tensor) -> Tensor:
         """Perturbed points ``(B, copies * c, d)`` of the ``c`` draws ``u`` around ``x`` ``(B, d)``."""
 
-    @abstractmethod
     def terms(self, grads: Tensor) -> Tensor:
         """``(B, c, d)``: the gradient terms of the draws, from the gradients at :meth:`points`."""
+        c = grads.shape[1] // self.copies
+        out = grads.new_empty(grads.shape[0], c, grads.shape[-1])
+        self.write_terms(grads, slice(0, c), out)
+        return out
 
     @abstractmethod
     def write_terms(self, grads: Tensor, draws: slice, out: Tensor) -> None:
@@ -1016,10 +1019,6 @@ class AntitheticSampler(Sampler):
         torch.addcmul(x_rows, eps, u, out=points[:, :c])
         torch.addcmul(x_rows, eps, u, value=-1, out=points[:, c:])
         return points
-
-    def terms(self, grads: Tensor) -> Tensor:
-        c = grads.shape[1] // 2
-        return grads[:, :c] - grads[:, c:]
 
     def write_terms(self, grads: Tensor, draws: slice, out: Tensor) -> None:
         c = grads.shape[1] // 2

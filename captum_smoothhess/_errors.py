@@ -58,13 +58,26 @@ def _rows(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
 
 
-class GroupStats:
-    """Running batch-means sums of one per-draw statistic, ``(B, *shape)``, per example."""
+def _wide_dtype(like: Tensor) -> torch.dtype:
+    """float64 where the device has it (MPS has not), else ``like``'s dtype."""
+    return like.dtype if like.device.type == "mps" else torch.float64
 
-    def __init__(self, like: Tensor) -> None:
+
+class GroupStats:
+    """Running batch-means sums of one per-draw statistic, ``(B, *shape)``, per example.
+
+    ``wide=True`` keeps the sums over groups in float64: the variance is a
+    difference of two such sums, which cancel to the last digits when the
+    statistic's mean is far larger than its spread (the smoothed gradient:
+    in float32 some standard errors came out exactly 0). The group sums
+    (``current``) and :meth:`mean` keep ``like``'s dtype.
+    """
+
+    def __init__(self, like: Tensor, wide: bool = False) -> None:
         self.current = torch.zeros_like(like)
-        self.total = torch.zeros_like(like)
-        self.squares = torch.zeros_like(like)
+        sums = _wide_dtype(like) if wide else like.dtype
+        self.total = torch.zeros_like(like, dtype=sums)
+        self.squares = torch.zeros_like(like, dtype=sums)
         self.groups = like.new_zeros(like.shape[0])
         self.draws = like.new_zeros(like.shape[0])
 
@@ -81,6 +94,7 @@ class GroupStats:
         g = self.current[rows]
         if transform is not None:
             g = transform(g)
+        g = g.to(self.total.dtype)
         self.total[rows] += g
         self.squares[rows] += g * g / draws
         self.groups[rows] += 1
@@ -92,17 +106,22 @@ class GroupStats:
             torch.distributed.all_reduce(t, group=group)
 
     def mean(self) -> Tensor:
-        return self.total / _rows(self.draws.clamp(min=1), self.total)
+        return (self.total / _rows(self.draws.clamp(min=1), self.total)).to(self.current.dtype)
 
     def variance(self) -> Tensor:
-        """Variance of the mean per entry; NaN for an example with fewer than two groups."""
-        n = _rows(self.draws.clamp(min=1), self.total)
-        k = _rows(self.groups, self.total)
+        """Variance of the mean per entry (``current``'s dtype); NaN for an example with fewer than two
+        groups."""
+        n = _rows(self.draws.clamp(min=1), self.total).to(self.total.dtype)
+        k = _rows(self.groups, self.total).to(self.total.dtype)
         spread = (self.squares - self.total * self.total / n).clamp(min=0)
         var = spread / ((k - 1).clamp(min=1) * n)
-        return torch.where(k >= 2, var, torch.full_like(var, float("nan")))
+        return torch.where(k >= 2, var, torch.full_like(var, float("nan"))).to(self.current.dtype)
 
 
 def relative_error(mean: Tensor, variance: Tensor) -> Tensor:
-    """``(B,)`` estimated relative Frobenius error ``sqrt(sum var) / |mean|_F``."""
-    return variance.flatten(1).sum(1).sqrt() / mean.flatten(1).norm(dim=1).clamp(min=1e-300)
+    """``(B,)`` estimated relative Frobenius error ``sqrt(sum var) / |mean|_F``: 0 where every group
+    gave the same estimate (no spread, e.g. an exactly zero Hessian), infinite where the estimate is 0
+    and the groups disagree."""
+    spread = variance.flatten(1).sum(1).sqrt()
+    size = mean.flatten(1).norm(dim=1)
+    return torch.where(spread == 0, torch.zeros_like(spread), spread / size)

@@ -11,7 +11,7 @@ user's layout to the flat one (:func:`_flatten`, :func:`_flat_gradient`,
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, TypeVar, Union
+from typing import List, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -85,14 +85,22 @@ def _flat_gradient(gradient: GradientLike, inputs: Tuple[Tensor, ...], argument:
     return flat
 
 
-def _flat_hessian(hessian: HessianLike, inputs: Tuple[Tensor, ...], argument: str = "hessian") -> Tensor:
+def _flat_hessian(
+    hessian: HessianLike,
+    inputs: Tuple[Tensor, ...],
+    argument: str = "hessian",
+    shapes: Optional[List[Tuple[int, ...]]] = None,
+) -> Tensor:
     """A Hessian in SmoothHess's output layout as a ``(B, d, d)`` tensor.
 
     Accepts a tensor ``(B, *S, *S)`` (or already ``(B, d, d)``) for one input,
     or the ``k x k`` nested tuple of blocks ``(B, *S_i, *S_j)`` for ``k`` inputs.
+    ``shapes`` gives the ``S_i`` where they are not the inputs' (a layer
+    method's blocks are over its activation's tensors).
     """
     batch = inputs[0].shape[0]
-    sizes = _sizes(inputs)
+    shapes = [tuple(t.shape[1:]) for t in inputs] if shapes is None else shapes
+    sizes = [math.prod(shape) for shape in shapes]
     dim = sum(sizes)
     if isinstance(hessian, Tensor):
         if hessian.numel() != batch * dim * dim or hessian.shape[0] != batch:
@@ -104,10 +112,10 @@ def _flat_hessian(hessian: HessianLike, inputs: Tuple[Tensor, ...], argument: st
         flat = hessian.reshape(batch, dim, dim)
     else:
         rows = list(hessian)
-        if len(rows) != len(inputs) or any(len(list(r)) != len(inputs) for r in rows):
+        k = len(shapes)
+        if len(rows) != k or any(len(list(r)) != k for r in rows):
             raise ValueError(
-                f"{argument}: expected a {len(inputs)} x {len(inputs)} nested tuple of blocks, one per "
-                "pair of input tensors"
+                f"{argument}: expected a {k} x {k} nested tuple of blocks, one per pair of input tensors"
             )
         blocks = []
         for i, row in enumerate(rows):
@@ -116,12 +124,14 @@ def _flat_hessian(hessian: HessianLike, inputs: Tuple[Tensor, ...], argument: st
                 if not isinstance(blk, Tensor) or blk.numel() != batch * sizes[i] * sizes[j]:
                     raise ValueError(
                         f"{argument}: block [{i}][{j}] does not have shape (B, *S_{i}, *S_{j}) = "
-                        f"({batch}, {tuple(inputs[i].shape[1:])}, {tuple(inputs[j].shape[1:])})"
+                        f"({batch}, {shapes[i]}, {shapes[j]})"
                     )
                 line.append(blk.reshape(batch, sizes[i], sizes[j]))
             blocks.append(torch.cat(line, dim=2))
         flat = torch.cat(blocks, dim=1)
-    flat = flat.detach().to(dtype=inputs[0].dtype)
+    flat = flat.detach()
+    if inputs[0].is_floating_point():  # (not for token ids: the Hessian is over an activation)
+        flat = flat.to(dtype=inputs[0].dtype)
     if not bool(torch.isfinite(flat).all()):
         raise ValueError(f"{argument}: contains NaN or Inf values")
     return flat

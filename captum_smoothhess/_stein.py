@@ -255,7 +255,7 @@ def _tracked_rounds(
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     copies, length = sampler.copies, tracking.group
     n_groups = -(-draws // length)
-    tracking.gradient = stats = GroupStats(x)
+    tracking.gradient = stats = GroupStats(x, wide=True)
     hessian = reduction.stats  # the open group's Hessian sum lives in its `current`
     batch = x.shape[0]
     active: Optional[Tensor] = None
@@ -322,7 +322,7 @@ def _tracked_loop(
     result does not depend on the chunk size.
     """
     copies = sampler.copies
-    tracking.gradient = stats = GroupStats(x)
+    tracking.gradient = stats = GroupStats(x, wide=True)
     batch = x.shape[0]
     active: Optional[Tensor] = None  # rows still sampled; None: all
     x_a, evaluate_a = x, evaluate

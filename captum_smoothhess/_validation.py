@@ -174,7 +174,13 @@ def _format_feature_mask(
     out = torch.cat([m.expand(lead, *m.shape[1:]).reshape(lead, -1) for m in flat], dim=1).to(
         device=inputs[0].device, dtype=torch.long
     )
-    return out, int(out.max()) + 1
+    groups = int(out.max()) + 1
+    if groups > out.shape[1]:  # (B, G, G) results: an id far out of range would allocate G^2 entries
+        raise ValueError(
+            f"{argument}: group ids must be below the number of features, {out.shape[1]} (Captum's "
+            f"convention: ids 0 .. G-1 with G groups at most), got {groups - 1}"
+        )
+    return out, groups
 
 
 def _check_generator(generator: Optional[torch.Generator], argument: str = "generator") -> None:

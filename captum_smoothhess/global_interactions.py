@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 
 import torch
+from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 
 from ._captum import TargetType, _format_tensor_into_tuples, progress
@@ -121,11 +122,26 @@ def _accepts(method: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def _takes_integer(method: Any) -> bool:
+    """Whether ``method`` may be given integer inputs (token ids).
+
+    Captum layer methods such as :class:`~captum_smoothhess.LayerSmoothHess`
+    take them (the noise goes to a floating-point activation inside the model);
+    other Captum attributions (:class:`~captum_smoothhess.SmoothHess`,
+    :class:`~captum_smoothhess.NeuronSmoothHess`) differentiate with respect to
+    the inputs and need floating-point ones. Any other object checks its inputs
+    itself.
+    """
+    return isinstance(method, LayerAttribution) or not isinstance(method, Attribution)
+
+
 def _count(inputs: Tuple[Tensor, ...]) -> int:
     return int(inputs[0].shape[0])
 
 
-def _batches(inputs: InputsType, batch_size: int) -> Tuple[Iterable[Any], Optional[int], Optional[int]]:
+def _batches(
+    inputs: InputsType, batch_size: int, allow_integer: bool = False
+) -> Tuple[Iterable[Any], Optional[int], Optional[int]]:
     """The batches to explain, their number and the number of examples where known.
 
     A tensor or a tuple of tensors is split here into ``(x,)`` batches.
@@ -134,7 +150,7 @@ def _batches(inputs: InputsType, batch_size: int) -> Tuple[Iterable[Any], Option
         isinstance(inputs, tuple) and len(inputs) > 0 and all(isinstance(t, Tensor) for t in inputs)
     ):
         inps = _format_tensor_into_tuples(inputs)
-        _check_inputs(inps)
+        _check_inputs(inps, allow_integer=allow_integer)
         n = _count(inps)
         parts = [tuple(t[s : s + batch_size] for t in inps) for s in range(0, n, batch_size)]
         batches = [(p[0] if isinstance(inputs, Tensor) else p,) for p in parts]
@@ -172,19 +188,51 @@ def _per_example(target: TargetType) -> bool:
     return isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1)
 
 
+def _square_shape(shape: torch.Size) -> Optional[torch.Size]:
+    """``L`` for a shape ``(B, *L, *L)``, else ``None``."""
+    if len(shape) < 3 or len(shape) % 2 == 0:
+        return None
+    half = (len(shape) - 1) // 2
+    return shape[1 : 1 + half] if shape[1 : 1 + half] == shape[1 + half :] else None
+
+
+def _flat_blocks(result: Tuple[Any, ...], inputs: Tuple[Tensor, ...]) -> Tensor:
+    """The ``k x k`` nested tuple of blocks ``(B, *L_i, *L_j)`` -> ``(B, D, D)``, the ``L_i`` read from the
+    diagonal blocks (a layer method's blocks are over its activation's tensors, not over the inputs)."""
+    shapes = []
+    for i, row in enumerate(result):
+        blk = row[i] if isinstance(row, (tuple, list)) and len(row) > i else None
+        shape = _square_shape(blk.shape) if isinstance(blk, Tensor) else None
+        if shape is None:
+            raise ValueError(
+                f"method: attribute returned a tuple whose block [{i}][{i}] is not a tensor (B, *L, *L); "
+                "expected a k x k nested tuple of blocks"
+            )
+        shapes.append(tuple(shape))
+    return _flat_hessian(result, inputs, argument="method", shapes=shapes)
+
+
 def _flat_result(result: Any, inputs: Tuple[Tensor, ...]) -> Tensor:
-    """``(B, *S, *S)``, ``(B, G, G)`` or the nested tuple of blocks -> ``(B, D, D)``."""
+    """``(B, *S, *S)``, ``(B, G, G)`` or the nested tuple of blocks -> ``(B, D, D)``.
+
+    ``S`` need not be the inputs' shape: a layer method's interactions are over
+    its activation ``(B, *L)``, e.g. ``(B, T, E, T, E)`` for an embedding.
+    """
+    batch = _count(inputs)
     if isinstance(result, tuple):
-        return _flat_hessian(result, inputs, argument="method")
+        return _flat_blocks(result, inputs)
     if not isinstance(result, Tensor):
         raise TypeError(
             f"method: attribute returned a {type(result).__name__}; expected interactions, a tensor "
             "(B, *S, *S) or (B, G, G), or a nested tuple of blocks for tuple inputs"
         )
-    batch, dim = _count(inputs), sum(_sizes(inputs))
-    if result.dim() == 3 and result.shape[0] == batch and result.shape[1] == result.shape[2]:
-        return result.detach()  # (B, d, d), or grouped (B, G, G)
-    if result.shape[0] != batch or result.numel() != batch * dim * dim:
+    dim = sum(_sizes(inputs))
+    square = _square_shape(result.shape)
+    if square is not None and result.shape[0] == batch:
+        # (B, d, d), grouped (B, G, G), or (B, *S, *S) over the inputs or a layer's activation
+        size = math.prod(square)
+        return result.detach().reshape(batch, size, size)
+    if result.dim() == 0 or result.shape[0] != batch or result.numel() != batch * dim * dim:
         raise ValueError(
             f"method: attribute returned shape {tuple(result.shape)} for {batch} example(s) of {dim} "
             "feature(s); expected (B, *S, *S) or (B, G, G)"
@@ -277,7 +325,8 @@ def global_interactions(
     Args:
         method: An interaction method such as :class:`~captum_smoothhess.SmoothHess`:
             any object whose ``attribute(inputs, target=..., **kwargs)`` returns
-            per-example interactions as SmoothHess does.
+            per-example interactions as SmoothHess does. A layer method's
+            interactions are over its activation (e.g. ``(B, *L, *L)``).
         inputs: The examples, in one of three forms:
 
             * a tensor ``(N, *S)``, split into batches of ``batch_size``;
@@ -289,6 +338,14 @@ def global_interactions(
               batches are ``((x1, x2), y)``). The labels ``y`` are the targets
               when ``target`` is ``None`` and are ignored otherwise. Read once,
               batch by batch.
+
+            Integer tensors (token ids) are accepted where the method takes
+            them: a Captum layer method such as
+            :class:`~captum_smoothhess.LayerSmoothHess` on an embedding (with
+            :func:`~captum_smoothhess.tokens.token_feature_mask`, token x token
+            interactions), or an object that is not a Captum attribution
+            (it checks its inputs itself). SmoothHess and NeuronSmoothHess
+            need floating-point inputs.
         target: Captum target. An int, a tuple or a one-element tensor applies
             to every example; a list or a tensor of ``N`` entries (one per
             example, in order) is sliced with the batches. ``None``: the
@@ -314,12 +371,15 @@ def global_interactions(
     Raises:
         TypeError: ``method`` has no ``attribute`` method or returns something
             other than interactions; ``inputs`` is of an unknown kind or a
-            batch is not ``x``, ``(x,)`` or ``(x, y)``.
+            batch is not ``x``, ``(x,)`` or ``(x, y)``; integer inputs for a
+            method that needs floating-point ones (SmoothHess).
         ValueError: ``batch_size`` < 1; ``inputs`` holds no examples; a
             per-example ``target`` does not have one entry per example;
-            ``process_group``, ``return_gradient`` or a non-dense ``output`` in
-            ``attribute_kwargs`` (the per-batch calls run in one process and
-            return the dense interactions).
+            ``process_group``, ``return_gradient``, ``return_error``, a
+            ``tolerance`` or a non-dense ``output`` in ``attribute_kwargs`` (the
+            per-batch calls run in one process and return the dense
+            interactions alone; the standard errors are computed here, over
+            the examples).
 
     Examples:
         >>> import torch
@@ -355,12 +415,24 @@ def global_interactions(
         )
     if attribute_kwargs.get("return_gradient"):
         raise ValueError("return_gradient: global_interactions averages the interactions only")
+    if attribute_kwargs.get("return_error"):
+        raise ValueError(
+            "return_error: global_interactions reports its own standard errors over the examples "
+            "(GlobalInteractions.stderr, which include each example's Monte-Carlo noise)"
+        )
+    if attribute_kwargs.get("tolerance") is not None:
+        raise ValueError(
+            "tolerance: global_interactions reports its own standard errors over the examples "
+            "(GlobalInteractions.stderr) and needs the interactions alone from every batch; set "
+            "n_samples instead"
+        )
     if attribute_kwargs.get("output", "dense") != "dense":
         raise ValueError(
             f"output: global_interactions needs dense results, got {attribute_kwargs['output']!r}"
         )
     per_example = _per_example(target)
-    batches, total, n_known = _batches(inputs, batch_size)
+    allow_integer = _takes_integer(method)
+    batches, total, n_known = _batches(inputs, batch_size, allow_integer)
     if per_example and n_known is not None and len(target) != n_known:
         raise ValueError(f"target: has {len(target)} entries for {n_known} examples (one per example)")
 
@@ -389,7 +461,7 @@ def global_interactions(
         start, offset = offset, offset + _count(inps)
         if index % world != rank:
             continue
-        _check_inputs(inps, argument=f"inputs (batch {index})")
+        _check_inputs(inps, argument=f"inputs (batch {index})", allow_integer=allow_integer)
         if per_example:
             assert isinstance(target, (list, Tensor))
             if offset > len(target):

@@ -34,7 +34,7 @@ from ._captum import (
     _verify_select_neuron,
     log_usage,
 )
-from ._evaluators import Evaluator, _scalar_per_row, select_output
+from ._evaluators import Evaluator, _scalar_per_row, _subset_rows, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
 from ._model import counterpart, private_if_training
 from ._validation import (
@@ -122,6 +122,14 @@ class _LayerEvaluator(Evaluator):
         self.to_input = to_input
         self.device_ids = device_ids
         self._copies: Dict[int, Tuple[Tuple[Tensor, ...], TargetType]] = {}
+
+    def _subset_fields(self, index: Tensor, rows: list, batch: int) -> None:
+        # The model's inputs share the batch size (_check_inputs); a tuple
+        # target is one multi-index for all examples, a list or tensor is per example.
+        self.model_inputs = tuple(inp[index.to(inp.device)] for inp in self.model_inputs)
+        if not isinstance(self.target, tuple):
+            self.target = _subset_rows(self.target, index, rows, batch)
+        self._copies = {}  # a new cache: the copy shares the original's dict
 
     def _scalars(self, parts: Tuple[Tensor, ...], copies: int) -> Tensor:
         if copies not in self._copies:

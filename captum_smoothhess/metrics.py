@@ -81,8 +81,9 @@ def perturbation_mse(
         radius: Largest perturbation norm ``r`` > 0. Default: 1.0.
         n_perturbations: Perturbations per example (at least 1). Default: 1000.
         target: Captum target selecting one scalar output per example.
-        additional_forward_args: Extra arguments for ``forward_func``; tensors
-            whose first dimension is the batch are expanded per perturbation.
+        additional_forward_args: Extra arguments for ``forward_func``. As in
+            Captum, every tensor of one dimension or more is repeated along
+            its first dimension (the batch), once per perturbation.
         radius_distribution: ``"uniform"`` for ``rho ~ U[0, r]`` (the
             SmoothHess paper's choice) or ``"ball"`` for ``delta`` uniform in
             the ball of radius ``r`` (``rho = r U^(1/d)``).

@@ -215,8 +215,10 @@ class SmoothHess(GradientAttribution):
                 int, a tuple, a tensor or a list (one per example). May be
                 ``None`` when the output is already one scalar per example.
             additional_forward_args: Extra arguments for ``forward_func``,
-                passed after the inputs; tensors whose first dimension is the
-                batch are expanded per sample, as in Captum.
+                passed after the inputs. As in Captum, every tensor of one
+                dimension or more is repeated along its first dimension, once
+                per sample (so that dimension must be the batch); other values
+                are passed as they are.
             stdevs: Bandwidth ``eps`` of the kernel (a standard deviation for
                 the unit-variance kernels; the scale for Poisson): a positive
                 float, one per input tensor, or a tensor of per-feature
@@ -409,7 +411,9 @@ class SmoothHess(GradientAttribution):
         _check_output_mode(output, mask, group)
         dim = sum(t[0].numel() for t in layout)
         draws = n // sampler_class(antithetic).copies
-        scheme, tolerance = _check_sampling(self.kernel, sampling, tolerance, output, dim, draws)
+        scheme, tolerance = _check_sampling(
+            self.kernel, sampling, tolerance, output, dim, draws, return_error, n // max(1, draws)
+        )
         with autograd_allowed():
             evaluate, weight = evaluator()
             return self._attribute(
@@ -544,9 +548,17 @@ def _check_sampling(
     output: str,
     dim: int,
     draws: int,
+    return_error: bool = False,
+    copies: int = 1,
 ) -> Tuple[str, Optional[float]]:
     """The sampling scheme for ``kernel`` (``dim`` features, ``draws`` noise draws) and a checked
-    ``tolerance`` (dense output only)."""
+    ``tolerance`` (dense output only). An error estimate (``return_error`` or a ``tolerance``) needs
+    two draws at least: the spread of one group is unknown (its standard errors would be NaN)."""
+    if (return_error or tolerance is not None) and draws < 2:
+        raise ValueError(
+            f"n_samples: estimating the error (return_error or tolerance) needs at least 2 independent "
+            f"draws, i.e. n_samples >= {2 * copies}; got {draws * copies}"
+        )
     if tolerance is not None:
         tolerance = _check_number(tolerance, "tolerance", allow_zero=False)
         if output == "factors":

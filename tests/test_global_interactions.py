@@ -12,9 +12,10 @@ from helpers import gen, make_one_hidden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_smoothhess import GlobalInteractions, SmoothHess, global_interactions
+from captum_smoothhess import GlobalInteractions, LayerSmoothHess, SmoothHess, global_interactions
 from captum_smoothhess._sampling import seed_from
 from captum_smoothhess.global_interactions import _batch_generator
+from captum_smoothhess.tokens import token_feature_mask
 
 N, D = 40, 5
 KW: dict[str, Any] = {"stdevs": 0.5, "n_samples": 64}
@@ -210,6 +211,19 @@ def test_bad_arguments_name_themselves() -> None:
         global_interactions(sh, x, target=y, return_gradient=True)
     with pytest.raises(ValueError, match=r"^output:"):
         global_interactions(sh, x, target=y, output="factors")
+    # The per-batch Monte-Carlo errors are not what is averaged: the standard errors are computed here.
+    with pytest.raises(
+        ValueError, match=r"^return_error: global_interactions reports its own standard errors"
+    ):
+        global_interactions(sh, x, target=y, return_error=True, **KW)
+    with pytest.raises(ValueError, match=r"^tolerance: global_interactions reports its own standard errors"):
+        global_interactions(sh, x, target=y, tolerance=0.1, **KW)
+    with pytest.raises(ValueError, match=r"^tolerance:"):
+        global_interactions(sh, list(x.split(2)), target=0, tolerance=0.1, **KW)
+    # Falsy values ask for nothing and are passed through.
+    quiet = global_interactions(sh, x, target=y, return_error=False, tolerance=None, generator=gen(0), **KW)
+    plain = global_interactions(sh, x, target=y, generator=gen(0), **KW)
+    torch.testing.assert_close(quiet.mean, plain.mean)
     with pytest.raises(ValueError, match=r"^n_samples:"):  # the method's own checks still apply
         global_interactions(sh, x, target=y, n_samples=3)
 
@@ -222,3 +236,134 @@ class _Gradients:
 def test_a_method_returning_no_interactions_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"^method:"):
         global_interactions(_Gradients(), torch.randn(4, 3))
+
+
+V, T, E = 12, 4, 3
+
+
+class _TokenNet(nn.Module):
+    """Token ids ``(B, T)`` -> embedding ``(B, T, E)`` -> a ReLU MLP on the flattened tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb = nn.Embedding(V, E)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(T * E, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.body(self.emb(ids))
+
+
+def _token_data(n: int = 10) -> tuple[Tensor, Tensor]:
+    g = gen(11)
+    return torch.randint(0, V, (n, T), generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _per_batch_mean(
+    method: Any, x: Tensor, y: Tensor, batch: int, seed_gen: torch.Generator, **kw: Any
+) -> Tensor:
+    """The mean over examples of ``method.attribute`` on the batches, seeded as global_interactions does."""
+    seed = seed_from(seed_gen)
+    per = []
+    for i, start in enumerate(range(0, x.shape[0], batch)):
+        h = method.attribute(
+            x[start : start + batch],
+            target=y[start : start + batch],
+            generator=_batch_generator(seed, i),
+            **kw,
+        )
+        assert isinstance(h, Tensor)
+        per.append(h.reshape(h.shape[0], -1).double())
+    return torch.cat(per).mean(0)
+
+
+def test_token_ids_through_a_layer_method_as_a_tensor_and_a_dataloader() -> None:
+    net = _TokenNet().eval()
+    ids, y = _token_data()
+    assert ids.dtype == torch.int64
+    lsh = LayerSmoothHess(net, net.emb)
+    kw: dict[str, Any] = {"stdevs": 0.3, "n_samples": 40, "feature_mask": token_feature_mask(T, E)}
+    ref = _per_batch_mean(lsh, ids, y, 4, gen(12), **kw).reshape(T, T).float()
+
+    tensor = global_interactions(lsh, ids, target=y, batch_size=4, generator=gen(12), **kw)
+    assert tensor.n_examples == 10 and tensor.mean.shape == (T, T) and tensor.mean.dtype == torch.float32
+    torch.testing.assert_close(tensor.mean, ref, rtol=1e-6, atol=1e-8)
+    assert bool(tensor.stderr.isfinite().all()) and bool((tensor.mean_abs >= tensor.mean.abs() - 1e-6).all())
+
+    loader = DataLoader(TensorDataset(ids, y), batch_size=4)
+    via_loader = global_interactions(lsh, loader, generator=gen(12), **kw)
+    assert via_loader.n_examples == 10
+    torch.testing.assert_close(via_loader.mean, ref, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(via_loader.stderr, tensor.stderr)
+    assert len(via_loader.top_pairs(3).values) == 3
+
+
+def test_token_ids_without_a_mask_give_the_dense_embedding_interactions() -> None:
+    # LayerSmoothHess returns (B, T, E, T, E): flattened over the activation, not over the (B, T) ids.
+    net = _TokenNet().eval()
+    ids, y = _token_data(6)
+    lsh = LayerSmoothHess(net, net.emb)
+    kw: dict[str, Any] = {"stdevs": 0.3, "n_samples": 40}
+    gi = global_interactions(lsh, ids, target=y, batch_size=4, generator=gen(13), **kw)
+    assert gi.mean.shape == (T * E, T * E)
+    ref = _per_batch_mean(lsh, ids, y, 4, gen(13), **kw).reshape(T * E, T * E).float()
+    torch.testing.assert_close(gi.mean, ref, rtol=1e-6, atol=1e-8)
+
+
+class _Split(nn.Module):
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return h[:, :2], h[:, 2:]
+
+
+class _TupleNet(nn.Module):
+    """A layer with a tuple activation of 2 + 3 units, behind a 4-feature input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.inp = nn.Linear(4, 5)
+        self.split = _Split()
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(5, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.split(self.inp(x))
+        return self.head(torch.cat([a * b.sum(1, keepdim=True), b], dim=1))
+
+
+def test_a_layer_with_a_tuple_activation_gives_the_flat_matrix_over_its_units() -> None:
+    net = _TupleNet()
+    x = torch.randn(6, 4, generator=gen(14))
+    lsh = LayerSmoothHess(net, net.split)
+    kw: dict[str, Any] = {"stdevs": 0.3, "n_samples": 40}
+    gi = global_interactions(lsh, x, target=0, batch_size=4, generator=gen(15), **kw)
+    assert gi.mean.shape == (5, 5)  # the 2 + 3 units of the activation, not the 4 input features
+    seed = seed_from(gen(15))
+    per = []
+    for i, start in enumerate(range(0, 6, 4)):
+        blocks = lsh.attribute(x[start : start + 4], target=0, generator=_batch_generator(seed, i), **kw)
+        assert isinstance(blocks, tuple)
+        b = blocks[0][0].shape[0]
+        rows = [torch.cat([blk.reshape(b, blk.shape[1], -1) for blk in row], dim=2) for row in blocks]
+        per.append(torch.cat(rows, dim=1).double())
+    torch.testing.assert_close(gi.mean, torch.cat(per).mean(0).float(), rtol=1e-6, atol=1e-8)
+
+
+def test_float_only_methods_refuse_token_ids_naming_inputs() -> None:
+    net = _TokenNet().eval()
+    ids, y = _token_data(6)
+
+    def on_floats(x: Tensor) -> Tensor:
+        return net.body(x.reshape(x.shape[0], T, E))
+
+    sh = SmoothHess(on_floats)
+    with pytest.raises(TypeError, match=r"^inputs: expected a floating-point tensor, got dtype torch.int64"):
+        global_interactions(sh, ids, target=y, **KW)
+    with pytest.raises(TypeError, match=r"^inputs \(batch 0\): expected a floating-point tensor"):
+        global_interactions(sh, DataLoader(TensorDataset(ids, y), batch_size=4), **KW)
+    # A wrapper that is not a Captum attribution checks its inputs itself: the method's own error.
+    with pytest.raises(TypeError, match=r"^inputs: expected a floating-point tensor"):
+        global_interactions(Recorder(sh), ids, target=y, **KW)
+    # Integer inputs stay refused for a layer method's non-integer kinds (complex values are no ids).
+    lsh = LayerSmoothHess(net, net.emb)
+    with pytest.raises(TypeError, match=r"^inputs: expected a floating-point tensor"):
+        global_interactions(lsh, ids.to(torch.complex64), target=y, **KW)

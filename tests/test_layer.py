@@ -229,6 +229,109 @@ def test_a_layer_called_twice_per_forward_is_refused() -> None:
     assert not lin._forward_hooks
 
 
+# --------------------------------------------------------------------------- tolerance: uneven stops
+
+
+def _close_all(got: Tuple[Any, ...], ref: Tuple[Any, ...]) -> None:
+    """Equal results, gradients and errors (all fields), for results ending in a SmoothHessError."""
+    assert len(got) == len(ref)
+    for a, b in zip(got[:-1], ref[:-1]):
+        _close(a, b)
+    err, ref_err = got[-1], ref[-1]
+    assert torch.equal(err.n_samples, ref_err.n_samples)
+    # The examples stopped at different sample counts: some left the batch before others.
+    assert len(set(err.n_samples.tolist())) > 1, err.n_samples
+    _close(err.stderr, ref_err.stderr)
+    _close(err.relative, ref_err.relative)
+    _close(err.gradient_stderr, ref_err.gradient_stderr)
+
+
+def _uneven_x() -> Tensor:
+    """Four examples of different difficulty: they reach the tolerance at different sample counts."""
+    x = _x(4)
+    x[1] *= 5
+    x[3] *= 0.2
+    return x
+
+
+@pytest.mark.parametrize("target", [1, [0, 2, 1, 1], torch.tensor([2, 0, 1, 2])])
+@pytest.mark.parametrize("sampling", ["iid", "orthogonal"])
+def test_layer_tolerance_with_examples_leaving_equals_smoothhess_on_the_rest(
+    target: Any, sampling: str
+) -> None:
+    net, x = _mlp(), _uneven_x()
+    kw: Any = dict(
+        target=target, stdevs=EPS, n_samples=4000, tolerance=0.05, sampling=sampling, return_gradient=True
+    )
+    got = LayerSmoothHess(net, net[2]).attribute(x, generator=_g(), return_error=True, **kw)
+    with torch.no_grad():
+        h = net[:3](x)
+    ref = SmoothHess(net[3:]).attribute(h, generator=_g(), return_error=True, **kw)
+    assert got[0].shape == (4, 5, 5)
+    _close_all(got, ref)
+
+
+def test_layer_tolerance_with_per_example_additional_forward_args() -> None:
+    net, x = _mlp(), _uneven_x()
+    scale = torch.tensor([[1.0], [0.5], [2.0], [3.0]], dtype=torch.float64)
+
+    def model(inp: Tensor, s: Tensor) -> Tensor:
+        return net(inp) * s
+
+    kw: Any = dict(target=[0, 2, 1, 1], stdevs=EPS, n_samples=4000, tolerance=0.05, return_error=True)
+    got = LayerSmoothHess(model, net[2]).attribute(x, additional_forward_args=scale, generator=_g(), **kw)
+    with torch.no_grad():
+        h = net[:3](x)
+    ref = SmoothHess(lambda a, s: net[3:](a) * s).attribute(
+        h, additional_forward_args=scale, generator=_g(), **kw
+    )
+    _close_all(got, ref)
+
+
+def _uneven_ids() -> Tensor:
+    return torch.tensor([[1, 5, 7, 0], [3, 3, 9, 11], [2, 4, 6, 8]])
+
+
+@pytest.mark.parametrize("target", [1, [0, 1, 1]])
+@pytest.mark.parametrize("baselines", [None, 0])
+def test_layer_tolerance_on_token_ids_with_a_token_mask_equals_smoothhess(
+    target: Any, baselines: Any
+) -> None:
+    net, ids = _TokenNet(), _uneven_ids()
+    mask = token_feature_mask(4, 3)
+    kw: Any = dict(
+        target=target, stdevs=EPS, n_samples=4000, tolerance=0.1, feature_mask=mask, return_gradient=True
+    )
+    lsh = LayerSmoothHess(net, net.emb)
+    got = lsh.attribute(ids, baselines=baselines, generator=_g(), return_error=True, **kw)
+    with torch.no_grad():
+        e = net.emb(ids)
+        base = None if baselines is None else net.emb(torch.full_like(ids, baselines))
+    ref = SmoothHess(net.body).attribute(e, baselines=base, generator=_g(), return_error=True, **kw)
+    assert got[0].shape == (3, 4, 4)
+    _close_all(got, ref)
+
+
+def test_layer_evaluator_subset_keeps_the_rows_and_leaves_the_original_cache() -> None:
+    from captum_smoothhess.layer import _LayerEvaluator, layer_activation
+
+    net, ids = _TokenNet(), _uneven_ids()
+    act, _, _ = layer_activation(net, net.emb, (ids,), None, False, None)
+    evaluate = _LayerEvaluator(net, net.emb, (ids,), act, [0, 1, 1], None, False, None)
+    points = act[0].reshape(3, 1, 12).expand(3, 2, 12)
+    full = evaluate(points)
+    cache = dict(evaluate._copies)
+    index = torch.tensor([2, 0])
+    sub = evaluate.subset(index)
+    assert torch.equal(sub.model_inputs[0], ids[index]) and sub.target == [1, 0]
+    assert sub._copies is not evaluate._copies and not sub._copies
+    _close(sub(points[index]), full[index])
+    # The original (the one every later subset is cut from) is untouched.
+    assert evaluate._copies.keys() == cache.keys() and evaluate.target == [0, 1, 1]
+    assert torch.equal(evaluate._copies[2][0][0], cache[2][0][0])
+    _close(evaluate(points), full)
+
+
 # --------------------------------------------------------------------------- NeuronSmoothHess
 
 

@@ -358,6 +358,12 @@ def test_model_and_inputs_left_as_found(fail_on: int) -> None:
         (dict(feature_mask=torch.tensor([0.0, 1.0, 1.0, 2.0])), TypeError, "feature_mask"),
         (dict(feature_mask=torch.tensor([0, -1, 1, 2])), ValueError, "feature_mask"),
         (dict(feature_mask=torch.zeros(2, 4, dtype=torch.long)), ValueError, "feature_mask"),
+        (
+            dict(feature_mask=torch.tensor([0, 1, 1, 10**6])),
+            ValueError,
+            "^feature_mask: group ids must be below",
+        ),
+        (dict(feature_mask=torch.tensor([0, 4, 1, 2])), ValueError, "^feature_mask: group ids must be below"),
         (dict(output="sparse"), ValueError, "output"),
         (dict(generator=123), TypeError, "generator"),
     ],
@@ -369,6 +375,15 @@ def test_bad_arguments(kwargs: dict[str, object], exc: type, match: str) -> None
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         SmoothHess(net).attribute(x, **args)  # type: ignore[arg-type]
+
+
+def test_largest_group_id_is_one_below_the_features() -> None:
+    """Ids 0 .. d-1 are Captum's range (an unused id gives zero rows); d itself is refused above."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    h = SmoothHess(net).attribute(
+        torch.randn(3, 4), target=0, n_samples=10, feature_mask=torch.tensor([0, 3, 3, 0])
+    )
+    assert h.shape == (3, 4, 4) and torch.equal(h[:, 1:3], torch.zeros(3, 2, 4))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

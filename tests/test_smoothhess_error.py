@@ -14,6 +14,7 @@ from helpers import OneHiddenReLU, gen
 from torch import Tensor, nn
 
 from captum_smoothhess import SmoothHess, SmoothHessError
+from captum_smoothhess._errors import GroupStats
 from captum_smoothhess._evaluators import GradientEvaluator
 
 EPS = 0.7
@@ -57,6 +58,40 @@ def test_gradient_stderr_is_calibrated(relu10: OneHiddenReLU, x10: Tensor) -> No
         assert err.gradient_stderr.shape == g.shape
         cover.append(((g - ref).abs() <= 2 * err.gradient_stderr).double().mean())
     assert 0.9 <= float(torch.stack(cover).mean()) <= 0.98
+
+
+def test_group_sums_keep_their_digits_in_float32() -> None:
+    """A statistic far larger than its spread, in float32 (the smoothed gradient's case): the variance
+    from the group sums matches the one computed in float64 from the same values (it came out 0 or
+    off by orders of magnitude when the sums were kept in float32)."""
+    g = torch.Generator().manual_seed(0)
+    values = (1e4 + 1e-2 * torch.randn(40, 2, 6, generator=g, dtype=torch.float64)).float()  # 40 groups
+    wide, narrow = GroupStats(values[0], wide=True), GroupStats(values[0])
+    for v in values:
+        for stats in (wide, narrow):
+            stats.add(v, None)
+            stats.close(1, None)
+    exact = values.double().var(0) / 40
+    assert wide.variance().dtype == torch.float32
+    torch.testing.assert_close(wide.variance().double(), exact, rtol=1e-3, atol=0.0)
+    assert not torch.allclose(narrow.variance().double(), exact, rtol=0.5, atol=0.0)  # the float32 sums
+
+
+def test_float32_gradient_stderr_is_not_lost(relu10: OneHiddenReLU, x10: Tensor) -> None:
+    """End to end: a float32 gradient far larger than its spread gets no zero standard error, and the
+    same order as in float64 (their draws differ with the dtype: a loose bound)."""
+
+    def net(z: Tensor) -> Tensor:
+        return (relu10.net(z.double()) + 1e4 * z.double().sum(1, keepdim=True)).to(z.dtype)
+
+    errors = []
+    for dtype in (torch.float64, torch.float32):
+        kwargs = {"return_gradient": True, "return_error": True, "generator": gen(5)}
+        *_, err = SmoothHess(net).attribute(x10.to(dtype), stdevs=EPS, n_samples=400, **kwargs)
+        assert err.gradient_stderr.dtype == dtype
+        errors.append(err.gradient_stderr.double())
+    ratio = errors[1] / errors[0]
+    assert bool(((ratio > 0.5) & (ratio < 2)).all()), ratio
 
 
 def test_error_costs_no_gradient_call_and_keeps_the_estimate(relu10: OneHiddenReLU, x10: Tensor) -> None:
@@ -180,6 +215,30 @@ def test_bad_tolerance_named(relu10: OneHiddenReLU, x10: Tensor) -> None:
         sh.attribute(x10, n_samples=20, tolerance=0.0)
     with pytest.raises(ValueError, match=r"^tolerance"):
         sh.attribute(x10, n_samples=20, tolerance=0.1, output="factors")
+
+
+def test_too_few_draws_for_an_error_named(relu10: OneHiddenReLU, x10: Tensor) -> None:
+    """One draw is one group, whose spread is unknown: refused, not NaN standard errors."""
+    sh = SmoothHess(relu10.net)
+    for kwargs in ({"return_error": True}, {"tolerance": 0.1}):
+        with pytest.raises(ValueError, match=r"^n_samples: .*n_samples >= 4; got 2"):
+            sh.attribute(x10, n_samples=2, **kwargs)
+        with pytest.raises(ValueError, match=r"^n_samples: .*n_samples >= 2; got 1"):
+            sh.attribute(x10, n_samples=1, antithetic=False, **kwargs)
+    _, err = sh.attribute(x10, n_samples=4, return_error=True, generator=gen(0))  # two draws: defined
+    assert bool(torch.isfinite(err.stderr).all() & torch.isfinite(err.relative).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exactly_zero_hessian_is_exact_and_meets_a_tolerance(dtype: torch.dtype) -> None:
+    """A linear function: every group gives H = 0, so the relative error is 0 (not 0/0 = NaN), and a
+    tolerance is met after the fewest groups instead of the whole cap."""
+    x = torch.randn(3, 6, generator=gen(2), dtype=dtype)
+    sh = SmoothHess(lambda z: 3 * z.sum(1))
+    h, err = sh.attribute(x, n_samples=80, return_error=True, generator=gen(0))
+    assert torch.equal(h, torch.zeros_like(h)) and torch.equal(err.relative, torch.zeros(3, dtype=dtype))
+    _, err = sh.attribute(x, n_samples=8000, tolerance=0.1, generator=gen(0))
+    assert bool((err.n_samples < 8000).all()), err.n_samples
 
 
 # --------------------------------------------------------------------------- image size

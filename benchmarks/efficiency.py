@@ -28,6 +28,13 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    part of one group of 8 blocks, one group, two and four), each ``n`` interleaved on its own:
    a group's rotation and its ``d x d x d`` product are paid once per group, whatever the
    number of its blocks that the call uses.
+   ``--only allocator``: the same floor and default at n = 8192, each state in a fresh process:
+   as started, and with glibc's heap settled (a 16 MiB block freed first, which raises glibc's
+   dynamic ``mmap`` threshold to 16 MiB and its trim threshold to 32 MiB, as in any process that
+   has freed a tensor of that size), with the page faults of each call (``getrusage``, Linux). The
+   faults come from glibc handing freed memory at the top of its heap back to the system and the
+   next gradient call faulting it in again; how many a call takes depends on what the process
+   allocated before it. Not part of the default tables.
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
    ``m`` Householder reflectors drawn directly (Stewart's method: the same law, no
    factorisation), and a structured random orthogonal transform (three rounds of random signs
@@ -41,6 +48,9 @@ import contextlib
 import functools
 import itertools
 import math
+import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from unittest import mock
@@ -384,6 +394,46 @@ def growth_table(net: nn.Module, x: Tensor, eps: float, target: int, batch: int,
         print(f"| {n} | {blocks:.2f} ({groups}) | {t.best[0]:.3f} | {t.ratio[1]:.3f} | {t.ratio[2]:.3f} |")
 
 
+def _allocator_child(state: str, quick: bool) -> None:
+    """One process's floor and default at n = 8192 (``--only allocator``); prints one table row."""
+    import resource  # Unix only, like the table
+
+    if state == "settled":  # freed untouched: glibc's thresholds move, no page is faulted in
+        block = torch.empty(1 << 22)
+        del block
+    n = 1568 if quick else 8192
+    batch, rounds = min(1024, n), 1 if quick else 15
+    net, eps, target = mlp784(), 0.1, 3
+    x = torch.rand(1, 784, generator=_gen(1))
+    sh = SmoothHess(net)
+    faults: List[List[int]] = [[], []]
+
+    def counted(i: int, fn: Callable[[], None]) -> Callable[[], None]:
+        def f() -> None:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fn()
+            faults[i].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+        return f
+
+    default = functools.partial(_dense, sh, x, eps, target, n, batch, None)
+    t = interleaved([counted(0, _floor(net, x, eps, target, n, batch)), counted(1, default)], rounds)
+    floor_faults, default_faults = (int(statistics.median(f)) for f in faults)
+    print(f"| {state} | {n} | {t.best[0]:.3f} | {floor_faults} | {default_faults} | {t.ratio[1]:.3f} |")
+
+
+def allocator_table(quick: bool) -> None:
+    """The default's ratio to the floor with glibc's heap as the process starts and settled (each in a
+    fresh process), and the page faults per call (medians)."""
+    print("\n| MLP 784-500-300-250-250-10, glibc heap | n | floor (s) | floor: faults a call ", end="")
+    print("| default: faults a call | default / floor |")
+    print("|---|---|---|---|---|---|")
+    for state in ("as started", "settled"):
+        args = [sys.executable, __file__, "--allocator-child", state] + (["--quick"] if quick else [])
+        out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+        print(out.strip().splitlines()[-1])
+
+
 def _fwht(v: Tensor) -> Tensor:
     """Orthonormal fast Walsh-Hadamard transform of the rows of ``v`` (length a power of two)."""
     m, d = v.shape
@@ -482,7 +532,11 @@ def main() -> None:
         default="variance,tilt,share,oracles,partial,tolerance,timing,qr,tunnel",
         help="comma-separated tables",
     )
+    parser.add_argument("--allocator-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.allocator_child:
+        _allocator_child(args.allocator_child, args.quick)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     tables = {
         "variance": variance_table,
@@ -494,6 +548,7 @@ def main() -> None:
         "timing": timing_table,
         "qr": orthogonalisation_table,
         "tunnel": tunnel_table,
+        "allocator": allocator_table,
     }
     for name in args.only.split(","):
         tables[name](args.quick)

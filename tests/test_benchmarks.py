@@ -65,10 +65,11 @@ def test_efficiency_benchmark_quick() -> None:
             str(BENCH / "efficiency.py"),
             "--quick",
             "--only",
-            "variance,tilt,share,oracles,partial,tolerance,timing",
+            "variance,tilt,share,oracles,partial,tolerance,timing,allocator",
         ]
     )
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out
     assert "chi_d radii | tilted" in out and "+-2 stderr coverage" in out
     assert "ratio shared / per block" in out and "a rotation per block (before)" in out
     assert "blocks (groups of 8)" in out and "default: ratio" in out
+    assert "| as started | 1568 |" in out and "| settled | 1568 |" in out

@@ -153,6 +153,11 @@ class Evaluator:
         x = points.detach().reshape(batch * copies, dim).requires_grad_(True)
         with torch.enable_grad():
             out = self._scalars(_unflatten(x, self.inputs), copies)
+            if not out.requires_grad:
+                raise ValueError(
+                    f"forward_func: its output (dtype {out.dtype}) does not depend on the inputs through "
+                    "autograd, so it has no gradient to smooth (a detached, integer or constant output?)"
+                )
             (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -384,6 +385,15 @@ def test_largest_group_id_is_one_below_the_features() -> None:
         torch.randn(3, 4), target=0, n_samples=10, feature_mask=torch.tensor([0, 3, 3, 0])
     )
     assert h.shape == (3, 4, 4) and torch.equal(h[:, 1:3], torch.zeros(3, 2, 4))
+
+
+@pytest.mark.parametrize(
+    "forward", [lambda z: z.detach().sum(1), lambda z: (z > 0).long().sum(1), lambda z: torch.ones(len(z))]
+)
+def test_an_output_without_a_gradient_is_named(forward: Any) -> None:
+    """Detached, integer or constant outputs: a clear error naming forward_func, not autograd's."""
+    with pytest.raises(ValueError, match=r"^forward_func: its output .* does not depend on the inputs"):
+        SmoothHess(forward).attribute(torch.randn(2, 4), n_samples=4)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -205,6 +205,13 @@ SPECS: List[Spec] = [
         extras=1,
     ),
     Spec(
+        "LayerSmoothHess-tolerance",
+        lambda net: LayerSmoothHess(net, net.body[0]),
+        _smoothhess_with(n_samples=400, tolerance=0.3),
+        kind="layer",
+        extras=1,
+    ),
+    Spec(
         "NeuronSmoothHess",
         lambda net: NeuronSmoothHess(net, net.body[2]),
         _neuron,

@@ -123,6 +123,12 @@ def _format_target(target: TargetType, outputs: Tensor, default_loss: bool) -> T
     return t
 
 
+def _check_lambda2_fits(lam2: float, dtype: torch.dtype) -> None:
+    """``lambda2`` must stay positive in the inputs' dtype (a tiny value rounds to the refused 0)."""
+    if float(torch.tensor(lam2, dtype=dtype)) == 0:
+        raise ValueError(f"lambda2: {lam2} rounds to 0 in {dtype}, and lambda2 must be > 0")
+
+
 def _check_lambdas(
     lambda1: Optional[float], lambda2: float, sparsity: Optional[float]
 ) -> Tuple[float, float]:
@@ -613,6 +619,7 @@ class CASO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
+        _check_lambda2_fits(lam2_value, inps[0].dtype)
         if curvature not in _CURVATURES:
             raise ValueError(f"curvature: expected one of {_CURVATURES}, got {curvature!r}")
         max_iter = _check_positive_int(max_iter, "max_iter")
@@ -763,6 +770,7 @@ class CAFO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
+        _check_lambda2_fits(lam2_value, inps[0].dtype)
         with autograd_allowed():
             forward = private_if_training(self.forward_func, "CAFO")
             model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)
@@ -775,10 +783,16 @@ class CAFO(_LossSaliency):
                 lam1 = torch.full((batch,), lam1_value, dtype=g.dtype, device=g.device)
             soft = _soft(g, lam1[:, None])
             delta = soft / lam2_value
+            objective = (soft * soft).sum(1) / (2 * lam2_value)
+            if not bool(torch.isfinite(delta).all() & torch.isfinite(objective).all()):
+                raise ValueError(
+                    f"lambda2: {lam2_value} is too small for {delta.dtype}: the perturbation "
+                    "soft(g, lambda1) / lambda2 or its objective overflows"
+                )
             zero = torch.zeros(batch, dtype=torch.long, device=g.device)
             sol = Solution(
                 delta,
-                (soft * soft).sum(1) / (2 * lam2_value),
+                objective,
                 torch.zeros_like(lam1),
                 zero,
                 zero,

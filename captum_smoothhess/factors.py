@@ -11,7 +11,7 @@ strongest pairs. :class:`_HessianSums` is the one routine that reduces
 :meth:`SmoothHessFactors.to_dense` replays the same chunks through it, so the
 two agree exactly (to rounding where the orthogonal blocks share rotations, from
 256 features on: the dense path then sums in the rotations' coordinates,
-:class:`_RotatedSums`).
+:class:`_RotatedSums`; and with ``return_error``, where it sums group by group).
 """
 
 from __future__ import annotations
@@ -453,7 +453,8 @@ class SmoothHessFactors:
         return torch.cat([p.reshape(self._batch, -1) for p in parts], dim=1).to(like)
 
     def to_dense(self) -> HessianType:
-        """The dense Hessian, exactly what ``output="dense"`` returns for the same seed."""
+        """The dense Hessian: what ``output="dense"`` returns for the same seed (bit for bit without
+        ``return_error``; with it, the dense path sums group by group, so they agree to rounding)."""
         sums = _HessianSums(self._batch, self._dim, self._row_scale, None, 0)
         for s, d in zip(self._scores, self._diffs):
             sums.add(s, d)

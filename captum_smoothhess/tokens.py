@@ -12,6 +12,7 @@ estimate with the word mask for the same seed.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -39,8 +40,9 @@ def token_feature_mask(seq_len: int, embed_dim: int, device: Optional[torch.devi
                 [2, 2]])
     """
     for name, v in (("seq_len", seq_len), ("embed_dim", embed_dim)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    seq_len, embed_dim = int(seq_len), int(embed_dim)
     return torch.arange(seq_len, device=device)[None, :, None].expand(1, seq_len, embed_dim).contiguous()
 
 
@@ -77,8 +79,9 @@ def word_feature_mask(word_ids: Tensor, embed_dim: int) -> Tensor:
         tensor([0, 1, 1, 2])
     """
     ids = _word_ids(word_ids)
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, numbers.Integral) or embed_dim < 1:
         raise ValueError(f"embed_dim: expected a positive int, got {embed_dim!r}")
+    embed_dim = int(embed_dim)
     return ids[:, :, None].expand(*ids.shape, embed_dim).contiguous()
 
 
@@ -109,6 +112,8 @@ def fold_interactions(matrix: Tensor, word_ids: Tensor) -> Tensor:
         )
     if ids.shape[0] not in (1, matrix.shape[0]):
         raise ValueError(f"word_ids: batch {ids.shape[0]} does not fit the matrix's {matrix.shape[0]}")
+    if ids.shape[1] == 0:
+        raise ValueError("word_ids: no tokens (T = 0): there is nothing to fold")
     one_hot = torch.nn.functional.one_hot(ids, int(ids.max()) + 1).to(matrix.dtype)
     one_hot = one_hot.expand(matrix.shape[0], *one_hot.shape[1:])
     return one_hot.transpose(1, 2) @ matrix @ one_hot

@@ -524,6 +524,16 @@ def _flat_feature_index(
     return int(np.ravel_multi_index(norm, feat_shape)), norm
 
 
+def _check_image_shape(shape: Sequence[int], feat_shape: Tuple[int, ...], argument: str) -> None:
+    """``shape`` (given as ``argument``) must be the feature shape ``S`` of the interactions."""
+    if tuple(int(s) for s in shape) != feat_shape:
+        raise ValueError(
+            f"{argument}: shape {tuple(int(s) for s in shape)} does not match the feature shape "
+            f"{feat_shape} of interactions (expected interactions shaped (*S, *S) with S the shape of "
+            "one example)"
+        )
+
+
 def image_interaction_map(
     interactions: ArrayLike,
     feature_index: Union[int, Sequence[int]],
@@ -570,12 +580,8 @@ def image_interaction_map(
         4.0
     """
     matrix, feat_shape = _as_matrix(interactions)
-    if image_shape is not None and tuple(int(s) for s in image_shape) != feat_shape:
-        raise ValueError(
-            f"original_image: shape {tuple(int(s) for s in image_shape)} does not match the feature "
-            f"shape {feat_shape} of interactions (expected interactions shaped (*S, *S) with S the "
-            "shape of one example)"
-        )
+    if image_shape is not None:
+        _check_image_shape(image_shape, feat_shape, "image_shape")
     if len(feat_shape) not in (2, 3):
         raise ValueError(
             f"interactions: expected features shaped like an image, (C, H, W) or (H, W), got "
@@ -662,6 +668,7 @@ def visualize_image_interactions(
         'Interactions of feature (0, 1, 2)'
     """
     hwc, image_shape = _image_to_hwc(original_image)
+    _check_image_shape(image_shape, _as_matrix(interactions)[1], "original_image")
     heat = image_interaction_map(interactions, feature_index, image_shape, exclude_self=exclude_self)
     _, index = _flat_feature_index(feature_index, image_shape)
     row, col = index[-2], index[-1]

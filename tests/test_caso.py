@@ -501,6 +501,21 @@ def test_bad_arguments(method: Callable, kwargs: dict, exc: type, name: str) -> 
         method(net).attribute(_inputs(2, 6, seed=39), **kwargs)
 
 
+@pytest.mark.parametrize("method", [CASO, CAFO])
+def test_lambda2_that_rounds_to_zero_is_named(method: Callable) -> None:
+    """1e-50 is 0 in float32: refused as lambda2 = 0 is, not solved as an unbounded problem."""
+    net = _mlp(6, 8, 3, nn.ReLU(), seed=38).float()
+    with pytest.raises(ValueError, match=r"^lambda2: 1e-50 rounds to 0 in torch.float32"):
+        method(net).attribute(_inputs(2, 6, seed=39).float(), lambda2=1e-50)
+
+
+def test_cafo_overflow_from_a_tiny_lambda2_is_named() -> None:
+    """soft(g, lambda1) / 1e-320 overflows in float64: an error naming lambda2, never Inf."""
+    net = _mlp(6, 8, 3, nn.ReLU(), seed=38)
+    with pytest.raises(ValueError, match=r"^lambda2: .* overflows"):
+        CAFO(net).attribute(_inputs(2, 6, seed=39), lambda1=0.0, lambda2=1e-320)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "name"),
     [

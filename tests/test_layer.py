@@ -229,6 +229,16 @@ def test_a_layer_called_twice_per_forward_is_refused() -> None:
     assert not lin._forward_hooks
 
 
+def test_token_helpers_take_numpy_integers_and_refuse_no_tokens() -> None:
+    np = pytest.importorskip("numpy")
+    assert torch.equal(token_feature_mask(np.int64(3), np.int32(2)), token_feature_mask(3, 2))
+    assert torch.equal(
+        word_feature_mask(torch.tensor([0, 1, 1]), np.int64(2)), word_feature_mask(torch.tensor([0, 1, 1]), 2)
+    )
+    with pytest.raises(ValueError, match=r"^word_ids: no tokens"):
+        fold_interactions(torch.ones(1, 0, 0), torch.zeros(0, dtype=torch.long))
+
+
 # --------------------------------------------------------------------------- tolerance: uneven stops
 
 

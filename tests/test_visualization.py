@@ -282,6 +282,12 @@ def test_visualize_image_interactions_errors(
         visualize_image_interactions(torch.zeros(h_shape), torch.zeros(image_shape), index, use_pyplot=False)
 
 
+def test_image_interaction_map_names_image_shape() -> None:
+    """Called directly, a wrong ``image_shape`` is named as such (the overlay names its original_image)."""
+    with pytest.raises(ValueError, match=r"^image_shape: shape \(3, 3, 2\) does not match"):
+        image_interaction_map(torch.zeros(2, 3, 3, 2, 3, 3), 0, image_shape=(3, 3, 2))
+
+
 # ---------------------------------------------------------------- kernels
 
 

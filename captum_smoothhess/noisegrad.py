@@ -16,7 +16,11 @@ user's model:
   time sees nothing, and a forward that updates buffers (batch norm in
   training mode) updates the copy's. Hooks registered on the user's model
   are carried over and run on the copy (their module argument is the copy's
-  submodule).
+  submodule). A module parametrized with ``torch.nn.utils.parametrize``
+  (``weight_norm``, ``spectral_norm``, ``orthogonal``, ...) is copied too: its
+  original tensors live in its ``parametrizations`` submodules, which are
+  copied like any other, and the copy's parametrized attributes are
+  recomputed from the copy's originals on every access.
 * the wrapped method is shallow-copied per call too, its references to the
   user's modules (``forward_func``, DeepLift's ``model``, ...) pointing to
   the copy's; the user's method object is not changed.
@@ -65,6 +69,7 @@ import torch
 from captum.attr import Attribution, LayerAttribution, NeuronAttribution
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.nn.utils import parametrize
 
 from ._captum import _format_additional_forward_args, log_usage
 from ._evaluators import autograd_allowed
@@ -220,6 +225,40 @@ def _own_containers(obj: object, keys: Optional[Collection[str]] = None) -> None
 _MODULE_TABLES = frozenset(k for k, v in vars(nn.Module()).items() if isinstance(v, (dict, list, set)))
 
 
+def _recomputed(name: str) -> property:
+    """The parametrized attribute ``name``, computed from the module's own originals at each access."""
+
+    def get(self: nn.Module) -> Tensor:
+        parametrizations: Any = self.parametrizations
+        return parametrizations[name]()
+
+    def set_original(self: nn.Module, value: Tensor) -> None:
+        parametrizations: Any = self.parametrizations
+        parametrizations[name].right_inverse(value)
+
+    return property(get, set_original)
+
+
+def _parametrized_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy of a module parametrized with ``torch.nn.utils.parametrize``.
+
+    ``copy.copy`` cannot copy it (its class forbids ``__getstate__``), so the
+    copy is built from ``__new__`` and the module's ``__dict__``. It gets a
+    class of its own, a sibling of the user's (same base class and namespace)
+    whose parametrized attributes do not use ``parametrize.cached()``'s cache:
+    that cache is keyed by the *user's* module, so the copy would read the
+    user's unperturbed weight from it, or leave its perturbed one there.
+    """
+    cls = type(module)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    for name in module.parametrizations:  # type: ignore[union-attr]
+        namespace[name] = _recomputed(name)
+    private: Any = type(cls.__name__, cls.__bases__, namespace)
+    new: nn.Module = private.__new__(private)
+    vars(new).update(vars(module))
+    return new
+
+
 class _PrivateModel:
     """A copy of the user's module for one ``attribute`` call.
 
@@ -274,7 +313,7 @@ class _PrivateModel:
     def _copy(self, module: nn.Module) -> nn.Module:
         if id(module) in self.twin:
             return self.twin[id(module)]
-        new = copy.copy(module)
+        new = _parametrized_copy(module) if parametrize.is_parametrized(module) else copy.copy(module)
         self.twin[id(module)] = new
         _own_containers(new, _MODULE_TABLES)
         state = vars(new)
@@ -402,10 +441,17 @@ class NoiseGrad(_GeneratorNoiseTunnel):
     ``kernel`` independently per draw, from ``nt_samples`` weight draws shared
     by all examples of the batch; ``"smoothgrad_sq"`` and ``"vargrad"`` give
     the mean square and the variance. By default every floating parameter
-    gets noise; ``param_filter`` narrows the set. The user's model is never
-    modified nor swapped, not even transiently: each call works on a private
-    copy (batched over draws with ``vmap`` for small dense models, draw by
-    draw otherwise), see the module documentation.
+    gets noise; ``param_filter`` narrows the set. Noise goes to the
+    parameters as ``named_parameters()`` lists them: for a weight
+    parametrized with ``torch.nn.utils.parametrize`` (``weight_norm``,
+    ``spectral_norm``, ``orthogonal``, ...), to its original tensors
+    (``...parametrizations.weight.original``, or ``original0`` and
+    ``original1``), from which the weight is then computed (multiplicative
+    noise leaves zero entries at zero: ``orthogonal``'s original is ``-I``,
+    whose diagonal the map ignores, so it needs ``noise="additive"``). The
+    user's model is never modified nor swapped, not even transiently: each
+    call works on a private copy (batched over draws with ``vmap`` for small
+    dense models, draw by draw otherwise), see the module documentation.
 
     Args:
         attribution_method: A Captum attribution method whose ``forward_func``
@@ -611,6 +657,8 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 return False  # in-place buffer updates (batch norm statistics) do not batch
             if any(p is not None for p in m._parameters.values()) and not isinstance(m, _DENSE):
                 return False
+            if parametrize.is_parametrized(m):
+                return False  # its weight is computed by its parametrizations: draw by draw
         return True
 
     def _input_kernel(self) -> Kernel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -517,3 +518,180 @@ def test_user_forward_hooks_run_and_the_model_is_never_swapped() -> None:
         assert seen["swapped"] == 0 and seen["calls"] == 4
         # Doubling the output doubles the saliency.
         torch.testing.assert_close(hooked, 2 * unhooked)
+
+
+# -- models parametrized with torch.nn.utils.parametrize ---------------------------------
+
+_PARAMETRIZATIONS = {
+    "weight_norm": torch.nn.utils.parametrizations.weight_norm,
+    "spectral_norm": torch.nn.utils.parametrizations.spectral_norm,
+    "orthogonal": torch.nn.utils.parametrizations.orthogonal,
+}
+
+
+def _parametrized(kind: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    lin = _PARAMETRIZATIONS[kind](nn.Linear(5, 5).double())
+    return nn.Sequential(lin, nn.Tanh(), nn.Linear(5, 3).double()).eval()
+
+
+def _parametrized_snapshot(net: nn.Module) -> Dict[str, Any]:
+    lin = net[0]
+    plist = lin.parametrizations.weight
+    return {
+        "base": _snapshot(net),
+        "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "class": type(lin),
+        "plist": plist,
+        "modules": list(plist),
+        "originals": dict(plist._parameters),
+        # In training mode spectral_norm's weight access runs a power iteration on its buffers.
+        "weight": None if lin.training else lin.weight.detach().clone(),
+    }
+
+
+def _assert_parametrized_untouched(net: nn.Module, snap: Dict[str, Any]) -> None:
+    _assert_untouched(net, snap["base"])
+    state = net.state_dict()
+    assert state.keys() == snap["state"].keys()
+    for k, v in snap["state"].items():
+        assert torch.equal(state[k], v), k
+    lin = net[0]
+    assert torch.nn.utils.parametrize.is_parametrized(lin, "weight")
+    assert type(lin) is snap["class"]
+    assert (
+        lin.parametrizations.weight is snap["plist"] and list(lin.parametrizations.weight) == snap["modules"]
+    )
+    assert dict(lin.parametrizations.weight._parameters) == snap["originals"]
+    assert "weight" not in lin._parameters and "weight" not in vars(lin)
+    if snap["weight"] is not None:
+        assert torch.equal(lin.weight.detach(), snap["weight"])
+    for m in net.modules():
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+@pytest.mark.parametrize("kind", sorted(_PARAMETRIZATIONS))
+def test_parametrized_zero_stdevs_equals_saliency(kind: str) -> None:
+    net = _parametrized(kind)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    expected = Saliency(net).attribute(x, target=1, abs=False)
+    for cls, extra in ((NoiseGrad, {}), (FusionGrad, {"input_stdevs": 0.0})):
+        got = cls(Saliency(net)).attribute(x, nt_samples=3, stdevs=0.0, target=1, abs=False, **extra)
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("noise", ["multiplicative", "additive"])
+@pytest.mark.parametrize("kind", sorted(_PARAMETRIZATIONS))
+def test_parametrized_noise_on_originals_equals_deep_copy_loop(kind: str, noise: str) -> None:
+    # The draws land on the originals (what named_parameters lists): the same numbers as
+    # deep copies of the model whose originals carry them, the weight recomputed from them.
+    net = _parametrized(kind, 1)
+    snap = _parametrized_snapshot(net)
+    names = [n for n, _ in net.named_parameters()]
+    assert any(".parametrizations.weight.original" in n for n in names)
+    assert not any(n.endswith("0.weight") for n in names)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    n, eps, mult = 5, 0.3, noise == "multiplicative"
+    seed = seed_from(torch.Generator().manual_seed(3))
+    outs = [
+        Saliency(m).attribute(x.clone().requires_grad_(), target=2, abs=False)
+        for m in _loop_draws(net, names, Gaussian(), eps, mult, seed, n)
+    ]
+    expected = torch.stack(outs).mean(0)
+    for cls, extra in ((NoiseGrad, {}), (FusionGrad, {"input_stdevs": 0.0})):
+        got = cls(Saliency(net), noise=noise).attribute(
+            x,
+            nt_samples=n,
+            stdevs=eps,
+            target=2,
+            abs=False,
+            generator=torch.Generator().manual_seed(3),
+            **extra,
+        )
+        torch.testing.assert_close(got, expected)
+    # Noise on the original weight only (not the bias) changes the saliency, except
+    # multiplicative noise on orthogonal's original: it is -I, and the map ignores its diagonal.
+    plain = Saliency(net).attribute(x.clone().requires_grad_(), target=2, abs=False)
+    ng = NoiseGrad(Saliency(net), noise=noise, param_filter=r"^0\.parametrizations\.")
+    moved = ng.attribute(x, nt_samples=n, stdevs=eps, target=2, abs=False)
+    assert torch.allclose(moved, plain) == (kind == "orthogonal" and mult)
+    fused = FusionGrad(Saliency(net), noise=noise).attribute(
+        x, nt_samples=n, stdevs=eps, input_stdevs=0.1, target=2
+    )
+    assert fused.shape == x.shape and bool(torch.isfinite(fused).all())
+    _assert_parametrized_untouched(net, snap)
+
+
+def test_weight_norm_magnitude_noise_closed_form() -> None:
+    # f(x) = w^T x with w = g v / |v| (weight_norm): multiplicative noise on g alone
+    # scales w by (1 + eps u), so SmoothGrad is w and VarGrad eps^2 w^2.
+    torch.manual_seed(0)
+    lin = torch.nn.utils.parametrizations.weight_norm(nn.Linear(5, 1, bias=False).double())
+    x = torch.randn(2, 5, dtype=torch.float64)
+    eps, n = 0.3, 4000
+    ng = NoiseGrad(Saliency(lin), param_filter=["parametrizations.weight.original0"])
+    kw = dict(nt_samples=n, stdevs=eps, abs=False, generator=torch.Generator().manual_seed(0))
+    var = ng.attribute(x, nt_type="vargrad", **kw)
+    mean = ng.attribute(x, nt_type="smoothgrad", **kw)
+    w = lin.weight.detach()[0]
+    torch.testing.assert_close(var, ((eps * w) ** 2).expand(2, 5), rtol=0.12, atol=0)
+    sd = eps * float(w.abs().max())
+    torch.testing.assert_close(mean, w.expand(2, 5), rtol=0, atol=6 * sd / n**0.5)
+
+
+def test_parametrized_model_untouched_in_training_mode_and_under_cached() -> None:
+    # spectral_norm's power iteration updates its buffers in training mode: the copy's, not
+    # the user's. Under parametrize.cached() the copy computes its own weight: it neither
+    # reads the user's cached weight nor leaves a perturbed one in the cache.
+    net = _parametrized("spectral_norm", 2).train()
+    snap = _parametrized_snapshot(net)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    kw = dict(nt_samples=4, stdevs=0.3, target=0, abs=False)
+    NoiseGrad(Saliency(net)).attribute(x, generator=torch.Generator().manual_seed(5), **kw)
+    _assert_parametrized_untouched(net, snap)
+    net.eval()
+    snap = _parametrized_snapshot(net)
+    with torch.no_grad():
+        ref = net(x)
+    expected = NoiseGrad(Saliency(net)).attribute(x, generator=torch.Generator().manual_seed(5), **kw)
+    with torch.nn.utils.parametrize.cached():
+        first = NoiseGrad(Saliency(net)).attribute(x, generator=torch.Generator().manual_seed(5), **kw)
+        with torch.no_grad():
+            assert torch.equal(net(x), ref)  # no perturbed weight cached for the user's module
+        again = NoiseGrad(Saliency(net)).attribute(x, generator=torch.Generator().manual_seed(5), **kw)
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(again, expected)
+    _assert_parametrized_untouched(net, snap)
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "orthogonal"])
+def test_parametrized_model_unobserved_by_a_concurrent_thread(kind: str) -> None:
+    net = _parametrized(kind, 3)
+    snap = _parametrized_snapshot(net)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x).clone()
+    wrong: List[int] = []
+    checks: List[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with torch.no_grad():
+                if not torch.equal(net(x), ref):
+                    wrong.append(1)
+            checks.append(1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for cls in (NoiseGrad, FusionGrad):
+            for seed in range(2):
+                cls(Saliency(net)).attribute(
+                    x, nt_samples=6, stdevs=0.5, target=0, generator=torch.Generator().manual_seed(seed)
+                )
+    finally:
+        stop.set()
+        watcher.join()
+    assert checks and not wrong, f"another thread saw {len(wrong)} wrong output(s)"
+    _assert_parametrized_untouched(net, snap)

@@ -30,7 +30,7 @@ import contextvars
 import copy
 import numbers
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -94,6 +94,63 @@ class _InputNoise:
         )
 
 
+class _BaselineDraws:
+    """Baselines drawn from a distribution (``draw_baseline_from_distrib``), by sample index.
+
+    Every input tensor whose baseline is a tensor of reference rows gets one
+    table of row indices, shape ``(batch, n_samples)``, drawn once per call
+    from ``seed``; sample ``j`` of example ``b`` uses row ``table[b, j]``
+    whatever the partitioning. (The table holds the rows ``np.random.choice``
+    gives after ``np.random.seed(seed % 2**32)``, from a private RandomState.) NoiseTunnel
+    expands the keyword arguments once for all full partitions and once for
+    the remainder: :meth:`fill` writes the rows of the partition starting at
+    ``start`` and :meth:`advance` moves to the next partition, rewriting the
+    shared keyword arguments of the full partitions.
+    """
+
+    def __init__(self, seed: int, n_samples: int) -> None:
+        self.seed = seed
+        self.n_samples = n_samples
+        self.start = 0  # first sample of the current partition
+        self.source: Optional[Tuple[Any, ...]] = None  # the user's baselines, one per input
+        self.tables: Tuple[Optional[Tensor], ...] = ()
+        self.shared: Optional[Dict[str, Any]] = None  # kwargs of the full partitions
+        self.size = 0  # samples per full partition
+
+    def _bind(self, baselines: Any, batch: int) -> None:
+        self.source = baselines if isinstance(baselines, tuple) else (baselines,)
+        # A private legacy RandomState: numpy's global RNG is neither used nor moved.
+        rng = np.random.RandomState(self.seed % (1 << 32))
+        self.tables = tuple(
+            torch.from_numpy(rng.choice(b.shape[0], self.n_samples * batch)).reshape(batch, self.n_samples)
+            if isinstance(b, Tensor)
+            else None
+            for b in self.source
+        )
+
+    def fill(self, kwargs: Dict[str, Any], n: int, baselines: Any, batch: int, shared: bool) -> None:
+        """Set ``kwargs["baselines"]`` to the draws of samples ``start .. start + n - 1``."""
+        if self.source is None:
+            self._bind(baselines, batch)
+        if shared:
+            self.shared, self.size = kwargs, n
+        self._write(kwargs, n)
+
+    def advance(self, n: int) -> None:
+        """Partition of ``n`` samples done: the next full partition gets its own draws."""
+        self.start += n
+        if self.shared is not None and self.start + self.size <= self.n_samples:
+            self._write(self.shared, self.size)
+
+    def _write(self, kwargs: Dict[str, Any], n: int) -> None:
+        assert self.source is not None
+        stop = self.start + n
+        kwargs["baselines"] = tuple(
+            b.index_select(0, t[:, self.start : stop].reshape(-1).to(b.device)) if t is not None else b
+            for b, t in zip(self.source, self.tables)
+        )
+
+
 @dataclass
 class _CallState:
     """What one ``attribute`` call needs inside NoiseTunnel's hooks (subclassed by NoiseGrad)."""
@@ -101,6 +158,7 @@ class _CallState:
     input_noise: Optional[_InputNoise] = None
     captum_stdevs: Optional[Tuple[float, ...]] = None
     generator: Optional[torch.Generator] = None
+    baseline_draws: Optional[_BaselineDraws] = None
 
 
 # Per-call state, keyed by the id of the tunnel object. A context variable
@@ -167,12 +225,40 @@ def _raised_selecting_target(err: BaseException) -> bool:
     return False
 
 
+# Captum's assertion (in its gradient functions) when the output is not one scalar per example.
+_NO_TARGET = "Target not provided when necessary"
+
+
+def _captum_needs_target(err: BaseException) -> bool:
+    """Whether ``err`` is Captum's own "Target not provided" assertion.
+
+    Both its message and the frame that raised it (the innermost one) must
+    be Captum's, so an ``AssertionError`` raised by the user's model, whatever
+    its message, is never taken for it.
+    """
+    if not isinstance(err, AssertionError) or not str(err).startswith(_NO_TARGET):
+        return False
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module == "captum" or module.startswith("captum.")
+
+
 @contextlib.contextmanager
 def _naming_target(target: object) -> Iterator[None]:
-    """Turn Captum's bare errors for a target the output does not have into a ``ValueError``."""
+    """Turn Captum's bare errors for a missing or unfit target into a ``ValueError`` naming it."""
     try:
         yield
     except (IndexError, AssertionError, RuntimeError) as err:
+        if _captum_needs_target(err):
+            raise ValueError(
+                f"target: forward_func must give one scalar per example after target selection, "
+                f"but target={target!r} leaves several outputs per example; pass a `target` that "
+                f"selects one output per example (Captum: {err})"
+            ) from err
         if not _raised_selecting_target(err):
             raise
         raise ValueError(
@@ -201,17 +287,9 @@ def _plain_stdevs(stdevs: object, n_inputs: int) -> Optional[Tuple[float, ...]]:
 
 
 @contextlib.contextmanager
-def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
-    """Seed numpy's global RNG from ``generator`` for the block, then restore it.
-
-    Captum draws baselines from a distribution with ``np.random.choice``;
-    this makes those draws reproducible from the user's generator too.
-    """
-    if generator is None:
-        yield
-        return
+def _numpy_rng_kept() -> Iterator[None]:
+    """Restore numpy's global RNG after the block (Captum's baseline draw there is discarded)."""
     saved = np.random.get_state()  # noqa: NPY002 - Captum draws from numpy's global RNG
-    np.random.seed(seed_from(generator) % (1 << 32))  # noqa: NPY002
     try:
         yield
     finally:
@@ -219,10 +297,18 @@ def _numpy_rng_from(generator: Optional[torch.Generator]) -> Iterator[None]:
 
 
 class _GeneratorNoiseTunnel(NoiseTunnel):
-    """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``."""
+    """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``.
+
+    With a generator, the baseline of sample ``j`` of an example depends on
+    the generator's seed and ``j`` only, not on ``nt_samples_batch_size``
+    (see :class:`_BaselineDraws`); numpy's global RNG is left as found.
+    Without one, the draws are Captum's (numpy's global RNG).
+    """
 
     def _run_tunnel(self, state: _CallState, inputs: Any, kwargs: Dict[str, Any], **tunnel: Any) -> Any:
         """NoiseTunnel's loop with ``state`` in place; a target error names ``target``; NaN raises."""
+        if tunnel.get("draw_baseline_from_distrib") and state.generator is not None and "baselines" in kwargs:
+            state.baseline_draws = _BaselineDraws(seed_from(state.generator), int(tunnel["nt_samples"]))
         with _call_state(self, state), _naming_target(kwargs.get("target")):
             out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
         _check_no_nan(out, self.is_delta_supported and bool(kwargs.get("return_convergence_delta")))
@@ -235,11 +321,42 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
         inputs: Tuple[Tensor, ...],
         draw_baseline_from_distrib: bool,
     ) -> None:
-        generator = _current_state(self).generator if draw_baseline_from_distrib else None
-        with _numpy_rng_from(generator):
+        draws = _current_state(self).baseline_draws if draw_baseline_from_distrib else None
+        if draws is None or "baselines" not in kwargs_partial:
             NoiseTunnel._expand_partial(
                 nt_samples_partition, kwargs_partial, inputs, draw_baseline_from_distrib
             )
+            return
+        baselines = kwargs_partial["baselines"]
+        # Captum's expansion and checks; its baseline draw is replaced by the per-sample one.
+        with _numpy_rng_kept():
+            NoiseTunnel._expand_partial(nt_samples_partition, kwargs_partial, inputs, True)
+        # The first expansion serves every full partition, a later one the remainder only.
+        shared = draws.source is None
+        draws.fill(kwargs_partial, nt_samples_partition, baselines, inputs[0].shape[0], shared)
+
+    def _update_partial_attribution_and_delta(
+        self,
+        attributions_partial: Tuple[Tensor, ...],
+        delta_partial: Tensor,
+        sum_attributions: List[Tensor],
+        sum_attributions_sq: List[Tensor],
+        delta_partial_list: List[Tensor],
+        nt_samples_partial: int,
+        return_convergence_delta: bool,
+    ) -> None:
+        super()._update_partial_attribution_and_delta(
+            attributions_partial,
+            delta_partial,
+            sum_attributions,
+            sum_attributions_sq,
+            delta_partial_list,
+            nt_samples_partial,
+            return_convergence_delta,
+        )
+        draws = _current_state(self).baseline_draws
+        if draws is not None:
+            draws.advance(nt_samples_partial)
 
 
 class KernelNoiseTunnel(_GeneratorNoiseTunnel):
@@ -334,7 +451,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 path). 0 means no noise. Default: 1.0, as NoiseTunnel.
             draw_baseline_from_distrib: Draw each sample's baseline from the
                 given ``baselines`` (as NoiseTunnel); with a ``generator`` the
-                draws are reproducible from it.
+                draws are reproducible from it and do not depend on
+                ``nt_samples_batch_size``.
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
             **kwargs: Passed to the wrapped method's ``attribute``

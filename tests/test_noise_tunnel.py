@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from captum_smoothhess.kernels import Gaussian, Hyperbolic, Poisson, Rect, Sigmoid
 from captum_smoothhess.noise_tunnel import _CALLS, KernelNoiseTunnel
+from captum_smoothhess.noisegrad import FusionGrad, NoiseGrad
 
 KERNELS = [Gaussian(), Poisson(), Hyperbolic(0.5), Sigmoid(), Rect()]
 
@@ -269,6 +270,106 @@ def test_baseline_draws_reproducible_from_generator() -> None:
     np.random.seed(0)  # noqa: NPY002
     run()
     assert np.array_equal(np.random.get_state()[1], state)  # numpy RNG restored  # noqa: NPY002
+
+
+_DISTRIB_TUNNELS = {
+    "kernel_poisson": lambda m: KernelNoiseTunnel(IntegratedGradients(m), kernel="poisson"),
+    "noisegrad": lambda m: NoiseGrad(IntegratedGradients(m)),
+    "fusiongrad": lambda m: FusionGrad(IntegratedGradients(m)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DISTRIB_TUNNELS))
+def test_baseline_draws_batch_size_invariant(name: str) -> None:
+    # The baseline of sample j depends on the seed and j only, not on the partitioning
+    # (nt_samples=5: batch sizes 2 and 4 leave a remainder partition).
+    net = _mlp()
+    x = torch.randn(3, 5)
+    baselines = torch.randn(6, 5)
+    tunnel = _DISTRIB_TUNNELS[name](net)
+
+    def run(bs: Any, seed: int = 0) -> Tensor:
+        return tunnel.attribute(
+            x,
+            nt_samples=5,
+            nt_samples_batch_size=bs,
+            stdevs=0.1,
+            target=0,
+            n_steps=4,
+            baselines=baselines,
+            draw_baseline_from_distrib=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    np.random.seed(3)  # noqa: NPY002
+    before = np.random.get_state()  # noqa: NPY002
+    a = run(None)
+    for bs in (1, 2, 4):
+        torch.testing.assert_close(run(bs), a)
+    after = np.random.get_state()  # noqa: NPY002
+    assert np.array_equal(after[1], before[1]) and after[2:] == before[2:]  # numpy RNG untouched
+    assert torch.equal(run(None), a)
+    assert not torch.equal(run(None, seed=1), a)
+
+
+def test_baseline_draws_batch_size_invariant_tuple_inputs() -> None:
+    model = _TwoInput()
+    x, y = torch.randn(3, 3), torch.randn(3, 2, 2)
+    baselines = (torch.randn(4, 3), 0.5)  # a distribution for x, a scalar for y
+    nt = KernelNoiseTunnel(IntegratedGradients(model), Rect())
+
+    def run(bs: Any) -> Tuple[Tensor, ...]:
+        out = nt.attribute(
+            (x, y),
+            nt_samples=5,
+            nt_samples_batch_size=bs,
+            stdevs=0.1,
+            target=1,
+            n_steps=4,
+            baselines=baselines,
+            draw_baseline_from_distrib=True,
+            generator=torch.Generator().manual_seed(4),
+        )
+        assert isinstance(out, tuple)
+        return out
+
+    a = run(None)
+    for bs in (1, 2, 3):
+        torch.testing.assert_close(run(bs), a)
+
+
+# -- target ---------------------------------------------------------------------
+
+
+_TARGET_TUNNELS = {
+    "gaussian_drop_in": lambda m: KernelNoiseTunnel(Saliency(m)),
+    "kernel_poisson": lambda m: KernelNoiseTunnel(Saliency(m), kernel="poisson"),
+    "noisegrad": lambda m: NoiseGrad(Saliency(m)),
+    "fusiongrad": lambda m: FusionGrad(Saliency(m)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TARGET_TUNNELS))
+def test_multi_output_without_target_names_target(name: str) -> None:
+    tunnel = _TARGET_TUNNELS[name](_mlp())
+    with pytest.raises(ValueError, match=r"^target"):
+        tunnel.attribute(torch.randn(2, 5), nt_samples=2)
+
+
+def test_users_own_assertion_error_is_not_renamed() -> None:
+    class Asserting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = self.lin(x)
+            assert out.shape[1] == 1, "Target not provided when necessary (the user's own check)"
+            return out
+
+    for tunnel in (KernelNoiseTunnel(Saliency(Asserting())), NoiseGrad(Saliency(Asserting()))):
+        with pytest.raises(AssertionError, match="user's own"):
+            tunnel.attribute(torch.randn(2, 5), nt_samples=2, target=0)
 
 
 # -- the model and inputs are left alone; dtypes; no_grad; metrics -----------------

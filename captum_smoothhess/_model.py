@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -18,6 +18,32 @@ def module_of(forward_func: Any) -> Optional[nn.Module]:
     return owner if isinstance(owner, nn.Module) else None
 
 
+def reachable_modules(module: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """``module.named_modules()``, also through models held outside the module registry.
+
+    A wrapper that must not register the model it calls (e.g.
+    :class:`~captum_smoothhess.robust.ClassProbability`, so that its
+    ``train()``/``eval()``/``to()`` leave the model alone) names the attributes
+    holding it in a class attribute ``_held_outside_registry``; their modules
+    are listed under ``"<attribute>.<name>"``. A ``copy.deepcopy`` of the
+    wrapper copies them too.
+    """
+    seen: Set[int] = set()
+
+    def walk(root: nn.Module, prefix: str) -> Iterator[Tuple[str, nn.Module]]:
+        for name, m in root.named_modules(prefix=prefix):
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            for attr in getattr(type(m), "_held_outside_registry", ()):
+                held = module_of(m.__dict__.get(attr))
+                if held is not None:
+                    yield from walk(held, f"{name}.{attr}" if name else attr)
+
+    return walk(module, "")
+
+
 def batch_dependent_layers(forward_func: Any) -> List[str]:
     """Names of the layers whose output for one example depends on the others of the batch.
 
@@ -29,7 +55,7 @@ def batch_dependent_layers(forward_func: Any) -> List[str]:
         return []
     return [
         name or type(m).__name__
-        for name, m in module.named_modules()
+        for name, m in reachable_modules(module)
         if isinstance(m, _BatchNorm) and m.training
     ]
 
@@ -51,19 +77,27 @@ def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> boo
     return True
 
 
-def private_if_training(forward_func: Any, method: str) -> Any:
+def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> Any:
     """``forward_func``, or the same on a private copy of its module when a forward updates buffers.
 
     Batch norm in training mode updates its running statistics at every
     forward pass and normalises each batch of perturbed samples with that
     batch's statistics. The copy (made once per call) leaves the user's buffers
     exactly as found, also as seen from another thread; a warning says that
-    the result then mixes examples and samples.
+    the result then mixes examples and samples. ``stacklevel`` is the warning's:
+    4 points at the caller of the function calling this one, 5 at the caller of
+    an ``attribute`` method wrapped by Captum's ``log_usage``.
     """
-    if not warn_if_training(forward_func, method, stacklevel=5):
+    if not warn_if_training(forward_func, method, stacklevel=stacklevel):
         return forward_func
+    return private_copy(forward_func)
+
+
+def private_copy(forward_func: Any) -> Any:
+    """``forward_func`` on a ``copy.deepcopy`` of its module (itself when it has none)."""
     module = module_of(forward_func)
-    assert module is not None
+    if module is None:
+        return forward_func
     private = copy.deepcopy(module)
     return private if forward_func is module else getattr(private, forward_func.__name__)
 

@@ -21,10 +21,12 @@ from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
 from ._evaluators import selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian, _unflatten
+from ._model import module_of, private_if_training, reachable_modules
 from ._validation import _check_inputs, _check_number, _check_positive_int
 
 __all__ = ["ExactHessian", "exact_hessian", "softplus_surrogate"]
@@ -140,6 +142,12 @@ def exact_hessian(
     to a smooth surrogate (:func:`softplus_surrogate`) for the paper's
     "SoftPlus Hessian" baseline.
 
+    A model in training mode with batch-norm layers breaks that assumption: it
+    gets a warning (the result mixes the examples), and the derivatives are
+    those of the function it computes in training mode (normalising with the
+    statistics of ``inputs``), taken on a private copy whose batch norms do not
+    update running statistics, so the model's buffers are left as found.
+
     Args:
         forward_func: A twice differentiable model or function.
         inputs: A tensor ``(B, *S)`` or a tuple of tensors ``(B, *S_i)``.
@@ -170,11 +178,59 @@ def exact_hessian(
         >>> grad
         tensor([[8., 4.]])
     """
+    return _exact_hessian(
+        forward_func,
+        inputs,
+        target,
+        additional_forward_args,
+        return_gradient,
+        chunk_size,
+        method="exact_hessian",
+        stacklevel=5,
+    )
+
+
+def _functional_private(forward_func: Any, method: str, stacklevel: int) -> Any:
+    """``forward_func``, or for batch norm in training mode a private copy ``torch.func`` can differentiate.
+
+    Batch norm in training mode updates its running statistics in place at
+    every forward pass, which the user's buffers must not see and which
+    ``torch.func``'s transforms refuse. The copy (with SmoothHess's warning)
+    keeps the training-mode function (normalisation with the batch's
+    statistics) but its training-mode batch norms track no running statistics.
+    """
+    private = private_if_training(forward_func, method, stacklevel=stacklevel)
+    if private is forward_func:
+        return forward_func
+    module = module_of(private)
+    assert module is not None
+    for _, layer in reachable_modules(module):
+        if isinstance(layer, _BatchNorm) and layer.training:
+            layer.running_mean = None
+            layer.running_var = None
+            layer.num_batches_tracked = None
+            layer.track_running_stats = False
+    return private
+
+
+def _exact_hessian(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    target: TargetType,
+    additional_forward_args: Any,
+    return_gradient: bool,
+    chunk_size: Optional[int],
+    method: str,
+    stacklevel: int,
+) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
+    """:func:`exact_hessian`, with the name and stack level of a training-mode warning."""
     is_tuple = _is_tuple(inputs)
     inps = _format_tensor_into_tuples(inputs)
     _check_inputs(inps)
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
+    # One frame more than here: _functional_private calls private_if_training.
+    forward_func = _functional_private(forward_func, method, stacklevel + 1)
     with torch.no_grad():
         selected_outputs(forward_func, inps, target, additional_forward_args)
     x = _flatten(inps).clone()
@@ -285,11 +341,13 @@ class ExactHessian(GradientAttribution):
             tensor([[[6., 0.],
                      [0., 6.]]])
         """
-        return exact_hessian(
+        return _exact_hessian(
             self.forward_func,
             inputs,
-            target=target,
-            additional_forward_args=additional_forward_args,
-            return_gradient=return_gradient,
-            chunk_size=chunk_size,
+            target,
+            additional_forward_args,
+            return_gradient,
+            chunk_size,
+            method="ExactHessian",
+            stacklevel=6,
         )

@@ -30,6 +30,7 @@ from ._captum import (
 )
 from ._evaluators import selected_outputs
 from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
+from ._model import private_if_training
 from ._sampling import NoiseStream, chunks, default_chunk, seed_from
 from ._validation import (
     _check_generator,
@@ -68,7 +69,10 @@ def perturbation_mse(
 
     ``f`` the output of ``forward_func`` selected by ``target``. Perturbed
     points are evaluated in batched forward passes, chunked so that memory
-    does not grow with ``n_perturbations``.
+    does not grow with ``n_perturbations``. A model in training mode with
+    batch-norm layers gets a warning (each batch of points is normalised with
+    its own statistics) and is evaluated on a private copy, so its running
+    statistics are left as found.
 
     Args:
         forward_func: The model or function, as given to the attribution method.
@@ -132,6 +136,9 @@ def perturbation_mse(
     h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device)
 
     afa = _format_additional_forward_args(additional_forward_args)
+    # Batch norm in training mode: a warning, and the forward passes run on a
+    # private copy so that the running statistics are left as found.
+    forward_func = private_if_training(forward_func, "perturbation_mse", stacklevel=4)
     with torch.no_grad():
         f0 = selected_outputs(forward_func, inps, target, afa).to(x.dtype)
         if n_perturbations_batch_size is None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ._captum import TargetType, _format_additional_forward_args, _format_tensor_into_tuples, _is_tuple
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
+from ._model import batch_dependent_layers, private_copy, private_if_training
 from ._validation import _check_inputs, _check_positive_int
 from .smoothhess import SmoothHess
 from .solvers import RadiusType, _check_radius, solve_trust_region
@@ -38,7 +39,11 @@ class ClassProbability(nn.Module):
     The second-order attack lowers the probability of the predicted class, so
     its gradient/Hessian source must differentiate the probability, not the
     logit. ``ClassProbability(model)`` holds a reference to ``model`` (nothing
-    is copied or modified) and returns ``softmax(model(*args), dim)``.
+    is copied or modified) and returns ``softmax(model(*args), dim)``. The
+    model is not registered as a submodule (the wrapper's ``train()``,
+    ``eval()`` and ``to()`` leave it alone), but the package still sees its
+    layers: a batch norm in training mode inside it gets the same warning and
+    the same protection of its running statistics as without the wrapper.
 
     Args:
         model: A callable returning logits, classes along ``dim``.
@@ -59,6 +64,10 @@ class ClassProbability(nn.Module):
         # (no re-parenting, no shared `train()`/`eval()` switches).
         object.__setattr__(self, "model", model)
         self.dim = dim
+
+    # Lets the package's model inspection (batch-norm layers in training
+    # mode, see `_model.reachable_modules`) see through the wrapper.
+    _held_outside_registry = ("model",)
 
     def forward(self, *args: Any) -> Tensor:
         return torch.softmax(self.model(*args), dim=self.dim)  # type: ignore[operator]
@@ -95,6 +104,11 @@ class SecondOrderAttack:
             into probabilities (for choosing the default target and the
             default source). Default: ``True``.
 
+    A model in training mode with batch-norm layers gets a warning, and
+    :meth:`perturb` runs all its forward passes (the predicted class, the
+    default source) on a private copy, so the running statistics are left as
+    found.
+
     Examples:
         >>> import torch
         >>> from captum_smoothhess.robust import SecondOrderAttack
@@ -117,7 +131,8 @@ class SecondOrderAttack:
         self.probability: Callable[..., Any] = (
             ClassProbability(forward_func) if apply_softmax else forward_func
         )
-        self.source = SmoothHess(self.probability) if source is None else source
+        self._default_source: Optional[SmoothHess] = SmoothHess(self.probability) if source is None else None
+        self.source: Any = self._default_source if source is None else source
         if not callable(getattr(self.source, "attribute", None)):
             raise TypeError("source: expected an object with an `attribute` method, such as SmoothHess")
 
@@ -177,10 +192,27 @@ class SecondOrderAttack:
         x = _flatten(inps)
         batch, dim = x.shape
         r = _check_radius(radius, batch, x)
+        # One private copy per call for a model whose forward passes update its
+        # buffers (batch norm in training mode). The default source (SmoothHess)
+        # gives the warning and protects the buffers itself; then the attack's
+        # own forward passes run on a private copy without a second warning.
+        if self.source is self._default_source:
+            if batch_dependent_layers(self.probability):
+                probability = private_copy(self.probability)
+            else:
+                probability = self.probability
+        else:
+            probability = private_if_training(self.probability, "SecondOrderAttack", stacklevel=4)
+        if probability is self.probability:
+            forward_func = self.forward_func
+        elif self.probability is self.forward_func:
+            forward_func = probability
+        else:  # the private ClassProbability holds the private model
+            forward_func = probability.model
         if target is None:
             extra = _format_additional_forward_args(additional_forward_args) or ()
             with torch.no_grad():
-                out = self.forward_func(*inps, *extra)
+                out = forward_func(*inps, *extra)
             if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != batch:
                 raise ValueError(
                     "target: None needs forward_func to return scores (B, C) to take the predicted class"
@@ -188,7 +220,7 @@ class SecondOrderAttack:
             target = out.argmax(dim=1)
         else:
             with torch.no_grad():
-                selected_outputs(self.probability, inps, target, additional_forward_args)
+                selected_outputs(probability, inps, target, additional_forward_args)
         hess, grad = self.source.attribute(
             inputs,
             target=target,

@@ -130,3 +130,64 @@ def test_exact_hessian_bad_arguments() -> None:
         exact_hessian(_known, x, chunk_size=0)
     with pytest.raises(ValueError, match="inputs"):
         exact_hessian(_known, torch.full((2, 3), math.nan))
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Softplus(), nn.Linear(8, 3)).double().train()
+
+
+_TRAINING_WARNING = r"in training mode normalise\(s\) with the statistics of each batch"
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("exact_hessian: 1", lambda m, x: exact_hessian(m, x, target=0, return_gradient=True)),
+        ("ExactHessian: 1", lambda m, x: ExactHessian(m).attribute(x, target=0, return_gradient=True)),
+        ("exact_hessian: 1", lambda m, x: exact_hessian(m.forward, x, target=0, return_gradient=True)),
+    ],
+)
+def test_exact_hessian_training_mode_batch_norm_warns_leaves_buffers_and_is_exact(
+    name: str, call: object
+) -> None:
+    """Derivatives of the training-mode function (batch statistics) on a private copy; buffers as found."""
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=name + " " + _TRAINING_WARNING):
+        hess, grad = call(net, x)  # type: ignore[operator]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert net.training and net[1].training
+    assert all(p.grad is None for p in net.parameters())
+
+    # Reference: autograd on the batch sum of the training-mode outputs (batch norm
+    # without running statistics computes the same outputs), with one direction
+    # shared by all examples, as exact_hessian documents.
+    ref_net = _bn_net()
+    ref_net[1].track_running_stats = False
+    ref_net[1].running_mean = ref_net[1].running_var = ref_net[1].num_batches_tracked = None
+    torch.testing.assert_close(ref_net(x), _bn_net()(x))
+
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        return ref_net(flat.reshape(4, 5))[:, 0].sum()
+
+    full = torch.autograd.functional.hessian(total, x.reshape(-1)).reshape(4, 5, 4, 5).sum(2)
+    torch.testing.assert_close(hess, 0.5 * (full + full.transpose(1, 2)))
+    ref_grad = torch.autograd.functional.jacobian(total, x.reshape(-1)).reshape(4, 5)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_exact_hessian_through_class_probability_on_training_mode_batch_norm() -> None:
+    from captum_smoothhess.robust import ClassProbability
+
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="ExactHessian: model.1 " + _TRAINING_WARNING):
+        hess = ExactHessian(ClassProbability(net)).attribute(x, target=1)
+    assert hess.shape == (4, 5, 5) and bool(torch.isfinite(hess).all())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert net.training

@@ -214,3 +214,23 @@ def test_nan_inputs_rejected() -> None:
     x[0, 0] = math.nan
     with pytest.raises(ValueError, match="inputs"):
         perturbation_mse(f, x, torch.zeros_like(x))
+
+
+def test_training_mode_batch_norm_warns_and_leaves_buffers() -> None:
+    """As SmoothHess: a warning, and the running statistics are left as found (private copy)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(D, 8), torch.nn.BatchNorm1d(8), torch.nn.Softplus(), torch.nn.Linear(8, 3)
+    )
+    net = net.double().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.warns(
+        RuntimeWarning, match=r"perturbation_mse: 1 in training mode normalise\(s\) with the statistics"
+    ):
+        out = perturbation_mse(net, x, torch.zeros_like(x), target=0, n_perturbations=10)
+    assert out.shape == (4,) and bool(torch.isfinite(out).all())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert net.training and net[1].training
+    assert all(p.grad is None for p in net.parameters())

@@ -193,3 +193,60 @@ def test_attack_bad_arguments() -> None:
         attack.perturb(x, radius=1.0, target=7)
     with pytest.raises(TypeError, match="source"):
         SecondOrderAttack(_net(), source=object())
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Softplus(), torch.nn.Linear(8, 3)
+    )
+    return net.double().train()
+
+
+_TRAINING_WARNING = r"in training mode normalise\(s\) with the statistics of each batch"
+
+
+@pytest.mark.parametrize("target", [None, 0])
+def test_attack_default_source_on_training_mode_batch_norm_warns_and_leaves_buffers(target: object) -> None:
+    """The default source goes through ClassProbability: the batch norm is still seen and protected."""
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=_TRAINING_WARNING):
+        adv = SecondOrderAttack(net).perturb(
+            x, radius=0.1, target=target, stdevs=0.2, n_samples=8, generator=torch.Generator().manual_seed(0)
+        )
+    assert adv.shape == x.shape and bool(((adv - x).norm(dim=1) <= 0.1 + 1e-9).all())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert net.training and net[1].training
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_attack_with_other_source_on_training_mode_batch_norm_warns_and_leaves_buffers() -> None:
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="SecondOrderAttack: model.1 " + _TRAINING_WARNING):
+        SecondOrderAttack(net, source=ExactHessian(ClassProbability(net))).perturb(x, radius=0.1)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert net.training
+
+
+def test_class_probability_is_seen_through_but_does_not_own_the_model() -> None:
+    from captum_smoothhess import SmoothHess
+
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    prob = ClassProbability(net)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="SmoothHess: model.1 " + _TRAINING_WARNING):
+        SmoothHess(prob).attribute(x, target=0, stdevs=0.2, n_samples=8)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    # Public behaviour unchanged: the wrapper does not register (own) the model.
+    prob.eval()
+    assert net.training and net[1].training
+    assert list(prob.parameters()) == [] and prob.state_dict() == {}
+    assert prob.model is net

@@ -8,6 +8,7 @@ from typing import Any, Iterator, List, Optional, Set, Tuple
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 
 def module_of(forward_func: Any) -> Optional[nn.Module]:
@@ -60,14 +61,46 @@ def batch_dependent_layers(forward_func: Any) -> List[str]:
     ]
 
 
+def random_layers(forward_func: Any) -> List[str]:
+    """Names of the layers that draw from the global RNG in training mode (dropout)."""
+    module = module_of(forward_func)
+    if module is None:
+        return []
+    return [
+        name or type(m).__name__
+        for name, m in reachable_modules(module)
+        if m.training
+        and (
+            (isinstance(m, _DropoutNd) and m.p > 0)
+            or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+        )
+    ]
+
+
+def _shown(layers: List[str]) -> str:
+    return ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+
+
 def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> bool:
-    """Warn when the model has batch-dependent layers in training mode; whether it has."""
+    """Warn when the model has batch-dependent layers in training mode; whether it has.
+
+    Dropout in training mode gets a warning of its own (the result is then random
+    beyond the method's ``generator``), and needs no private copy.
+    """
+    random = random_layers(forward_func)
+    if random:
+        warnings.warn(
+            f"{method}: {_shown(random)} in training mode drop(s) units at random (PyTorch's global "
+            "RNG), so the result is random beyond `generator` and the same seed does not repeat it; "
+            "call model.eval() for reproducible attributions.",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
     layers = batch_dependent_layers(forward_func)
     if not layers:
         return False
-    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
     warnings.warn(
-        f"{method}: {shown} in training mode normalise(s) with the statistics of each batch of "
+        f"{method}: {_shown(layers)} in training mode normalise(s) with the statistics of each batch of "
         "perturbed samples, so the result mixes examples and samples; call model.eval() for "
         "per-example attributions. The running statistics are left as found (the forward passes "
         "run on a private copy of the model).",

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ._captum import log_usage
 from ._evaluators import autograd_allowed
 from ._layout import _sizes
-from ._model import batch_dependent_layers, counterpart, private_if_training
+from ._model import batch_dependent_layers, counterpart, private_if_training, warn_if_training
 from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
 from ._validation import (
     StdevsType,
@@ -480,6 +480,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
+        if not self._private and not batch_dependent_layers(self.attribution_method.forward_func):
+            warn_if_training(self.attribution_method.forward_func, type(self).__name__)  # dropout only
         if not self._private and batch_dependent_layers(self.attribution_method.forward_func):
             # Batch norm in training mode: run this call on a private copy, buffers left as found.
             return type(self).attribute.__wrapped__(

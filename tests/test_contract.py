@@ -483,6 +483,28 @@ def test_training_mode_warns_and_leaves_buffers(spec: Spec) -> None:
     _assert_untouched(net, before)
 
 
+class _DropoutNet(TwoInputNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(D_A + D_B, 10), nn.ReLU(), nn.Dropout(0.3), nn.Linear(10, CLASSES)
+        ).double()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_training_mode_dropout_warns(spec: Spec) -> None:
+    """Dropout draws from the global RNG: the same seed does not repeat the result, and a warning says so
+    (pointing at the caller's line); nothing of the model changes."""
+    net = _DropoutNet().train()
+    before = _snapshot(net)
+    with pytest.warns(RuntimeWarning, match="drop\\(s\\) units at random") as record:
+        spec.call(spec.make(net), _inputs(4), 1, 0, None)
+    assert any(w.filename == __file__ for w in record if "drop(s)" in str(w.message)), [
+        w.filename for w in record
+    ]
+    _assert_untouched(net, before)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_nan_gradients_are_refused(spec: Spec) -> None:
     """A model whose gradient is NaN at (perturbed) inputs gets an error, never a NaN result."""

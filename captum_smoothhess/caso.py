@@ -597,8 +597,9 @@ class CASO(_LossSaliency):
                 unknown ``curvature``, non-positive ``tol`` or ``max_iter``,
                 NaN/Inf inputs, a ``target`` the output does not have, a
                 ``loss_func`` that does not return one loss per example, or a
-                NaN/Inf loss, gradient or Hessian-vector product.
-            TypeError: Arguments of the wrong type.
+                NaN/Inf loss, gradient or Hessian-vector product; a
+                ``lambda2`` that rounds to 0 in the inputs' dtype.
+            TypeError: Arguments of the wrong type; half-precision inputs.
 
         Examples:
             >>> import torch
@@ -619,6 +620,11 @@ class CASO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
+        if inps[0].dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"inputs: CASO needs float32 or float64 inputs, got {inps[0].dtype} (its eigenvalue "
+                "bound and Lanczos steps have no half-precision kernels); CAFO takes half precision"
+            )
         _check_lambda2_fits(lam2_value, inps[0].dtype)
         if curvature not in _CURVATURES:
             raise ValueError(f"curvature: expected one of {_CURVATURES}, got {curvature!r}")

@@ -501,6 +501,14 @@ def test_bad_arguments(method: Callable, kwargs: dict, exc: type, name: str) -> 
         method(net).attribute(_inputs(2, 6, seed=39), **kwargs)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_caso_refuses_half_precision_naming_inputs(dtype: torch.dtype) -> None:
+    net = _mlp(6, 8, 3, nn.ReLU(), seed=38).to(dtype)
+    with pytest.raises(TypeError, match=r"^inputs: CASO needs float32 or float64"):
+        CASO(net).attribute(_inputs(2, 6, seed=39).to(dtype))
+    assert CAFO(net).attribute(_inputs(2, 6, seed=39).to(dtype)).dtype == dtype  # CAFO takes it
+
+
 @pytest.mark.parametrize("method", [CASO, CAFO])
 def test_lambda2_that_rounds_to_zero_is_named(method: Callable) -> None:
     """1e-50 is 0 in float32: refused as lambda2 = 0 is, not solved as an unbounded problem."""

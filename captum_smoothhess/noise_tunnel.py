@@ -299,15 +299,18 @@ def _numpy_rng_kept() -> Iterator[None]:
 class _GeneratorNoiseTunnel(NoiseTunnel):
     """NoiseTunnel whose baseline draws (``draw_baseline_from_distrib``) follow ``generator``.
 
-    With a generator, the baseline of sample ``j`` of an example depends on
-    the generator's seed and ``j`` only, not on ``nt_samples_batch_size``
-    (see :class:`_BaselineDraws`); numpy's global RNG is left as found.
-    Without one, the draws are Captum's (numpy's global RNG).
+    The baseline of sample ``j`` of an example depends on one seed per call
+    (from the generator, else from PyTorch's global RNG) and ``j`` only, not on
+    ``nt_samples_batch_size`` (see :class:`_BaselineDraws`); numpy's global RNG
+    is left as found. On the Gaussian drop-in path (no generator, scalar
+    ``stdevs``) the draws are Captum's own (numpy's global RNG), as NoiseTunnel's.
     """
 
     def _run_tunnel(self, state: _CallState, inputs: Any, kwargs: Dict[str, Any], **tunnel: Any) -> Any:
         """NoiseTunnel's loop with ``state`` in place; a target error names ``target``; NaN raises."""
-        if tunnel.get("draw_baseline_from_distrib") and state.generator is not None and "baselines" in kwargs:
+        # Per-sample baseline draws everywhere but on the Gaussian drop-in path (Captum's own draws, so
+        # that its numbers stay NoiseTunnel's): seeded from the generator, else from PyTorch's global RNG.
+        if tunnel.get("draw_baseline_from_distrib") and state.captum_stdevs is None and "baselines" in kwargs:
             state.baseline_draws = _BaselineDraws(seed_from(state.generator), int(tunnel["nt_samples"]))
         with _call_state(self, state), _naming_target(kwargs.get("target")):
             out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)

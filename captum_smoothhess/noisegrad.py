@@ -541,9 +541,9 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             stdevs: Bandwidth ``eps`` of the weight noise (relative with
                 multiplicative noise). 0 gives the wrapped method. Default: 0.2,
                 the NoiseGrad paper's.
-            draw_baseline_from_distrib: As in NoiseTunnel (with
-                ``nt_samples_batch_size=None`` all draws are then one
-                partition, so that each draw gets its own baseline).
+            draw_baseline_from_distrib: As in NoiseTunnel: each draw gets
+                its own baseline, which depends on the seed and the draw's
+                index only, not on ``nt_samples_batch_size``.
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
             **kwargs: Passed to the wrapped method (``target``,
@@ -628,7 +628,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             if in_std is not None and bool((in_std > 0).any()):
                 state.input_noise = _InputNoise(self._input_kernel(), tupled, in_std, seed_from(generator))
             size = nt_samples_batch_size
-            if size is None and not draw_baseline_from_distrib:
+            if size is None:
                 elements = sum(weights.sizes) + sum(t.numel() for t in tupled)
                 size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
             out = self._run_tunnel(

@@ -312,6 +312,31 @@ def test_baseline_draws_batch_size_invariant(name: str) -> None:
     assert not torch.equal(run(None, seed=1), a)
 
 
+@pytest.mark.parametrize("name", sorted(_DISTRIB_TUNNELS))
+def test_baseline_draws_batch_size_invariant_from_the_global_rng(name: str) -> None:
+    # No generator: one seed from PyTorch's global RNG per call, the same per-sample draws.
+    net = _mlp()
+    x, baselines = torch.randn(3, 5), torch.randn(6, 5)
+    tunnel = _DISTRIB_TUNNELS[name](net)
+
+    def run(bs: Any) -> Tensor:
+        torch.manual_seed(11)
+        return tunnel.attribute(
+            x,
+            nt_samples=5,
+            nt_samples_batch_size=bs,
+            stdevs=0.1,
+            target=0,
+            n_steps=4,
+            baselines=baselines,
+            draw_baseline_from_distrib=True,
+        )
+
+    a = run(None)
+    for bs in (1, 2, 4):
+        torch.testing.assert_close(run(bs), a)
+
+
 def test_baseline_draws_batch_size_invariant_tuple_inputs() -> None:
     model = _TwoInput()
     x, y = torch.randn(3, 3), torch.randn(3, 2, 2)

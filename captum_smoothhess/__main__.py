@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
+
+
+def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
+    """Create the ``--out`` folder now, or exit with a usage error (code 2), before any work starts."""
+    if not out:
+        parser.error("argument --out: expected a folder, got an empty string")
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"argument --out: {out!r} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        parser.error(f"argument --out: cannot create folder {out!r}: {e.strerror or e}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: folder {out!r} is not writable")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -15,6 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--quick", action="store_true", help="fewer samples, for smoke tests")
     args = parser.parse_args(argv)
     if args.command == "demo":
+        _check_out(demo, args.out)
         from .demo import run_demo
 
         run_demo(out=args.out, quick=args.quick)

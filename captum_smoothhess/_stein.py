@@ -168,7 +168,10 @@ def stein_estimate(
         if finish is not None:
             finish()
     else:
-        bar = progress(total=-(-draws // tracking.group), desc=desc) if show_progress else None
+        # With a tolerance the examples usually stop long before the cap: groups counted, no total (no
+        # percentage or ETA against the cap).
+        total = -(-draws // tracking.group) if tracking.tolerance is None else None
+        bar = progress(total=total, desc=desc) if show_progress else None
         try:
             if group is not None and tracking.tolerance is not None:
                 _tracked_rounds(
@@ -380,9 +383,80 @@ def resolve_group(process_group: Optional[Any]) -> Optional[Any]:
     return process_group if torch.distributed.get_world_size(process_group) > 1 else None
 
 
+#: What the ranks of a process group must agree on before they split the samples, in order.
+AGREED_FIELDS = (
+    "inputs (batch size)",
+    "inputs (features)",
+    "n_samples",
+    "n_samples_batch_size",
+    "antithetic",
+    "tolerance",
+    "return_error",
+    "return_gradient",
+    "output",
+    "sampling",
+    "feature_mask",
+    "stdevs",
+    "inputs",
+)
+
+
+def _backend_device(group: Any, device: torch.device) -> torch.device:
+    return device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+def agree_across_ranks(group: Any, fields: Optional[Tuple[float, ...]], device: torch.device) -> None:
+    """Check, before the ranks split the samples, that every rank of ``group`` made the same call.
+
+    ``fields`` holds this rank's values of :data:`AGREED_FIELDS` (numbers;
+    the inputs, ``stdevs`` and mask as checksums), or is ``None`` when this
+    rank's own checks failed (it then raises its own error after this
+    exchange). Every rank takes part in one ``all_gather``, so a rank that
+    failed or was called differently never leaves the others waiting in the
+    sampling's collectives: they all raise, naming the first field that
+    differs.
+    """
+    size = len(AGREED_FIELDS) + 1
+    mine = torch.zeros(size, dtype=torch.float64, device=_backend_device(group, device))
+    if fields is not None:
+        mine[0] = 1
+        mine[1:] = torch.tensor(fields, dtype=torch.float64)
+    world = torch.distributed.get_world_size(group)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(gathered, mine, group=group)
+    rows = torch.stack(gathered).cpu()
+    if fields is None:
+        return  # this rank raises its own error
+    failed = [r for r in range(world) if rows[r, 0] == 0]
+    if failed:
+        raise RuntimeError(
+            f"process_group: rank(s) {failed} of the group failed their argument checks (the error is "
+            "raised there); every rank must make the same valid call"
+        )
+    for i, name in enumerate(AGREED_FIELDS, start=1):
+        column = rows[:, i]
+        if bool((column != column[0]).any()):
+            other = int((column != column[0]).nonzero()[0])
+            raise ValueError(
+                f"process_group: the ranks were called with different {name} (rank 0: "
+                f"{float(column[0]):.6g}, rank {other}: {float(column[other]):.6g}); every rank must make "
+                "the same call, its ranks splitting the samples (process_group=False explains each "
+                "rank's own inputs in that process alone)"
+            )
+
+
+def checksum(t: Optional[Tensor]) -> float:
+    """A number that differs, with near certainty, between two different tensors (0 for ``None``)."""
+    if t is None:
+        return 0.0
+    flat = t.detach().reshape(-1).double()
+    # Position weights 1..97: a permutation of the entries changes the sum too.
+    weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
+    return float(flat.sum() + (flat * weights).sum() * 1e-3)
+
+
 def distributed_seed(seed: int, group: Any, device: torch.device) -> int:
     """Rank 0's seed, on every rank of ``group``."""
-    backend_device = device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
-    t = torch.tensor([seed], dtype=torch.int64, device=backend_device)
+    t = torch.tensor([seed], dtype=torch.int64, device=_backend_device(group, device))
     torch.distributed.broadcast(t, src=torch.distributed.get_global_rank(group, 0), group=group)
     return int(t.item())

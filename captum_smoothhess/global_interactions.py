@@ -269,11 +269,14 @@ class _Sums:
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         dim = 0 if self.total is None else self.total.shape[1]
         code = 0 if self.dtype is None else _DTYPES.index(self.dtype) + 1
-        meta = torch.tensor([dim, code], dtype=torch.int64, device=device)
+        # One MAX reduction gives every rank both the largest and (negated) the smallest size of the
+        # ranks that explained a batch, so that on a mismatch all ranks raise, none waits in the sum.
+        no_batch = torch.iinfo(torch.int64).max
+        meta = torch.tensor([dim, -(dim or no_batch), code], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(meta, op=torch.distributed.ReduceOp.MAX, group=group)
-        dim_all, code_all = int(meta[0]), int(meta[1])
-        if dim not in (0, dim_all):
-            raise ValueError(f"inputs: the ranks' batches give interactions of sizes {dim} and {dim_all}")
+        dim_all, dim_min, code_all = int(meta[0]), -int(meta[1]), int(meta[2])
+        if dim_all and dim_min != dim_all:
+            raise ValueError(f"inputs: the ranks' batches give interactions of sizes {dim_min} and {dim_all}")
         local = (
             self.total if self.total is not None else torch.zeros(3, dim_all, dim_all, dtype=torch.float64)
         )

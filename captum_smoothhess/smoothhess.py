@@ -29,7 +29,15 @@ from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selecte
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
 from ._model import private_if_training
 from ._sampling import resolve_sampling, sampler_class, seed_from
-from ._stein import Tracking, chunk_size, distributed_seed, resolve_group, stein_estimate
+from ._stein import (
+    Tracking,
+    agree_across_ranks,
+    checksum,
+    chunk_size,
+    distributed_seed,
+    resolve_group,
+    stein_estimate,
+)
 from ._validation import (
     BaselinesType,
     MaskType,
@@ -255,8 +263,15 @@ class SmoothHess(GradientAttribution):
                 is initialised, its ranks split the samples (every rank must
                 call with the same inputs) and all-reduce the sums: each rank
                 gets the single-process result for rank 0's seed, up to float
-                rounding of the sums.
-                ``False`` keeps the call in this process even then.
+                rounding of the sums. Before sampling the ranks compare their
+                calls (inputs, ``n_samples``, batch size, ``stdevs``, mask,
+                tolerance, outputs asked): a difference, or a rank whose
+                argument checks fail, raises on every rank instead of leaving
+                the others waiting or giving a wrong result. (An exception
+                raised by the model on one rank during sampling still leaves
+                the others waiting, as in any collective program.)
+                ``False`` keeps the call in this process even then, e.g. for
+                each rank to explain its own inputs.
             baselines: Captum's baselines (a number, a tensor broadcastable to
                 the input, or one per input tensor). Each feature is then
                 weighted by ``(x - b)``: the dense result is
@@ -405,17 +420,40 @@ class SmoothHess(GradientAttribution):
         builds the evaluator and the baseline weight (or ``None``) once the
         arguments are known to be valid, with autograd allowed.
         """
-        eps = _format_stdevs(stdevs, layout)
-        mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
         group = resolve_group(process_group)
-        _check_output_mode(output, mask, group)
-        dim = sum(t[0].numel() for t in layout)
-        draws = n // sampler_class(antithetic).copies
-        scheme, tolerance = _check_sampling(
-            self.kernel, sampling, tolerance, output, dim, draws, return_error, n // max(1, draws)
-        )
+        try:
+            eps = _format_stdevs(stdevs, layout)
+            mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
+            _check_output_mode(output, mask, group)
+            dim = sum(t[0].numel() for t in layout)
+            draws = n // sampler_class(antithetic).copies
+            scheme, tolerance = _check_sampling(
+                self.kernel, sampling, tolerance, output, dim, draws, return_error, n // max(1, draws)
+            )
+            with autograd_allowed():
+                evaluate, weight = evaluator()
+        except Exception:
+            if group is not None:  # the other ranks must not wait for this one in the sampling
+                agree_across_ranks(group, None, layout[0].device)
+            raise
+        if group is not None:
+            fields = (
+                layout[0].shape[0],
+                dim,
+                n,
+                -1 if n_samples_batch_size is None else n_samples_batch_size,
+                antithetic,
+                -1 if tolerance is None else tolerance,
+                return_error,
+                return_gradient,
+                output == "factors",
+                scheme == "orthogonal",
+                checksum(mask),
+                checksum(eps),
+                sum(checksum(t) for t in layout),
+            )
+            agree_across_ranks(group, tuple(float(f) for f in fields), layout[0].device)
         with autograd_allowed():
-            evaluate, weight = evaluator()
             return self._attribute(
                 layout,
                 is_tuple,
@@ -473,6 +511,8 @@ class SmoothHess(GradientAttribution):
         chunk = chunk_size(n_samples_batch_size, draws, batch, dim, sampler_type.copies)
         if group is not None:
             seed = distributed_seed(seed, group, x.device)
+            if n_samples_batch_size is None:  # at least one chunk per rank (the ranks take turns)
+                chunk = min(chunk, max(1, -(-draws // torch.distributed.get_world_size(group))))
         sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws, sampling)
         inv_eps = 1.0 / eps
         copies = sampler_type.copies if return_error else None

@@ -196,6 +196,51 @@ def main_shared(out: str) -> None:
         torch.save(run(7), f"{out}/single.pt")
 
 
+def main_agree(out: str) -> None:
+    """Calls that differ between the ranks, or fail on one: every rank raises, none waits.
+
+    Also the default chunking: both ranks evaluate samples. Writes each case's outcome per rank.
+    """
+    import datetime
+    import json
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(2, 6)
+    rows = [0]
+
+    def counted(inp: torch.Tensor) -> torch.Tensor:
+        rows[0] += inp.shape[0]
+        return net(inp)
+
+    base = {"target": 1, "stdevs": 0.5, "n_samples": 200}
+    cases = {
+        "inputs": {"inputs": x + rank},  # each rank its own data (process_group=False does that)
+        "n_samples": {"n_samples": 200 + 40 * rank},
+        "n_samples_batch_size": {"n_samples_batch_size": 20 + 20 * rank},
+        "tolerance": {"tolerance": 0.1 + 0.2 * rank},
+        "bad_stdevs_on_rank_1": {"stdevs": 0.5 - rank},  # rank 1 fails its own check
+    }
+    outcome = {}
+    for name, change in cases.items():
+        kw = {**base, **change}
+        inputs = kw.pop("inputs", x)
+        try:
+            SmoothHess(counted).attribute(inputs, generator=torch.Generator().manual_seed(0), **kw)
+            outcome[name] = "no error"
+        except Exception as e:  # the message goes back to the test
+            outcome[name] = f"{type(e).__name__}: {e}"
+    rows[0] = 0
+    SmoothHess(counted).attribute(x, generator=torch.Generator().manual_seed(0), **base)
+    outcome["rows"] = str(rows[0])
+    with open(f"{out}/rank{rank}.json", "w", encoding="utf-8") as f:
+        json.dump(outcome, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "global":
         main_global(sys.argv[1])
@@ -205,5 +250,7 @@ if __name__ == "__main__":
         main_tolerance(sys.argv[1])
     elif len(sys.argv) > 2 and sys.argv[2] == "shared":
         main_shared(sys.argv[1])
+    elif len(sys.argv) > 2 and sys.argv[2] == "agree":
+        main_agree(sys.argv[1])
     else:
         main(sys.argv[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -84,3 +85,29 @@ def test_package_root_imports_no_demo_code() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", ["file", "empty", "under_file"])
+def test_bad_out_is_a_usage_error(tmp_path: Path, case: str) -> None:
+    """A bad --out gets argparse's usage error (exit code 2) before the demo trains anything."""
+    (tmp_path / "afile").write_text("keep", encoding="utf-8")
+    out = {"file": "afile", "empty": "", "under_file": str(Path("afile", "sub"))}[case]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "captum_smoothhess", "demo", "--quick", "--out", out],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "usage: captum-smoothhess demo" in proc.stderr
+    assert "error: argument --out:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # no progress: nothing ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "keep"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -42,6 +44,33 @@ def _launch(tmp_path: Path, *args: str) -> None:
 
 
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+
+def _mismatch_worker(rank: int, init: str, out: str) -> None:
+    """One gloo rank of a global_interactions run whose two batches differ in their features."""
+    from captum_smoothhess import SmoothHess, global_interactions
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30)
+    )
+    try:
+        # Batch 0 (rank 0) has 6 features, batch 1 (rank 1) 7.
+        batches = [torch.randn(4, 6), torch.randn(4, 7)]
+        global_interactions(
+            SmoothHess(lambda z: z[:, :3] * z[:, :1]),
+            batches,
+            target=1,
+            batch_size=4,
+            stdevs=0.5,
+            n_samples=8,
+            generator=torch.Generator().manual_seed(rank),
+        )
+        got = "no error"
+    except Exception as e:  # the message, whatever it is, goes back to the test
+        got = f"{type(e).__name__}: {e}"
+    Path(out, f"rank{rank}.txt").write_text(got, encoding="utf-8")
+    dist.destroy_process_group()
 
 
 @needs_gloo
@@ -116,3 +145,45 @@ def test_two_ranks_tolerance_equal_one_process(tmp_path: Path) -> None:
             assert torch.equal(got["n"], single["n"])
             for key in ("hess", "grad", "stderr", "relative", "grad_stderr"):
                 torch.testing.assert_close(got[key], single[key], rtol=1e-4, atol=1e-6)
+
+
+@needs_gloo
+def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_path: Path) -> None:
+    """Different inputs, n_samples, batch size or tolerance per rank: every rank raises, naming what
+    differs (instead of a silently wrong result, a hang or an abort); a rank whose own check fails
+    raises its error and the others say so. With the default chunking both ranks take samples."""
+    import json
+
+    _launch(tmp_path, "agree")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+    for field in ("inputs", "n_samples", "n_samples_batch_size", "tolerance"):
+        for got in ranks:
+            assert got[field].startswith(
+                f"ValueError: process_group: the ranks were called with different {field} "
+            )
+    assert ranks[0]["bad_stdevs_on_rank_1"].startswith("RuntimeError: process_group: rank(s) [1]")
+    assert ranks[1]["bad_stdevs_on_rank_1"].startswith("ValueError: stdevs")
+    # 200 samples of 2 examples split evenly, plus one row per example checking the target.
+    assert [int(got["rows"]) for got in ranks] == [202, 202]
+
+
+@needs_gloo
+def test_global_interactions_size_mismatch_raises_on_every_rank(tmp_path: Path) -> None:
+    """The rank with the larger interactions raises too, rather than waiting in the next all_reduce."""
+    ctx = multiprocessing.get_context("spawn")
+    init = f"file://{tmp_path / 'init'}"
+    procs = [ctx.Process(target=_mismatch_worker, args=(rank, init, str(tmp_path))) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    expected = "ValueError: inputs: the ranks' batches give interactions of sizes 6 and 7"
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8") == expected, rank
+    assert [p.exitcode for p in procs] == [0, 0]

@@ -209,6 +209,17 @@ def test_evaluator_subset_selects_rows() -> None:
     assert torch.allclose(grads[0, 0], net.weight[1]) and torch.allclose(grads[1, 0], net.weight[0])
 
 
+def test_tolerance_progress_bar_counts_groups_without_the_cap(
+    relu10: OneHiddenReLU, x10: Tensor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cap (here 2**40 calls) is not the bar's total: no percentage or ETA against it."""
+    SmoothHess(relu10.net).attribute(
+        x10, stdevs=EPS, n_samples=2**40, tolerance=0.3, show_progress=True, generator=gen(0)
+    )
+    bar = capsys.readouterr().err
+    assert "error" in bar and "it [" in bar and "%" not in bar  # tqdm without a total: "12it [..."
+
+
 def test_bad_tolerance_named(relu10: OneHiddenReLU, x10: Tensor) -> None:
     sh = SmoothHess(relu10.net)
     with pytest.raises(ValueError, match=r"^tolerance"):

@@ -433,7 +433,12 @@ def _krylov(quad: Quadratic, certify: bool) -> Lanczos:
     # The basis and the tridiagonal matrix live in buffers that double when full.
     size = min(steps, 15) + 1
     basis = g.new_zeros(batch, size, d)
-    v0 = g / g.norm(dim=1, keepdim=True).clamp_min(finfo.tiny) + _start_vector(d, 0, g)
+    unit, fixed = g / g.norm(dim=1, keepdim=True).clamp_min(finfo.tiny), _start_vector(d, 0, g)
+    v0 = unit + fixed
+    # Two unit vectors nearly opposite (always possible at d = 1, where they are +-1) would cancel to a
+    # zero start: their difference is then a start of length about 2.
+    opposite = torch.linalg.vector_norm(v0, dim=1, keepdim=True) < 0.5
+    v0 = torch.where(opposite, unit - fixed, v0)
     basis[:, 0] = v0 / v0.norm(dim=1, keepdim=True).clamp_min(finfo.tiny)
     false = torch.zeros(batch, dtype=torch.bool, device=g.device)
     rows = _Batch(

@@ -314,3 +314,34 @@ def test_nan_products_raise_naming_the_model(hint: Optional[int]) -> None:
     lam = torch.full((2,), 0.1, dtype=D64)
     with pytest.raises(ValueError, match="forward_func: the Hessian-vector product"):
         fista(DenseQuadratic(quad.g, h), lam, lam, lam + 1.0, 1e-8, 100)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_lanczos_at_one_feature_for_either_gradient_sign(sign: float) -> None:
+    """At d = 1 the gradient's direction and the fixed start direction are +-1: they must not cancel
+    into a zero start (which gave a top eigenvalue of 0 and a certified H = 0)."""
+    h = torch.tensor([[[3.0]], [[-3.0]]], dtype=torch.float64)
+    g = torch.tensor([[sign], [-sign]], dtype=torch.float64)
+    assert top_eigenvalue(DenseQuadratic(g, h))[0].tolist() == [3.0, 0.0]  # max(0, lambda_max)
+    assert top_eigenvalue(DenseQuadratic(-g, h))[0].tolist() == [3.0, 0.0]
+    eig = lanczos(DenseQuadratic(g, h), certify=True)
+    assert eig.quadratic.hvp(torch.ones(2, 1, dtype=torch.float64)).tolist() == [[3.0], [-3.0]]
+
+
+@pytest.mark.parametrize("x0", [0.3, -0.3])
+def test_caso_at_one_feature_matches_the_closed_form(x0: float) -> None:
+    """d = 1, lambda1 = 0, a loss with negative curvature h: delta = g / (lambda2 - h) (section 5);
+    with the zero start, CASO solved it with h = 0 for one sign of the gradient."""
+    from captum_smoothhess import CASO
+
+    class Logits(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:  # cross-entropy of class 1: softplus(-x^2)
+            return torch.cat([-(x**2), torch.zeros_like(x)], 1)
+
+    x = torch.tensor([[x0]], dtype=D64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(Logits()(x), torch.tensor([1]), reduction="sum")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    assert float(h) < 0
+    delta = CASO(Logits()).attribute(x.detach(), target=1, lambda1=0.0, lambda2=1.0, tol=1e-12)
+    torch.testing.assert_close(delta, (g / (1.0 - h)).detach())

@@ -22,6 +22,7 @@ Memory is the factors (one ``d x 2m`` copy per example) and one tile.
 from __future__ import annotations
 
 import bisect
+import numbers
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -34,11 +35,12 @@ _TILE_ROWS = 1024
 _TILE_COLS = 4096
 
 
-def check_k(k: int, dim: int) -> None:
-    """Raise unless ``1 <= k <= d (d - 1) / 2``, the number of pairs ``i < j``."""
+def check_k(k: int, dim: int) -> int:
+    """``k`` as an int; raise unless ``1 <= k <= d (d - 1) / 2``, the number of pairs ``i < j``."""
     n_pairs = dim * (dim - 1) // 2
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_pairs:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n_pairs:
         raise ValueError(f"k: must be an integer between 1 and {n_pairs} (pairs i < j), got {k!r}")
+    return int(k)
 
 
 class _Best:
@@ -186,7 +188,7 @@ def top_pairs(
         True
     """
     dim = scores[0].shape[2]
-    check_k(k, dim)
+    k = check_k(k, dim)
     s_all = torch.cat(scores, dim=1) * row_scale.reshape(-1, 1, dim)
     d_all = torch.cat(diffs, dim=1)
     batch = s_all.shape[0]

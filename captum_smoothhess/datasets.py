@@ -95,7 +95,10 @@ def four_quadrant(
     _check_generator(generator)
     if not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
-    x = (torch.rand(n, 2, generator=generator, dtype=dtype) * 2 - 1) * ext
+    # Half precision: drawn in float32 and rounded, so that points fall on an axis with probability
+    # about 1e-7 (on float16's own grid of rand, one draw in 2048 would).
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    x = ((torch.rand(n, 2, generator=generator, dtype=work) * 2 - 1) * ext).to(dtype)
     right, up = x[:, 0] >= 0, x[:, 1] >= 0
     quadrant = torch.where(up, torch.where(right, 0, 1), torch.where(right, 3, 2))
     y = vals[quadrant]
@@ -192,6 +195,10 @@ class Digits(NamedTuple):
     std: Tensor
 
 
+#: scikit-learn's digits: examples and classes.
+_DIGITS, _DIGIT_CLASSES = 1797, 10
+
+
 def load_digits_tensors(
     test_size: float = 0.25,
     seed: int = 0,
@@ -235,6 +242,13 @@ def load_digits_tensors(
         ) from err
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
         raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    n_test = math.ceil(test_size * _DIGITS)  # scikit-learn's rounding of a fraction
+    if min(n_test, _DIGITS - n_test) < _DIGIT_CLASSES:
+        raise ValueError(
+            f"test_size: {test_size} leaves {n_test} of the {_DIGITS} digits for testing and "
+            f"{_DIGITS - n_test} for training; the stratified split needs at least one example of each of "
+            f"the {_DIGIT_CLASSES} classes in both"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an integer, got {seed!r}")
     if not dtype.is_floating_point:

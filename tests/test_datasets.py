@@ -43,6 +43,15 @@ def _smoothed(x: torch.Tensor, s: float, vals: tuple) -> torch.Tensor:
     return c1 * p1 * p2 + c2 * (1 - p1) * p2 + c3 * (1 - p1) * (1 - p2) + c4 * p1 * (1 - p2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_four_quadrant_half_precision_keeps_points_off_the_axes(dtype: torch.dtype) -> None:
+    """Drawn in float32 and rounded: no point on an axis (float16's own rand grid put 1 in 2048 there), so
+    y = sign(x1 x2) as documented."""
+    x, y = four_quadrant(100_000, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    assert x.dtype == y.dtype == dtype and not bool((x == 0).any())
+    assert bool((y == torch.sign(x[:, 0].float() * x[:, 1].float()).to(dtype)).all())
+
+
 def test_smoothed_hessian_matches_autograd_of_smoothed_target_and_monte_carlo() -> None:
     vals = (3.0, -1.0, 0.5, 2.0)
     s = 0.4
@@ -95,6 +104,13 @@ def test_digits_split_standardised_stratified_and_seeded() -> None:
     torch.testing.assert_close((raw.x_test - raw.mean) / raw.std, a.x_test.double(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="test_size"):
         load_digits_tensors(test_size=1.5)
+
+
+@pytest.mark.parametrize("test_size", [0.001, 0.995, 0.999])
+def test_digits_split_too_small_for_the_classes_is_named(test_size: float) -> None:
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match=r"^test_size: .*at least one example of each of the 10 classes"):
+        load_digits_tensors(test_size=test_size)
 
 
 def test_reproduce_paper_quick_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,6 +166,13 @@ def test_bad_k_raises(k: object) -> None:
         fac.top_pairs(k)  # type: ignore[arg-type]
 
 
+def test_numpy_integer_k_is_taken() -> None:
+    np = pytest.importorskip("numpy")
+    fac = _factors(1, 5, torch.float32)
+    got, ref = fac.top_pairs(np.int64(3)), fac.top_pairs(3)  # type: ignore[arg-type]
+    assert torch.equal(got.index_i, ref.index_i) and torch.equal(got.values, ref.values)
+
+
 def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     fac = _factors(2, 20, torch.float32)
     quiet = fac.top_pairs(4)

@@ -27,6 +27,7 @@ rather than per row, it stays whole.
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
@@ -268,6 +269,15 @@ def _residual(g: Tensor, xs: Tensor, lam1: Tensor, lam2: Tensor, step: Tensor, s
 def _objective(g: Tensor, x: Tensor, hx: Tensor, lam1: Tensor, lam2: Tensor) -> Tensor:
     """``g^T x + 1/2 x^T H x - lambda1 |x|_1 - lambda2/2 |x|^2`` per example."""
     return (g * x).sum(1) + 0.5 * (x * hx).sum(1) - lam1 * x.abs().sum(1) - 0.5 * lam2 * (x * x).sum(1)
+
+
+def _check_gradient(g: Tensor) -> None:
+    """Raise if the quadratic's gradient ``g`` has a NaN or Inf (the solvers would return NaN or 0)."""
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError(
+            "forward_func: the gradient g of the loss (the quadratic's quad.g) is NaN or Inf (the "
+            "model or loss is not differentiable at these inputs, or overflows)"
+        )
 
 
 def _check_finite(value: Tensor) -> None:
@@ -635,6 +645,9 @@ def fista(
     Returns:
         A :class:`Solution`.
 
+    Raises:
+        ValueError: A NaN or Inf in ``g`` or in a Hessian-vector product.
+
     Examples:
         >>> import torch
         >>> from captum_smoothhess.solvers import DenseQuadratic, fista
@@ -646,6 +659,7 @@ def fista(
         tensor([[0.5000, 0.0000]])
     """
     g = quad.g
+    _check_gradient(g)
     batch, dim = g.shape
     eps = torch.finfo(g.dtype).eps
     long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
@@ -770,6 +784,11 @@ def sparsity_solve(
         The solution closest to the target count, and its ``lambda1`` ``(B,)``;
         ``hvps`` counts every bisection step.
 
+    Raises:
+        TypeError: ``eta`` that is not a number.
+        ValueError: ``eta`` outside ``[0, 1)`` (or NaN), or a NaN or Inf in ``g``
+            or in a Hessian-vector product.
+
     Examples:
         >>> import torch
         >>> from captum_smoothhess.solvers import DenseQuadratic, sparsity_solve
@@ -779,9 +798,14 @@ def sparsity_solve(
         >>> (sol.delta == 0).sum().item()
         2
     """
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta: expected a number in [0, 1), got {eta!r}")
+    if not 0 <= float(eta) < 1:
+        raise ValueError(f"eta: must lie in [0, 1), got {eta}")
     g = quad.g
+    _check_gradient(g)
     batch, dim = g.shape
-    want = round(eta * dim)
+    want = round(float(eta) * dim)
     slack = int(_SPARSITY_SLACK * dim)
     lo = torch.zeros(batch, dtype=g.dtype, device=g.device)
     hi = g.abs().amax(1)
@@ -862,6 +886,8 @@ def solve_trust_region(
         radius: ``r`` > 0: a number, or a tensor with one value per problem.
         max_iter: Iteration cap of the secular-equation solve (each iteration
             at least halves the bracket, so 100 reaches float64 resolution).
+            With a small cap the result may be approximate: its norm may miss
+            ``r`` by more than ``rtol``, even slightly outside the ball.
         rtol: Relative tolerance on ``|d*| = r``; default ``1e-10``. It also
             decides the hard case: ``g``'s component on the ``lam_min``
             eigenspace counts as zero below ``sqrt(rtol) * |g|``.
@@ -911,7 +937,9 @@ def solve_trust_region(
     gt = torch.einsum("bji,bj->bi", q, g)  # Q^T g
     gnorm = g.norm(dim=1)
     lam_min = lam[:, 0]
-    scale = lam.abs().amax(dim=1).clamp_min(1.0)
+    # Relative to the problem's own scale, so (c g, c H) gives the answer of (g, H) for any c > 0;
+    # at H = 0 exactly every eigenvalue is 0 and counts as singular with any tolerance >= 0.
+    scale = lam.abs().amax(dim=1)
     eig_tol = 1e3 * torch.finfo(torch.float64).eps * scale
     mu_lo = (-lam_min).clamp_min(0.0)
 
@@ -925,7 +953,11 @@ def solve_trust_region(
     coef = coef_lo.clone()
     hard = at_lo & (lam_min < 0)
     if bool(hard.any()):
+        # tau along q_min with the sign that makes its product with g non-positive (either sign
+        # gives the same curvature term): the near-hard case, whose small component of g on q_min
+        # was set aside, then loses nothing to g^T d.
         tau = (r.pow(2) - norm_lo.pow(2)).clamp_min(0.0).sqrt()
+        tau = torch.where(gt[:, 0] > 0, -tau, tau)
         coef[:, 0] = torch.where(hard, coef[:, 0] + tau, coef[:, 0])
 
     easy = ~at_lo
@@ -933,7 +965,7 @@ def solve_trust_region(
         # The root of phi(mu) = 1/|d(mu)| - 1/r lies in (mu_lo, mu_hi]:
         # |d(mu)| <= |g| / (mu + lam_min) <= r for mu >= mu_hi.
         lo = mu_lo.clone()
-        hi = torch.maximum(mu_lo, gnorm / r - lam_min) * (1 + tol) + tol
+        hi = torch.maximum(mu_lo, gnorm / r - lam_min) * (1 + tol) + tol * gnorm / r
         mu = hi.clone()
         for _ in range(max_iter):
             den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import pytest
@@ -14,6 +15,7 @@ from captum_smoothhess.solvers import (
     Solution,
     fista,
     lanczos,
+    solve_trust_region,
     sparsity_solve,
     top_eigenvalue,
 )
@@ -345,3 +347,109 @@ def test_caso_at_one_feature_matches_the_closed_form(x0: float) -> None:
     assert float(h) < 0
     delta = CASO(Logits()).attribute(x.detach(), target=1, lambda1=0.0, lambda2=1.0, tol=1e-12)
     torch.testing.assert_close(delta, (g / (1.0 - h)).detach())
+
+
+def _tr_objective(g: Tensor, h: Tensor, d: Tensor) -> float:
+    return float(g @ d + 0.5 * d @ h @ d)
+
+
+def _tr_on_circle(g: Tensor, h: Tensor, r: float) -> Tensor:
+    """Brute force for a 2-d problem whose minimiser is on the boundary: a grid of angles, then refined."""
+    lo, hi = -torch.pi, torch.pi
+    for _ in range(6):
+        t = torch.linspace(lo, hi, 4001, dtype=D64)
+        pts = r * torch.stack((t.cos(), t.sin()), 1)
+        vals = pts @ g + 0.5 * ((pts @ h) * pts).sum(1)
+        best = float(t[int(vals.argmin())])
+        step = (hi - lo) / 4000
+        lo, hi = best - 2 * step, best + 2 * step
+    return r * torch.tensor([math.cos(best), math.sin(best)], dtype=D64)
+
+
+@pytest.mark.parametrize("c", [1.0, 1e-6, 1e-14, 1e-20, 1e12])
+def test_trust_region_is_scale_invariant(c: float) -> None:
+    # (c g, c H) has the minimiser of (g, H): negative curvature puts it on the boundary at any scale.
+    g = torch.tensor([0.0, 1.0], dtype=D64)
+    h = torch.diag(torch.tensor([-1.0, 2.0], dtype=D64))
+    ref = solve_trust_region(g, h, 10.0)
+    assert abs(float(ref.norm()) - 10.0) < 1e-8
+    d = solve_trust_region(c * g, c * h, 10.0)
+    torch.testing.assert_close(d, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("c", [1e-3, 1e-12, 1e-15, 1e9])
+def test_trust_region_scaled_random_problems_scale_their_answers(c: float) -> None:
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 5, 5, generator=gen, dtype=D64)
+    h = a + a.transpose(1, 2)
+    g = torch.randn(6, 5, generator=gen, dtype=D64)
+    r = torch.tensor([0.01, 0.5, 3.0, 100.0, 1.0, 7.0], dtype=D64)
+    ref = solve_trust_region(g, h, r)
+    got = solve_trust_region(c * g, c * h, r)
+    torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-7 * float(r.max()))
+
+
+@pytest.mark.parametrize("comp", [1e-7, 9.9e-6, -1e-7, -9.9e-6])
+def test_trust_region_near_hard_case_moves_against_the_gradient(comp: float) -> None:
+    # g's component on q_min is below sqrt(rtol) |g|: the hard-case step tau q_min must take the sign
+    # that lowers g^T d, or it loses 2 tau |comp| of objective.
+    g = torch.tensor([comp, 1.0], dtype=D64)
+    h = torch.diag(torch.tensor([-1.0, 2.0], dtype=D64))
+    d = solve_trust_region(g, h, 10.0)
+    assert float(d.norm()) <= 10.0 * (1 + 1e-9)
+    assert float(d[0]) * comp <= 0
+    ref = _tr_on_circle(g, h, 10.0)
+    assert _tr_objective(g, h, d) <= _tr_objective(g, h, ref) + 1e-9
+
+
+def test_trust_region_near_hard_case_matches_an_eigendecomposition_reference() -> None:
+    # Random rotations of diag(lam) with g nearly orthogonal to q_min (either sign), checked against the
+    # easy-case secular equation solved by bisection on the eigendecomposition.
+    gen = torch.Generator().manual_seed(5)
+    for trial in range(20):
+        d = 2 + trial % 4
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=D64))
+        lam = torch.sort(torch.randn(d, generator=gen, dtype=D64)).values
+        lam[0] = -1.0 - lam.abs().max()
+        gt = torch.randn(d, generator=gen, dtype=D64) * 0.1
+        gt[0] = (1 if trial % 2 else -1) * 1e-6 * float(gt.norm())
+        g, h = q @ gt, q @ torch.diag(lam) @ q.T
+        r = 10.0
+        lo, hi = float(-lam[0]), float(-lam[0]) + float(gt.norm()) / r + 1.0
+        for _ in range(200):  # |d(mu)| decreases in mu: bisect |d(mu)| = r
+            mu = 0.5 * (lo + hi)
+            if float((gt / (lam + mu)).norm()) > r:
+                lo = mu
+            else:
+                hi = mu
+        ref = q @ (-gt / (lam + hi))
+        got = solve_trust_region(g, h, r)
+        assert float(got.norm()) <= r * (1 + 1e-9)
+        best = _tr_objective(g, h, ref)
+        assert _tr_objective(g, h, got) <= best + 1e-9 * max(1.0, abs(best))
+
+
+def test_fista_refuses_a_nan_gradient() -> None:
+    g = torch.tensor([[float("nan"), 1.0]], dtype=D64)
+    quad = DenseQuadratic(g, torch.eye(2, dtype=D64)[None])
+    one = torch.ones(1, dtype=D64)
+    with pytest.raises(ValueError, match="gradient"):
+        fista(quad, 0.1 * one, one, 2 * one, 1e-8, 100)
+    with pytest.raises(ValueError, match="gradient"):
+        sparsity_solve(quad, one, 2 * one, 0.5, 1e-8, 100)
+
+
+@pytest.mark.parametrize("eta", [1.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_sparsity_solve_refuses_eta_outside_its_range(eta: float) -> None:
+    quad = DenseQuadratic(torch.randn(1, 4, dtype=D64), torch.zeros(1, 4, 4, dtype=D64))
+    one = torch.ones(1, dtype=D64)
+    with pytest.raises(ValueError, match=r"eta: .*\[0, 1\)"):
+        sparsity_solve(quad, one, one, eta, 1e-10, 100)
+
+
+@pytest.mark.parametrize("eta", ["0.5", True, None])
+def test_sparsity_solve_refuses_eta_that_is_not_a_number(eta: object) -> None:
+    quad = DenseQuadratic(torch.randn(1, 4, dtype=D64), torch.zeros(1, 4, 4, dtype=D64))
+    one = torch.ones(1, dtype=D64)
+    with pytest.raises(TypeError, match="eta"):
+        sparsity_solve(quad, one, one, eta, 1e-10, 100)  # type: ignore[arg-type]

@@ -56,6 +56,23 @@ def _draw(
     return fn(size, generator=generator, device=device, dtype=dtype)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _resolve_dtype(dtype: Optional[torch.dtype]) -> tuple[torch.dtype, torch.dtype]:
+    """The result dtype (the default dtype when ``None``) and the dtype to draw and compute in.
+
+    Half-precision samples are drawn in float32 and rounded once at the end: drawing on the
+    coarse float16/bfloat16 grid of ``rand`` skews the law (bfloat16 ``rand`` has 256 values in
+    [0, 1), so an inverse CDF of it is neither symmetric nor able to reach the tails), and
+    intermediate values overflow float16. Other dtypes are drawn as they are, so float32 and
+    float64 draws are unchanged and non-floating dtypes fail in torch's samplers, as they would
+    for any kernel.
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    return dtype, (torch.float32 if dtype in _HALF else dtype)
+
+
 def _uniform_open(
     size: tuple[int, ...],
     generator: Optional[torch.Generator],
@@ -252,8 +269,35 @@ class Poisson(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
-        g = _draw(torch.randn, (n, dim + 1), generator, device, dtype)
-        return g[:, :dim] / g[:, dim:].abs()
+        """Draw ``n`` independent points of the Poisson kernel on R^dim.
+
+        Half-precision draws are made in float32 and rounded. float16 cannot hold the kernel's
+        tail (at d = 10 about one draw in 28,000 has a norm above its largest value, 65504, and
+        would hold infinite entries with a NaN score), so the norm of a float16 or bfloat16 draw
+        is capped at the dtype's largest value over 16 (4094 in float16), its direction kept:
+        the same cap the orthogonal noise stream puts on its radii. A float16 draw exceeds it with
+        probability about ``6e-4`` at d = 10, and the score of such a draw is at most
+        ``(d + 1) / 4094``, so the cap moves a Stein estimate by far less than float16's own
+        rounding. float32 and float64 draws are exact and uncapped.
+
+        Args:
+            n: Number of points.
+            dim: Dimension of one point (all features of one example).
+            generator: Optional ``torch.Generator``; the global RNG if ``None``.
+            device: Device of the result (default CPU).
+            dtype: Floating dtype of the result (default ``torch.get_default_dtype()``).
+
+        Returns:
+            Tensor of shape ``(n, dim)``.
+        """
+        dtype, work = _resolve_dtype(dtype)
+        g = _draw(torch.randn, (n, dim + 1), generator, device, work)
+        if work == dtype:
+            return g[:, :dim] / g[:, dim:].abs()
+        # |u| = |g| / |z|: dividing by max(|z|, |g| / cap) caps the norm at cap, even where z = 0.
+        cap = torch.finfo(dtype).max / 16
+        z = torch.maximum(g[:, dim:].abs(), g[:, :dim].norm(dim=-1, keepdim=True) / cap)
+        return (g[:, :dim] / z).to(dtype)
 
     def score(self, u: Tensor) -> Tensor:
         d = u.shape[-1]
@@ -339,10 +383,11 @@ class Hyperbolic(Kernel):
         count: int,
         generator: Optional[torch.Generator],
         device: Optional[Union[str, torch.device]],
-        dtype: torch.dtype,
+        work: torch.dtype,
     ) -> Tensor:
-        # Rejection runs in the requested precision (float64 for float64, else float32).
-        work = torch.float64 if dtype == torch.float64 else torch.float32
+        # Rejection runs in the working precision (float32 for half-precision results).
+        if count == 0:  # an empty draw, through the same sampler (which refuses integer dtypes)
+            return _uniform_open((0,), generator, device, work)
         out: list[Tensor] = []
         have = 0
         p, a = self._p_centre, self._a
@@ -373,13 +418,20 @@ class Hyperbolic(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
-        dtype = dtype if dtype is not None else torch.get_default_dtype()
-        t = self._raw_sample(n * dim, generator, device, dtype)
+        dtype, work = _resolve_dtype(dtype)
+        t = self._raw_sample(n * dim, generator, device, work)
         return (t / self._sd).to(dtype).reshape(n, dim)
 
     def score(self, u: Tensor) -> Tensor:
+        # sd^2 u^2 overflows float16 (at |u| = 300 for alpha = 1) and, at huge |u|, float32: work in
+        # float32 at least, and where it still overflows the score is its bound alpha sd sign(u)
+        # (the ratio t / sqrt(1 + t^2), t = sd u, is 1 to within 1 / (2 t^2) < 1e-38 there).
+        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
         s2 = self._sd**2
-        return self.alpha * s2 * u / torch.sqrt(1 + s2 * u * u)
+        q = s2 * wide * wide
+        score = self.alpha * s2 * wide / torch.sqrt(1 + q)
+        bound = torch.sign(wide).mul_(self.alpha * self._sd)
+        return torch.where(torch.isinf(q), bound, score).to(u.dtype)
 
     def log_prob(self, u: Tensor) -> Tensor:
         t = u * self._sd
@@ -423,8 +475,9 @@ class Sigmoid(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
-        p = _uniform_open((n, dim), generator, device, dtype)
-        return self._s * (torch.log(p) - torch.log1p(-p))
+        dtype, work = _resolve_dtype(dtype)
+        p = _uniform_open((n, dim), generator, device, work)
+        return (self._s * (torch.log(p) - torch.log1p(-p))).to(dtype)
 
     def score(self, u: Tensor) -> Tensor:
         return torch.tanh(u / (2 * self._s)) / self._s
@@ -461,8 +514,9 @@ class Rect(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
-        p = _draw(torch.rand, (n, dim), generator, device, dtype)
-        return self._h * (2 * p - 1)
+        dtype, work = _resolve_dtype(dtype)
+        p = _draw(torch.rand, (n, dim), generator, device, work)
+        return (self._h * (2 * p - 1)).to(dtype)
 
     def log_prob(self, u: Tensor) -> Tensor:
         inside = (u.abs() <= self._h).all(-1)

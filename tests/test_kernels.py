@@ -159,3 +159,114 @@ def test_hyperbolic_float32_sampler_matches_cdf(alpha: float) -> None:
     assert u.dtype == torch.float32
     s, _ = torch.sort(u.reshape(-1).to(torch.float64))
     assert _ks(s, kernel.marginal_cdf(s)) < 1.95 / math.sqrt(n)
+
+
+# Half precision: samplers draw in float32 and round; scores do not overflow.
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_hyperbolic_score_half_precision(alpha: float, dtype: torch.dtype) -> None:
+    kernel = Hyperbolic(alpha)
+    # The kernel's own draws: at alpha = 0.01 about one float16 draw in 12 used to score 0.
+    u = kernel.sample(10_000, 1, generator=gen(0), dtype=dtype)
+    u = torch.cat([u, torch.tensor([[300.0], [-300.0], [torch.finfo(dtype).max]], dtype=dtype)])
+    got, ref = kernel.score(u), kernel.score(u.to(torch.float64))
+    assert got.dtype == dtype and bool(torch.isfinite(got).all())
+    assert not bool(((got == 0) & (ref.abs() > 1e-3)).any())
+    # Rounding of the result only: half of the dtype's eps, relative.
+    tol = torch.finfo(dtype).eps
+    assert float(((got.to(torch.float64) - ref).abs() / ref.abs().clamp(min=1e-3)).max()) < tol
+
+
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 8.0])
+def test_hyperbolic_score_huge_and_float32_unchanged(alpha: float) -> None:
+    kernel = Hyperbolic(alpha)
+    big = torch.tensor([1e20, -1e20, 3e38, -math.inf, math.inf], dtype=torch.float32)
+    ref = kernel.score(big.to(torch.float64).clamp(-1e300, 1e300)).to(torch.float32)
+    torch.testing.assert_close(kernel.score(big), ref, rtol=1e-6, atol=0)
+    # Where nothing overflows the float32 and float64 scores are the closed form, bit for bit.
+    s2 = kernel._sd**2
+    for dt in (torch.float32, torch.float64):
+        u = 3 * torch.randn(1000, 4, generator=gen(1), dtype=dt)
+        assert torch.equal(kernel.score(u), kernel.alpha * s2 * u / torch.sqrt(1 + s2 * u * u))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_poisson_half_draws_finite_and_capped(dtype: torch.dtype) -> None:
+    kernel, n, d = Poisson(), 20_000, 50
+    u = kernel.sample(n, d, generator=gen(0), dtype=dtype)
+    wide = kernel.sample(n, d, generator=gen(0), dtype=torch.float32)
+    assert u.dtype == dtype and bool(torch.isfinite(u).all())
+    assert bool(torch.isfinite(kernel.score(u)).all())
+    # Draws below the cap are the float32 draws rounded; those above keep their direction, norm = cap.
+    cap = torch.finfo(dtype).max / 16
+    norm = wide.norm(dim=1)
+    low = norm < cap
+    assert torch.equal(u[low], wide[low].to(dtype))
+    assert float(u.float().norm(dim=1).max()) <= cap * (1 + 2 * torch.finfo(dtype).eps)
+    if dtype == torch.float16:
+        # About 1.4e-3 of the draws at d = 50 (F(d, 1) tail): some, not many.
+        assert 0 < int((~low).sum()) < 0.003 * n
+        capped = u[~low].float()
+        torch.testing.assert_close(capped.norm(dim=1), torch.full_like(capped[:, 0], cap), rtol=2e-3, atol=0)
+        cos = (capped * wide[~low]).sum(1) / (capped.norm(dim=1) * norm[~low])
+        assert float(cos.min()) > 1 - 1e-3
+
+
+def _ks2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov distance (ties allowed: the draws sit on a coarse grid)."""
+    a, _ = torch.sort(a.reshape(-1).to(torch.float64))
+    b, _ = torch.sort(b.reshape(-1).to(torch.float64))
+    grid = torch.unique(torch.cat([a, b]))
+    fa = torch.searchsorted(a, grid, right=True) / a.numel()
+    fb = torch.searchsorted(b, grid, right=True) / b.numel()
+    return float((fa - fb).abs().max())
+
+
+@pytest.mark.parametrize("kernel", [Sigmoid(), Rect()], ids=repr)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_half_samples_symmetric_and_exact_up_to_rounding(kernel: Kernel, dtype: torch.dtype) -> None:
+    n = 1_000_000  # bfloat16 draws on its own rand grid were off by 10 standard errors of the mean here
+    u = kernel.sample(n, 1, generator=gen(0), dtype=dtype)
+    assert u.dtype == dtype
+    u = u.to(torch.float64)
+    assert abs(float(u.mean())) < 4 / math.sqrt(n)
+    ref = kernel.sample(n, 1, generator=gen(1), dtype=torch.float64).to(dtype)
+    # 1.95 sqrt(2 / n): the 0.1% critical value of the two-sample KS statistic.
+    assert _ks2(u, ref) < 1.95 * math.sqrt(2 / n)
+    if isinstance(kernel, Sigmoid):
+        # Both tails beyond 3 hold their exact mass (about 0.0043 each), within 5 standard errors.
+        p = float(1 - kernel.marginal_cdf(torch.tensor(3.0, dtype=torch.float64)))
+        se = math.sqrt(p / n)
+        assert abs(float((u > 3).double().mean()) - p) < 5 * se
+        assert abs(float((u < -3).double().mean()) - p) < 5 * se
+
+
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_empty_samples(kernel: Kernel, dtype: torch.dtype) -> None:
+    for n, dim in ((0, 3), (3, 0), (0, 0)):
+        u = kernel.sample(n, dim, generator=gen(0), dtype=dtype)
+        assert u.shape == (n, dim) and u.dtype == dtype
+
+
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+def test_integer_dtype_refused(kernel: Kernel) -> None:
+    # torch's samplers refuse integer dtypes (NotImplementedError, a RuntimeError); every kernel does.
+    with pytest.raises(RuntimeError, match="not implemented for 'Long'"):
+        kernel.sample(2, 2, generator=gen(0), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_full_precision_draws_are_the_closed_forms(dtype: torch.dtype) -> None:
+    # The half-precision paths leave float32 and float64 draws as they were, bit for bit.
+    g = torch.randn(50, 8, generator=gen(7), dtype=dtype)
+    assert torch.equal(Poisson().sample(50, 7, generator=gen(7), dtype=dtype), g[:, :7] / g[:, 7:].abs())
+    p = torch.rand(50, 7, generator=gen(7), dtype=dtype)
+    assert torch.equal(Rect().sample(50, 7, generator=gen(7), dtype=dtype), math.sqrt(3) * (2 * p - 1))
+    p = torch.where(p > 0, p, torch.full_like(p, 0.5 * torch.finfo(dtype).eps))
+    sig = Sigmoid._s * (torch.log(p) - torch.log1p(-p))
+    assert torch.equal(Sigmoid().sample(50, 7, generator=gen(7), dtype=dtype), sig)

@@ -22,6 +22,8 @@ the noise rows and the reduction then work on the remaining rows only.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any, Iterator, List, Optional, Protocol, Tuple
 
@@ -405,6 +407,40 @@ def _backend_device(group: Any, device: torch.device) -> torch.device:
     return device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
 
 
+@dataclass
+class _Pending:
+    """An ``attribute`` call whose ranks have not yet exchanged :func:`agree_across_ranks`."""
+
+    group: Any
+    done: bool = False
+
+
+_PENDING: contextvars.ContextVar[Optional[_Pending]] = contextvars.ContextVar("_PENDING", default=None)
+
+
+@contextlib.contextmanager
+def ranks_fail_together(process_group: Optional[Any]) -> Iterator[None]:
+    """Around an ``attribute`` call: an exception raised on this rank before the ranks compared their
+    calls (any argument check, a forward pass checking the target) still takes part in that exchange,
+    so the other ranks raise too instead of waiting for this one in the sampling."""
+    group = resolve_group(process_group)
+    if group is None:
+        yield
+        return
+    pending = _Pending(group)
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except Exception:
+        if not pending.done:  # (agree_across_ranks marks it done)
+            nccl = torch.distributed.get_backend(group) == "nccl"
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            agree_across_ranks(group, None, device)
+        raise
+    finally:
+        _PENDING.reset(token)
+
+
 def agree_across_ranks(group: Any, fields: Optional[Tuple[float, ...]], device: torch.device) -> None:
     """Check, before the ranks split the samples, that every rank of ``group`` made the same call.
 
@@ -416,6 +452,11 @@ def agree_across_ranks(group: Any, fields: Optional[Tuple[float, ...]], device: 
     sampling's collectives: they all raise, naming the first field that
     differs.
     """
+    pending = _PENDING.get()
+    if pending is not None:
+        if pending.done:  # (this call's ranks have exchanged already)
+            return
+        pending.done = True
     size = len(AGREED_FIELDS) + 1
     mine = torch.zeros(size, dtype=torch.float64, device=_backend_device(group, device))
     if fields is not None:

@@ -37,6 +37,7 @@ from ._captum import (
 from ._evaluators import Evaluator, _scalar_per_row, _subset_rows, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
 from ._model import counterpart, private_if_training
+from ._stein import ranks_fail_together
 from ._validation import (
     BaselinesType,
     MaskType,
@@ -339,56 +340,57 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             >>> tokens.shape
             torch.Size([1, 3, 3])
         """
-        inps = _format_tensor_into_tuples(inputs)
-        _check_inputs(inps, allow_integer=True)
-        n = _check_n_samples(n_samples, antithetic)
-        _check_generator(generator)
-        device_ids = _device_ids(self.forward_func, self.device_ids)
-        forward = private_if_training(self.forward_func, "LayerSmoothHess")
-        layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
-        activation, is_tuple, out = layer_activation(
-            forward, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
-        )
-        _check_inputs(activation, "layer")
-        select_output(out, target, inps[0].shape[0])
-        weight = _weight(
-            forward,
-            layer,
-            inps,
-            activation,
-            baselines,
-            additional_forward_args,
-            attribute_to_layer_input,
-            device_ids,
-        )
-        evaluate = _LayerEvaluator(
-            forward,
-            layer,
-            inps,
-            activation,
-            target,
-            additional_forward_args,
-            attribute_to_layer_input,
-            device_ids,
-        )
-        return self._core._estimate(
-            activation,
-            is_tuple,
-            lambda: (evaluate, weight),
-            stdevs=stdevs,
-            n=n,
-            n_samples_batch_size=n_samples_batch_size,
-            antithetic=antithetic,
-            feature_mask=feature_mask,
-            return_gradient=return_gradient,
-            generator=generator,
-            show_progress=show_progress,
-            output=output,
-            process_group=process_group,
-            sampling=sampling,
-            return_error=return_error,
-            tolerance=tolerance,
-        )
+        with ranks_fail_together(process_group):
+            inps = _format_tensor_into_tuples(inputs)
+            _check_inputs(inps, allow_integer=True)
+            n = _check_n_samples(n_samples, antithetic)
+            _check_generator(generator)
+            device_ids = _device_ids(self.forward_func, self.device_ids)
+            forward = private_if_training(self.forward_func, "LayerSmoothHess")
+            layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
+            activation, is_tuple, out = layer_activation(
+                forward, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
+            )
+            _check_inputs(activation, "layer")
+            select_output(out, target, inps[0].shape[0])
+            weight = _weight(
+                forward,
+                layer,
+                inps,
+                activation,
+                baselines,
+                additional_forward_args,
+                attribute_to_layer_input,
+                device_ids,
+            )
+            evaluate = _LayerEvaluator(
+                forward,
+                layer,
+                inps,
+                activation,
+                target,
+                additional_forward_args,
+                attribute_to_layer_input,
+                device_ids,
+            )
+            return self._core._estimate(
+                activation,
+                is_tuple,
+                lambda: (evaluate, weight),
+                stdevs=stdevs,
+                n=n,
+                n_samples_batch_size=n_samples_batch_size,
+                antithetic=antithetic,
+                feature_mask=feature_mask,
+                return_gradient=return_gradient,
+                generator=generator,
+                show_progress=show_progress,
+                output=output,
+                process_group=process_group,
+                sampling=sampling,
+                return_error=return_error,
+                tolerance=tolerance,
+            )
 
 
 class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
@@ -497,43 +499,44 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             ...     torch.randn(2, 3), neuron_selector=pick, n_samples=20).shape
             torch.Size([2, 3, 3])
         """
-        is_tuple = _is_tuple(inputs)
-        inps = _format_tensor_into_tuples(inputs)
-        _check_inputs(inps)
-        n = _check_n_samples(n_samples, antithetic)
-        _check_generator(generator)
-        device_ids = _device_ids(self.forward_func, self.device_ids)
-        forward = private_if_training(self.forward_func, "NeuronSmoothHess")
-        layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
-        activation, _, _ = layer_activation(
-            forward, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
-        )
-        select_neuron(activation, neuron_selector, inps[0].shape[0])
-        weight = _baseline_weight(baselines, inps)
-        evaluate = _NeuronEvaluator(
-            forward,
-            layer,
-            inps,
-            neuron_selector,
-            additional_forward_args,
-            attribute_to_neuron_input,
-            device_ids,
-        )
-        return self._core._estimate(
-            inps,
-            is_tuple,
-            lambda: (evaluate, weight),
-            stdevs=stdevs,
-            n=n,
-            n_samples_batch_size=n_samples_batch_size,
-            antithetic=antithetic,
-            feature_mask=feature_mask,
-            return_gradient=return_gradient,
-            generator=generator,
-            show_progress=show_progress,
-            output=output,
-            process_group=process_group,
-            sampling=sampling,
-            return_error=return_error,
-            tolerance=tolerance,
-        )
+        with ranks_fail_together(process_group):
+            is_tuple = _is_tuple(inputs)
+            inps = _format_tensor_into_tuples(inputs)
+            _check_inputs(inps)
+            n = _check_n_samples(n_samples, antithetic)
+            _check_generator(generator)
+            device_ids = _device_ids(self.forward_func, self.device_ids)
+            forward = private_if_training(self.forward_func, "NeuronSmoothHess")
+            layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
+            activation, _, _ = layer_activation(
+                forward, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
+            )
+            select_neuron(activation, neuron_selector, inps[0].shape[0])
+            weight = _baseline_weight(baselines, inps)
+            evaluate = _NeuronEvaluator(
+                forward,
+                layer,
+                inps,
+                neuron_selector,
+                additional_forward_args,
+                attribute_to_neuron_input,
+                device_ids,
+            )
+            return self._core._estimate(
+                inps,
+                is_tuple,
+                lambda: (evaluate, weight),
+                stdevs=stdevs,
+                n=n,
+                n_samples_batch_size=n_samples_batch_size,
+                antithetic=antithetic,
+                feature_mask=feature_mask,
+                return_gradient=return_gradient,
+                generator=generator,
+                show_progress=show_progress,
+                output=output,
+                process_group=process_group,
+                sampling=sampling,
+                return_error=return_error,
+                tolerance=tolerance,
+            )

@@ -35,6 +35,7 @@ from ._stein import (
     checksum,
     chunk_size,
     distributed_seed,
+    ranks_fail_together,
     resolve_group,
     stein_estimate,
 )
@@ -361,38 +362,39 @@ class SmoothHess(GradientAttribution):
             >>> bool((err.relative <= 0.1).all()), err.stderr.shape
             (True, torch.Size([3, 6, 6]))
         """
-        is_tuple = _is_tuple(inputs)
-        inps = _format_tensor_into_tuples(inputs)
-        _check_inputs(inps)
-        n = _check_n_samples(n_samples, antithetic)
-        _check_generator(generator)
-        forward = private_if_training(self.forward_func, "SmoothHess")
+        with ranks_fail_together(process_group):
+            is_tuple = _is_tuple(inputs)
+            inps = _format_tensor_into_tuples(inputs)
+            _check_inputs(inps)
+            n = _check_n_samples(n_samples, antithetic)
+            _check_generator(generator)
+            forward = private_if_training(self.forward_func, "SmoothHess")
 
-        def evaluator() -> Tuple[Evaluator, Optional[Tensor]]:
-            # One plain forward checks `target` and the output's shape up front.
-            with torch.no_grad():
-                selected_outputs(forward, inps, target, additional_forward_args)
-            weight = _baseline_weight(baselines, inps)
-            return GradientEvaluator(forward, inps, target, additional_forward_args), weight
+            def evaluator() -> Tuple[Evaluator, Optional[Tensor]]:
+                # One plain forward checks `target` and the output's shape up front.
+                with torch.no_grad():
+                    selected_outputs(forward, inps, target, additional_forward_args)
+                weight = _baseline_weight(baselines, inps)
+                return GradientEvaluator(forward, inps, target, additional_forward_args), weight
 
-        return self._estimate(
-            inps,
-            is_tuple,
-            evaluator,
-            stdevs=stdevs,
-            n=n,
-            n_samples_batch_size=n_samples_batch_size,
-            antithetic=antithetic,
-            feature_mask=feature_mask,
-            return_gradient=return_gradient,
-            generator=generator,
-            show_progress=show_progress,
-            output=output,
-            process_group=process_group,
-            sampling=sampling,
-            return_error=return_error,
-            tolerance=tolerance,
-        )
+            return self._estimate(
+                inps,
+                is_tuple,
+                evaluator,
+                stdevs=stdevs,
+                n=n,
+                n_samples_batch_size=n_samples_batch_size,
+                antithetic=antithetic,
+                feature_mask=feature_mask,
+                return_gradient=return_gradient,
+                generator=generator,
+                show_progress=show_progress,
+                output=output,
+                process_group=process_group,
+                sampling=sampling,
+                return_error=return_error,
+                tolerance=tolerance,
+            )
 
     def _estimate(
         self,

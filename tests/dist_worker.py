@@ -222,6 +222,8 @@ def main_agree(out: str) -> None:
         "n_samples_batch_size": {"n_samples_batch_size": 20 + 20 * rank},
         "tolerance": {"tolerance": 0.1 + 0.2 * rank},
         "bad_stdevs_on_rank_1": {"stdevs": 0.5 - rank},  # rank 1 fails its own check
+        "nan_inputs_on_rank_1": {"inputs": x * (float("nan") if rank else 1.0)},  # checked in attribute
+        "odd_n_samples_on_rank_1": {"n_samples": 200 + rank},
     }
     outcome = {}
     for name, change in cases.items():

@@ -161,8 +161,13 @@ def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_pat
             assert got[field].startswith(
                 f"ValueError: process_group: the ranks were called with different {field} "
             )
-    assert ranks[0]["bad_stdevs_on_rank_1"].startswith("RuntimeError: process_group: rank(s) [1]")
-    assert ranks[1]["bad_stdevs_on_rank_1"].startswith("ValueError: stdevs")
+    for case, error in (
+        ("bad_stdevs_on_rank_1", "ValueError: stdevs"),
+        ("nan_inputs_on_rank_1", "ValueError: inputs"),
+        ("odd_n_samples_on_rank_1", "ValueError: n_samples"),
+    ):
+        assert ranks[0][case].startswith("RuntimeError: process_group: rank(s) [1]"), ranks[0][case]
+        assert ranks[1][case].startswith(error), ranks[1][case]
     # 200 samples of 2 examples split evenly, plus one row per example checking the target.
     assert [int(got["rows"]) for got in ranks] == [202, 202]
 

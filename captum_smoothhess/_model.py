@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -45,36 +45,35 @@ def reachable_modules(module: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     return walk(module, "")
 
 
+def _layers_where(forward_func: Any, test: Callable[[nn.Module], bool]) -> List[str]:
+    """Names of the layers of ``forward_func``'s module (:func:`reachable_modules`) that pass ``test``."""
+    module = module_of(forward_func)
+    if module is None:
+        return []
+    return [name or type(m).__name__ for name, m in reachable_modules(module) if test(m)]
+
+
 def batch_dependent_layers(forward_func: Any) -> List[str]:
     """Names of the layers whose output for one example depends on the others of the batch.
 
     These are the batch-norm layers in training mode: they normalise with the
     statistics of the batch (and update their running statistics).
     """
-    module = module_of(forward_func)
-    if module is None:
-        return []
-    return [
-        name or type(m).__name__
-        for name, m in reachable_modules(module)
-        if isinstance(m, _BatchNorm) and m.training
-    ]
+    return _layers_where(forward_func, lambda m: isinstance(m, _BatchNorm) and m.training)
 
 
 def random_layers(forward_func: Any) -> List[str]:
     """Names of the layers that draw from the global RNG in training mode (dropout)."""
-    module = module_of(forward_func)
-    if module is None:
-        return []
-    return [
-        name or type(m).__name__
-        for name, m in reachable_modules(module)
-        if m.training
-        and (
-            (isinstance(m, _DropoutNd) and m.p > 0)
-            or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
-        )
-    ]
+    return _layers_where(
+        forward_func,
+        lambda m: (
+            m.training
+            and (
+                (isinstance(m, _DropoutNd) and m.p > 0)
+                or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+            )
+        ),
+    )
 
 
 def _shown(layers: List[str]) -> str:

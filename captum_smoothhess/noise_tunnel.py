@@ -483,9 +483,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
-        if not self._private and not batch_dependent_layers(self.attribution_method.forward_func):
-            warn_if_training(self.attribution_method.forward_func, type(self).__name__)  # dropout only
-        if not self._private and batch_dependent_layers(self.attribution_method.forward_func):
+        forward_func = self.attribution_method.forward_func
+        if not self._private and batch_dependent_layers(forward_func):
             # Batch norm in training mode: run this call on a private copy, buffers left as found.
             return type(self).attribute.__wrapped__(
                 self._on_private_model(),
@@ -498,6 +497,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 generator=generator,
                 **kwargs,
             )
+        if not self._private:
+            warn_if_training(forward_func, type(self).__name__)  # dropout (no batch norm here)
         with autograd_allowed():
             inputs, kwargs = _normal_tensors((inputs, kwargs))
             tupled = inputs if isinstance(inputs, tuple) else (inputs,)

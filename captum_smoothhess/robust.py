@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ._captum import TargetType, _format_additional_forward_args, _format_tensor_into_tuples, _is_tuple
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
-from ._model import batch_dependent_layers, private_copy, private_if_training
+from ._model import batch_dependent_layers, private_copy, warn_if_training
 from ._validation import _check_inputs, _check_positive_int
 from .smoothhess import SmoothHess
 from .solvers import RadiusType, _check_radius, solve_trust_region
@@ -58,6 +58,8 @@ class ClassProbability(nn.Module):
         (torch.Size([2, 4]), True)
     """
 
+    model: Callable[..., Any]  # (set in __init__, outside the module registry)
+
     def __init__(self, model: Callable[..., Any], dim: int = 1) -> None:
         super().__init__()
         # Stored outside the module registry: wrapping must not change `model`
@@ -70,7 +72,7 @@ class ClassProbability(nn.Module):
     _held_outside_registry = ("model",)
 
     def forward(self, *args: Any) -> Tensor:
-        return torch.softmax(self.model(*args), dim=self.dim)  # type: ignore[operator]
+        return torch.softmax(self.model(*args), dim=self.dim)
 
 
 class SecondOrderAttack:
@@ -192,23 +194,14 @@ class SecondOrderAttack:
         x = _flatten(inps)
         batch, dim = x.shape
         r = _check_radius(radius, batch, x)
-        # One private copy per call for a model whose forward passes update its
-        # buffers (batch norm in training mode). The default source (SmoothHess)
-        # gives the warning and protects the buffers itself; then the attack's
-        # own forward passes run on a private copy without a second warning.
-        if self.source is self._default_source:
-            if batch_dependent_layers(self.probability):
-                probability = private_copy(self.probability)
-            else:
-                probability = self.probability
-        else:
-            probability = private_if_training(self.probability, "SecondOrderAttack", stacklevel=4)
-        if probability is self.probability:
-            forward_func = self.forward_func
-        elif self.probability is self.forward_func:
-            forward_func = probability
-        else:  # the private ClassProbability holds the private model
-            forward_func = probability.model
+        # One private copy per call for a model whose forward passes update its buffers (batch
+        # norm in training mode); the default source (SmoothHess) warns and copies by itself.
+        probability = self.probability
+        if batch_dependent_layers(probability):
+            if self.source is not self._default_source:
+                warn_if_training(probability, "SecondOrderAttack", stacklevel=3)
+            probability = private_copy(probability)
+        forward_func = probability.model if isinstance(probability, ClassProbability) else probability
         if target is None:
             extra = _format_additional_forward_args(additional_forward_args) or ()
             with torch.no_grad():

@@ -423,21 +423,18 @@ class SmoothHess(GradientAttribution):
         arguments are known to be valid, with autograd allowed.
         """
         group = resolve_group(process_group)
-        try:
-            eps = _format_stdevs(stdevs, layout)
-            mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
-            _check_output_mode(output, mask, group)
-            dim = sum(t[0].numel() for t in layout)
-            draws = n // sampler_class(antithetic).copies
-            scheme, tolerance = _check_sampling(
-                self.kernel, sampling, tolerance, output, dim, draws, return_error, n // max(1, draws)
-            )
-            with autograd_allowed():
-                evaluate, weight = evaluator()
-        except Exception:
-            if group is not None:  # the other ranks must not wait for this one in the sampling
-                agree_across_ranks(group, None, layout[0].device)
-            raise
+        # Called inside `ranks_fail_together` (each attribute method): a check failing here still
+        # takes part in the ranks' exchange below.
+        eps = _format_stdevs(stdevs, layout)
+        mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
+        _check_output_mode(output, mask, group)
+        dim = sum(t[0].numel() for t in layout)
+        draws = n // sampler_class(antithetic).copies
+        scheme, tolerance = _check_sampling(
+            self.kernel, sampling, tolerance, output, dim, draws, return_error, n // max(1, draws)
+        )
+        with autograd_allowed():
+            evaluate, weight = evaluator()
         if group is not None:
             fields = (
                 layout[0].shape[0],

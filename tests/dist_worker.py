@@ -234,6 +234,20 @@ def main_agree(out: str) -> None:
             outcome[name] = "no error"
         except Exception as e:  # the message goes back to the test
             outcome[name] = f"{type(e).__name__}: {e}"
+    # The layer methods share the exchange: a layer's activations that differ, a NaN on one rank.
+    from captum_smoothhess import LayerSmoothHess, NeuronSmoothHess
+
+    for name, call in {
+        "layer_inputs": lambda: LayerSmoothHess(net, net[0]).attribute(x + rank, **base),
+        "neuron_nan_on_rank_1": lambda: NeuronSmoothHess(net, net[0]).attribute(
+            x * (float("nan") if rank else 1.0), neuron_selector=1, stdevs=0.5, n_samples=200
+        ),
+    }.items():
+        try:
+            call()
+            outcome[name] = "no error"
+        except Exception as e:
+            outcome[name] = f"{type(e).__name__}: {e}"
     rows[0] = 0
     SmoothHess(counted).attribute(x, generator=torch.Generator().manual_seed(0), **base)
     outcome["rows"] = str(rows[0])

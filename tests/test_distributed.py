@@ -161,6 +161,12 @@ def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_pat
             assert got[field].startswith(
                 f"ValueError: process_group: the ranks were called with different {field} "
             )
+    for got in ranks:  # LayerSmoothHess: its activations (its layout) differ
+        assert got["layer_inputs"].startswith(
+            "ValueError: process_group: the ranks were called with different inputs "
+        )
+    assert ranks[0]["neuron_nan_on_rank_1"].startswith("RuntimeError: process_group: rank(s) [1]")
+    assert ranks[1]["neuron_nan_on_rank_1"].startswith("ValueError: inputs")
     for case, error in (
         ("bad_stdevs_on_rank_1", "ValueError: stdevs"),
         ("nan_inputs_on_rank_1", "ValueError: inputs"),

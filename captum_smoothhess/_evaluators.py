@@ -30,6 +30,7 @@ from ._captum import (
     _select_targets,
 )
 from ._layout import _unflatten
+from ._validation import _refuse_meta
 
 LossFunc = Callable[[Tensor, Tensor], Tensor]
 
@@ -79,6 +80,7 @@ def select_output(out: Any, target: TargetType, rows: int) -> Tensor:
     """The scalar that ``target`` selects from a model output ``out``, one per row: ``(rows,)``."""
     if not isinstance(out, Tensor):
         raise TypeError(f"forward_func: expected a Tensor output, got {type(out).__name__}")
+    _refuse_meta(target, "target")
     try:
         sel = _select_targets(out, target)
     except (IndexError, AssertionError, RuntimeError, TypeError) as err:

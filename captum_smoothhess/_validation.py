@@ -17,6 +17,13 @@ StdevsType = Union[float, Tensor, Sequence[Union[float, Tensor]]]
 MaskType = Union[Tensor, Tuple[Tensor, ...], None]
 
 
+def _refuse_meta(value: object, argument: str) -> None:
+    """A tensor on the meta device (a shape with no values) is refused, naming ``argument``; PyTorch's own
+    errors name none, and a meta ``target`` selected outputs of no example at all."""
+    if isinstance(value, Tensor) and value.device.type == "meta":
+        raise ValueError(f"{argument}: a meta tensor holds no values; give it on a real device such as 'cpu'")
+
+
 def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs", allow_integer: bool = False) -> None:
     """Inputs must be non-empty floating tensors with a shared batch size and no NaN/Inf.
 
@@ -107,6 +114,7 @@ def _format_stdevs(
         where = argument if n_in == 1 else f"{argument}[{i}]"
         shape = inp.shape[1:]
         if isinstance(s, Tensor):
+            _refuse_meta(s, where)
             t = s.detach().to(device=inp.device, dtype=inp.dtype)
             if t.dim() == len(shape) + 1 and t.shape[0] == 1:
                 t = t[0]
@@ -154,6 +162,7 @@ def _format_feature_mask(
             raise TypeError(f"{where}: expected an integer tensor, got {type(m).__name__}")
         if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
             raise TypeError(f"{where}: expected integer group ids, got dtype {m.dtype}")
+        _refuse_meta(m, where)
         if m.dim() == inp.dim() - 1:
             m = m.unsqueeze(0)
         if m.dim() != inp.dim() or m.shape[0] not in (1, batch):
@@ -210,6 +219,7 @@ def _format_baselines(
         where = argument if len(inputs) == 1 else f"{argument}[{i}]"
         if isinstance(b, bool) or not isinstance(b, (numbers.Real, Tensor)):
             raise TypeError(f"{where}: expected a number or a tensor, got {type(b).__name__}")
+        _refuse_meta(b, where)
         t = torch.as_tensor(b).to(device=inp.device, dtype=inp.dtype)
         try:
             t = t.expand(inp.shape)

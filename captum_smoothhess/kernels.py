@@ -181,9 +181,19 @@ class Kernel(ABC):
     def log_prob(self, u: Tensor) -> Tensor:
         """Log-density of the canonical kernel at points ``u`` of shape ``(..., dim)``.
 
+        Half-precision points are evaluated in float32 and the result rounded
+        back (their squares overflow float16 from about 256: a Gaussian point
+        at 300 has log-density -45,000, which float16 holds).
+
         Returns:
-            Tensor of shape ``u.shape[:-1]``.
+            Tensor of shape ``u.shape[:-1]``, of ``u``'s dtype if it is floating.
         """
+        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        out = self._log_prob(wide)
+        return out.to(u.dtype) if u.is_floating_point() else out
+
+    def _log_prob(self, u: Tensor) -> Tensor:
+        """:meth:`log_prob` at float32 or float64 points: what a kernel with a density defines."""
         raise NotImplementedError(f"kernel {self!r} does not define log_prob")
 
     def marginal_cdf(self, t: Tensor) -> Tensor:
@@ -234,7 +244,7 @@ class Gaussian(Kernel):
     def _radial_score(self, radius: Tensor, dim: int) -> Optional[Tensor]:
         return radius
 
-    def log_prob(self, u: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor) -> Tensor:
         return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
 
     def marginal_cdf(self, t: Tensor) -> Tensor:
@@ -303,12 +313,14 @@ class Poisson(Kernel):
         d = u.shape[-1]
         # |u|^2 of heavy-tailed draws overflows half precision: accumulate in float32 at least.
         wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
-        return ((d + 1) * wide / (1 + (wide * wide).sum(-1, keepdim=True))).to(u.dtype)
+        score = (d + 1) * wide / (1 + (wide * wide).sum(-1, keepdim=True))
+        # An infinite coordinate: inf / inf. The score's limit there is 0 (it decays as (d + 1) / |u|).
+        return torch.where(torch.isinf(wide), 0.0, score).to(u.dtype)
 
     def _radial_score(self, radius: Tensor, dim: int) -> Optional[Tensor]:
         return (dim + 1) * radius / (1 + radius * radius)  # the length of score(u) above, |u| = radius
 
-    def log_prob(self, u: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor) -> Tensor:
         d = u.shape[-1]
         log_c = math.lgamma((d + 1) / 2) - (d + 1) / 2 * math.log(math.pi)
         return log_c - (d + 1) / 2 * torch.log1p((u * u).sum(-1))
@@ -433,7 +445,7 @@ class Hyperbolic(Kernel):
         bound = torch.sign(wide).mul_(self.alpha * self._sd)
         return torch.where(torch.isinf(q), bound, score).to(u.dtype)
 
-    def log_prob(self, u: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor) -> Tensor:
         t = u * self._sd
         per = -self.alpha * (torch.sqrt(1 + t * t) - 1) - self._log_z + math.log(self._sd)
         return per.sum(-1)
@@ -482,7 +494,7 @@ class Sigmoid(Kernel):
     def score(self, u: Tensor) -> Tensor:
         return torch.tanh(u / (2 * self._s)) / self._s
 
-    def log_prob(self, u: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor) -> Tensor:
         z = u / self._s
         return (-z - 2 * torch.nn.functional.softplus(-z) - math.log(self._s)).sum(-1)
 
@@ -518,7 +530,7 @@ class Rect(Kernel):
         p = _draw(torch.rand, (n, dim), generator, device, work)
         return (self._h * (2 * p - 1)).to(dtype)
 
-    def log_prob(self, u: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor) -> Tensor:
         inside = (u.abs() <= self._h).all(-1)
         val = torch.full(u.shape[:-1], -u.shape[-1] * math.log(2 * self._h), dtype=u.dtype, device=u.device)
         return torch.where(inside, val, torch.full_like(val, -math.inf))

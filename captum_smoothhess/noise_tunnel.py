@@ -48,6 +48,7 @@ from ._validation import (
     _check_inputs,
     _check_positive_int,
     _format_stdevs,
+    _refuse_meta,
 )
 from .kernels import Gaussian, Kernel, get_kernel
 
@@ -483,6 +484,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
+        _refuse_meta(kwargs.get("target"), "target")
         forward_func = self.attribution_method.forward_func
         if not self._private and batch_dependent_layers(forward_func):
             # Batch norm in training mode: run this call on a private copy, buffers left as found.
@@ -545,8 +547,16 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     ) -> Tuple[Tensor, ...]:
         state = _current_state(self)
         if state.input_noise is None:
-            # Drop-in path: NoiseTunnel's own draws, in its order.
-            return super()._add_noise_to_inputs(nt_samples_partition, inputs, state.captum_stdevs)
+            # Drop-in path: NoiseTunnel's own draws, in its order. They are float32, so NoiseTunnel turns
+            # half-precision inputs into float32 ones, which a half-precision model refuses: rounded back
+            # (float32 and float64 inputs come back in their own dtype, untouched).
+            noisy = super()._add_noise_to_inputs(nt_samples_partition, inputs, state.captum_stdevs)
+            return tuple(
+                t.detach().to(inp.dtype).requires_grad_(t.requires_grad)
+                if inp.is_floating_point() and t.dtype != inp.dtype
+                else t
+                for t, inp in zip(noisy, inputs)
+            )
         noisy = state.input_noise.add(inputs, nt_samples_partition)
         if self.is_gradient_method:
             return tuple(t.requires_grad_() for t in noisy)

@@ -81,6 +81,7 @@ from ._validation import (
     _check_inputs,
     _check_number,
     _format_stdevs,
+    _refuse_meta,
 )
 from .kernels import Gaussian, Kernel, get_kernel
 from .noise_tunnel import (
@@ -593,6 +594,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
+        _refuse_meta(kwargs.get("target"), "target")
         names = _select_names(self.model, self.param_filter)
         # Buffers are safe (every forward of the private copy starts from clones of them).
         warn_if_training(self.model, type(self).__name__, stacklevel=5)  # (the caller of attribute)

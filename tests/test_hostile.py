@@ -24,7 +24,7 @@ from captum.attr import (
 from test_noisegrad import _assert_untouched, _loop_draws, _snapshot
 from torch import Tensor, nn
 
-from captum_smoothhess import CAFO, CASO, SmoothHess
+from captum_smoothhess import CAFO, CASO, LayerSmoothHess, SmoothHess
 from captum_smoothhess._sampling import OrthogonalStream, seed_from
 from captum_smoothhess.kernels import Gaussian, Poisson
 from captum_smoothhess.noise_tunnel import KernelNoiseTunnel
@@ -472,3 +472,49 @@ def test_tunnel_memory_does_not_grow_with_nt_samples(make: Any) -> None:
         )
     settled = rss[40]
     assert max(rss) - settled < 64, f"memory grew from {settled:.0f} MB to {max(rss):.0f} MB"
+
+
+_META_TARGET = torch.zeros(2, dtype=torch.long, device="meta")
+
+
+@pytest.mark.parametrize(("name", "make", "extra"), _TUNNELS, ids=[t[0] for t in _TUNNELS])
+def test_meta_target_named_by_the_tunnels(name: str, make: Any, extra: Dict[str, Any]) -> None:
+    """NoiseGrad and FusionGrad returned numbers for a meta target (which selects nothing)."""
+    with pytest.raises(ValueError, match=r"^target: a meta tensor"):
+        make(_mlp()).attribute(torch.randn(2, 4), nt_samples=3, target=_META_TARGET, **extra)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda net, x: SmoothHess(net).attribute(x, target=_META_TARGET, n_samples=20),
+        lambda net, x: LayerSmoothHess(net, net[1]).attribute(x, target=_META_TARGET, n_samples=20),
+    ],
+    ids=["smoothhess", "layer"],
+)
+def test_meta_target_named(call: Any) -> None:
+    """SmoothHess returned a Hessian of about 1e-13 for a meta target."""
+    with pytest.raises(ValueError, match=r"^target: a meta tensor"):
+        call(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.rand(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("feature_mask", torch.zeros(1, 4, dtype=torch.long, device="meta")),
+        ("stdevs", torch.full((4,), 0.1, device="meta")),
+        ("baselines", torch.zeros(1, 4, device="meta")),
+    ],
+)
+def test_meta_arguments_of_smoothhess_named(argument: str, value: torch.Tensor) -> None:
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=rf"^{argument}: a meta tensor"):
+        SmoothHess(net).attribute(torch.rand(2, 4), target=0, n_samples=20, **{argument: value})
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "poisson"])
+def test_meta_stdevs_named_by_the_kernel_noise_tunnel(kernel: str) -> None:
+    with pytest.raises(ValueError, match=r"^stdevs: a meta tensor"):
+        KernelNoiseTunnel(Saliency(_mlp()), kernel).attribute(
+            torch.randn(2, 4), nt_samples=3, target=0, stdevs=torch.tensor(0.1, device="meta")
+        )

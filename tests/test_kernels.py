@@ -270,3 +270,32 @@ def test_full_precision_draws_are_the_closed_forms(dtype: torch.dtype) -> None:
     p = torch.where(p > 0, p, torch.full_like(p, 0.5 * torch.finfo(dtype).eps))
     sig = Sigmoid._s * (torch.log(p) - torch.log1p(-p))
     assert torch.equal(Sigmoid().sample(50, 7, generator=gen(7), dtype=dtype), sig)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kernel", ALL, ids=repr)
+def test_log_prob_in_half_precision_is_the_rounded_float64_value(kernel: Kernel, dtype: torch.dtype) -> None:
+    """Squares of half-precision points overflow float16 from about 256: the log-density is evaluated in
+    float32 and rounded (it was -inf for Gaussian, Poisson and Hyperbolic points at 300)."""
+    u = torch.tensor([[0.0, 1.5], [-3.0, 300.0], [1.0, -1.0], [250.0, 100.0]], dtype=dtype)
+    want = kernel.log_prob(u.double())
+    got = kernel.log_prob(u)
+    assert got.dtype == dtype
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got), finite)
+    torch.testing.assert_close(got[finite].double(), want[finite], rtol=1e-2, atol=0.0)
+
+
+def test_log_prob_of_integer_points_is_floating() -> None:
+    got = Gaussian().log_prob(torch.tensor([[3, 4]]))
+    assert got.is_floating_point()
+    assert float(got) == pytest.approx(-12.5 - math.log(2 * math.pi))
+
+
+def test_poisson_score_at_infinity_is_its_limit_zero() -> None:
+    u = torch.tensor([[math.inf, 1.0, -2.0], [-math.inf, math.inf, 0.0], [math.nan, 1.0, 1.0]])
+    s = Poisson().score(u)
+    assert torch.equal(s[:2], torch.zeros(2, 3))
+    assert bool(s[2].isnan().all())  # NaN stays NaN
+    finite = torch.tensor([[1.0, 2.0, -3.0]])
+    assert torch.equal(Poisson().score(finite), 4 * finite / 15)

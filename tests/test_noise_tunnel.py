@@ -462,3 +462,19 @@ def test_bad_inputs_and_constructor() -> None:
         KernelNoiseTunnel(_mlp())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="kernel"):
         KernelNoiseTunnel(Saliency(_mlp()), "laplace")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gaussian_drop_in_runs_half_precision_models(dtype: torch.dtype) -> None:
+    """NoiseTunnel's float32 noise turned half-precision inputs into float32 ones, which the model refused
+    (NoiseTunnel itself fails so); the noisy inputs are rounded back, and the result is NoiseTunnel's at
+    float64 up to that rounding."""
+    net, wide, x = _mlp(), _mlp().double(), torch.rand(3, 5, generator=torch.Generator().manual_seed(2))
+    kw: Any = dict(nt_type="smoothgrad", nt_samples=6, target=1, stdevs=0.1)
+    torch.manual_seed(3)
+    want = NoiseTunnel(Saliency(wide)).attribute(x.double(), **kw)
+    inputs = x.to(dtype).requires_grad_()
+    torch.manual_seed(3)
+    got = KernelNoiseTunnel(Saliency(net.to(dtype))).attribute(inputs, **kw)
+    assert got.dtype == dtype and inputs.requires_grad and inputs.grad is None
+    torch.testing.assert_close(got.double(), want, rtol=0.0, atol=2e-2 if dtype == torch.bfloat16 else 2e-3)

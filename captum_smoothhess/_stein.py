@@ -152,23 +152,24 @@ def stein_estimate(
     if tracking is None:
         # A reduction that takes the draws themselves (factors._RotatedSums) forms no explicit scores.
         add_draws = getattr(reduction, "add_draws", None)
-        for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
-            if i % world != rank:
-                continue
-            u = sampler.noise(start, stop)
-            grads = evaluate(sampler.points(x, eps, u))
-            weights = sampler.gradient_weights(start, stop)
-            # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
-            grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
-            if add_draws is not None:
-                add_draws(start, stop, u, grads)
-            else:
-                reduction.add(*sampler.pairs(u, grads))
-            # Freed before the next chunk's are made, whose memory the allocator can then reuse.
-            del u, grads
-        finish = getattr(reduction, "finish", None)
-        if finish is not None:
-            finish()
+        with _ranks_sample_together(group, x.device):
+            for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
+                if i % world != rank:
+                    continue
+                u = sampler.noise(start, stop)
+                grads = evaluate(sampler.points(x, eps, u))
+                weights = sampler.gradient_weights(start, stop)
+                # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
+                grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
+                if add_draws is not None:
+                    add_draws(start, stop, u, grads)
+                else:
+                    reduction.add(*sampler.pairs(u, grads))
+                # Freed before the next chunk's are made, whose memory the allocator can then reuse.
+                del u, grads
+            finish = getattr(reduction, "finish", None)
+            if finish is not None:
+                finish()
     else:
         # With a tolerance the examples usually stop long before the cap: groups counted, no total (no
         # percentage or ETA against the cap).
@@ -180,9 +181,9 @@ def stein_estimate(
                     x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, group, bar
                 )
             else:
-                _tracked_loop(
-                    x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, world, rank, bar
-                )
+                with _ranks_sample_together(group, x.device):
+                    args = (x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum)
+                    _tracked_loop(*args, world, rank, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -268,18 +269,19 @@ def _tracked_rounds(
     for first in range(0, n_groups, world):
         k = first + rank
         piece = torch.zeros_like(x)  # this group's sum of gradient calls, all rows
-        if k < n_groups:
-            start, stop = k * length, min(draws, (k + 1) * length)
-            for lo in range(start, stop, chunk):
-                hi = min(stop, lo + chunk)
-                scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, lo, hi, active)
-                part = per_draw.sum(1)
-                if active is None:
-                    piece += part
-                else:
-                    piece.index_add_(0, active, part)
-                stats.add(part / copies, active)
-                reduction.add(scores, terms)
+        with _ranks_sample_together(group, x.device):
+            if k < n_groups:
+                start, stop = k * length, min(draws, (k + 1) * length)
+                for lo in range(start, stop, chunk):
+                    hi = min(stop, lo + chunk)
+                    scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, lo, hi, active)
+                    part = per_draw.sum(1)
+                    if active is None:
+                        piece += part
+                    else:
+                        piece.index_add_(0, active, part)
+                    stats.add(part / copies, active)
+                    reduction.add(scores, terms)
         shared = [piece, stats.current, hessian.current]
         gathered = [[torch.empty_like(t) for _ in range(world)] for t in shared]
         for out, t in zip(gathered, shared):
@@ -405,6 +407,34 @@ AGREED_FIELDS = (
 
 def _backend_device(group: Any, device: torch.device) -> torch.device:
     return device if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _ranks_sample_together(group: Optional[Any], device: torch.device) -> Iterator[None]:
+    """Around this rank's share of the sampling, up to the ranks' next collective: every rank says in one
+    ``all_gather`` whether its share raised (the model failing on this rank's points, say), so the others
+    raise too instead of waiting in that collective for this one."""
+    if group is None:
+        yield
+        return
+    try:
+        yield
+    except Exception:
+        _failed_ranks(group, device, failed=True)
+        raise
+    failed = _failed_ranks(group, device, failed=False)
+    if failed:
+        raise RuntimeError(
+            f"process_group: rank(s) {failed} of the group raised while sampling (the error is raised "
+            "there); this rank's share was fine"
+        )
+
+
+def _failed_ranks(group: Any, device: torch.device, failed: bool) -> List[int]:
+    mine = torch.tensor([float(failed)], dtype=torch.float64, device=_backend_device(group, device))
+    gathered = [torch.empty_like(mine) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(gathered, mine, group=group)
+    return [r for r, flag in enumerate(gathered) if float(flag) != 0]
 
 
 @dataclass

@@ -268,9 +268,10 @@ class SmoothHess(GradientAttribution):
                 calls (inputs, ``n_samples``, batch size, ``stdevs``, mask,
                 tolerance, outputs asked): a difference, or a rank whose
                 argument checks fail, raises on every rank instead of leaving
-                the others waiting or giving a wrong result. (An exception
-                raised by the model on one rank during sampling still leaves
-                the others waiting, as in any collective program.)
+                the others waiting or giving a wrong result. An exception
+                raised on one rank while it samples (the model failing on its
+                points, say) makes the others raise once they have sampled
+                their own share, before they would wait for it.
                 ``False`` keeps the call in this process even then, e.g. for
                 each rank to explain its own inputs.
             baselines: Captum's baselines (a number, a tensor broadcastable to

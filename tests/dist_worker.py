@@ -248,6 +248,29 @@ def main_agree(out: str) -> None:
             outcome[name] = "no error"
         except Exception as e:
             outcome[name] = f"{type(e).__name__}: {e}"
+    # The model raises on rank 1 once its checks have passed (its first sampling chunk): without and
+    # with error groups, and with a tolerance (rounds of groups, one collective a round).
+    calls = [0]
+
+    def fails_on_rank_1(inp: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if rank == 1 and calls[0] == 3:  # (1: the target's check, 2: the first chunk)
+            raise RuntimeError("model failed on rank 1")
+        return net(inp)
+
+    for name, extra in {
+        "raises_while_sampling": {},
+        "raises_while_sampling_return_error": {"return_error": True},
+        "raises_while_sampling_tolerance": {"tolerance": 1e-9},
+    }.items():
+        calls[0] = 0
+        try:
+            SmoothHess(fails_on_rank_1).attribute(
+                x, generator=torch.Generator().manual_seed(0), n_samples_batch_size=20, **base, **extra
+            )
+            outcome[name] = "no error"
+        except Exception as e:
+            outcome[name] = f"{type(e).__name__}: {e}"
     rows[0] = 0
     SmoothHess(counted).attribute(x, generator=torch.Generator().manual_seed(0), **base)
     outcome["rows"] = str(rows[0])

@@ -174,6 +174,17 @@ def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_pat
     ):
         assert ranks[0][case].startswith("RuntimeError: process_group: rank(s) [1]"), ranks[0][case]
         assert ranks[1][case].startswith(error), ranks[1][case]
+    # The model raising on rank 1 in its share of the sampling: rank 0 raises too instead of waiting in
+    # the next collective (it waited for the backend's timeout before).
+    for case in (
+        "raises_while_sampling",
+        "raises_while_sampling_return_error",
+        "raises_while_sampling_tolerance",
+    ):
+        assert ranks[0][case].startswith(
+            "RuntimeError: process_group: rank(s) [1] of the group raised while"
+        ), ranks[0][case]
+        assert ranks[1][case] == "RuntimeError: model failed on rank 1", ranks[1][case]
     # 200 samples of 2 examples split evenly, plus one row per example checking the target.
     assert [int(got["rows"]) for got in ranks] == [202, 202]
 

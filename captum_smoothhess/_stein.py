@@ -152,7 +152,7 @@ def stein_estimate(
     if tracking is None:
         # A reduction that takes the draws themselves (factors._RotatedSums) forms no explicit scores.
         add_draws = getattr(reduction, "add_draws", None)
-        with _ranks_sample_together(group, x.device):
+        with ranks_raise_together(group, x.device):
             for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
                 if i % world != rank:
                     continue
@@ -181,7 +181,7 @@ def stein_estimate(
                     x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum, group, bar
                 )
             else:
-                with _ranks_sample_together(group, x.device):
+                with ranks_raise_together(group, x.device):
                     args = (x, eps, evaluate, sampler, draws, chunk, reduction, tracking, grad_sum)
                     _tracked_loop(*args, world, rank, bar)
         finally:
@@ -269,7 +269,7 @@ def _tracked_rounds(
     for first in range(0, n_groups, world):
         k = first + rank
         piece = torch.zeros_like(x)  # this group's sum of gradient calls, all rows
-        with _ranks_sample_together(group, x.device):
+        with ranks_raise_together(group, x.device):
             if k < n_groups:
                 start, stop = k * length, min(draws, (k + 1) * length)
                 for lo in range(start, stop, chunk):
@@ -410,8 +410,10 @@ def _backend_device(group: Any, device: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def _ranks_sample_together(group: Optional[Any], device: torch.device) -> Iterator[None]:
-    """Around this rank's share of the sampling, up to the ranks' next collective: every rank says in one
+def ranks_raise_together(
+    group: Optional[Any], device: torch.device, work: str = "sampling"
+) -> Iterator[None]:
+    """Around this rank's share of the ``work``, up to the ranks' next collective: every rank says in one
     ``all_gather`` whether its share raised (the model failing on this rank's points, say), so the others
     raise too instead of waiting in that collective for this one."""
     if group is None:
@@ -425,7 +427,7 @@ def _ranks_sample_together(group: Optional[Any], device: torch.device) -> Iterat
     failed = _failed_ranks(group, device, failed=False)
     if failed:
         raise RuntimeError(
-            f"process_group: rank(s) {failed} of the group raised while sampling (the error is raised "
+            f"process_group: rank(s) {failed} of the group raised while {work} (the error is raised "
             "there); this rank's share was fine"
         )
 

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
@@ -33,7 +34,7 @@ from torch import Tensor
 from ._captum import TargetType, _format_tensor_into_tuples, progress
 from ._layout import _flat_hessian, _sizes
 from ._sampling import _mix, seed_from
-from ._stein import distributed_seed, resolve_group
+from ._stein import distributed_seed, ranks_raise_together, resolve_group
 from ._validation import _check_generator, _check_inputs, _check_positive_int
 
 __all__ = ["GlobalInteractions", "GlobalTopPairs", "global_interactions"]
@@ -188,6 +189,26 @@ def _per_example(target: TargetType) -> bool:
     return isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1)
 
 
+def _format_target(target: Any) -> TargetType:
+    """NumPy targets as Captum takes them: an integer scalar as an ``int``, an array as a tensor."""
+    if isinstance(target, np.integer):
+        return int(target)
+    if isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target: expected integer class indices, got an array of dtype {target.dtype}")
+        return torch.from_numpy(target.astype(np.int64))
+    if isinstance(target, list):
+        return [int(t) if isinstance(t, np.integer) else t for t in target]
+    return target
+
+
+def _labels_as_target(labels: Any) -> Any:
+    """A batch's labels as its target: class indices are, real-valued labels (regression) are not."""
+    if isinstance(labels, Tensor) and (labels.is_floating_point() or labels.is_complex()):
+        return None
+    return labels
+
+
 def _square_shape(shape: torch.Size) -> Optional[torch.Size]:
     """``L`` for a shape ``(B, *L, *L)``, else ``None``."""
     if len(shape) < 3 or len(shape) % 2 == 0:
@@ -249,11 +270,19 @@ class _Sums:
         self.dtype: Optional[torch.dtype] = None
 
     def add(self, h: Tensor, index: int) -> None:
+        if h.is_complex():
+            raise TypeError(
+                f"method: attribute returned complex interactions (dtype {h.dtype}) for batch {index}; "
+                "expected real ones"
+            )
         device = torch.device("cpu") if h.device.type == "mps" else h.device  # MPS has no float64
         h64 = h.to(device=device, dtype=torch.float64)
+        if not bool(torch.isfinite(h64).all()):
+            raise ValueError(f"method: attribute returned NaN or Inf interactions for batch {index}")
         part = torch.stack([h64.sum(0), (h64 * h64).sum(0), h64.abs().sum(0)])
         if self.total is None:
-            self.total, self.dtype = part, h.dtype
+            # A mean of integer interactions is not an integer: those are summarised in float64.
+            self.total, self.dtype = part, (h.dtype if h.dtype in _DTYPES else torch.float64)
         elif part.shape != self.total.shape:
             raise ValueError(
                 f"inputs: batch {index} gives {tuple(h.shape[1:])} interactions, earlier batches "
@@ -339,8 +368,9 @@ def global_interactions(
               or a list, each batch a tensor ``x``, ``(x,)`` or a pair ``(x, y)``,
               ``x`` a tensor or a tuple of tensors (so a two-input model's
               batches are ``((x1, x2), y)``). The labels ``y`` are the targets
-              when ``target`` is ``None`` and are ignored otherwise. Read once,
-              batch by batch.
+              when ``target`` is ``None`` and are ignored otherwise; real-valued
+              labels (regression) are never targets, so such batches are
+              explained without one. Read once, batch by batch.
 
             Integer tensors (token ids) are accepted where the method takes
             them: a Captum layer method such as
@@ -351,7 +381,8 @@ def global_interactions(
             need floating-point inputs.
         target: Captum target. An int, a tuple or a one-element tensor applies
             to every example; a list or a tensor of ``N`` entries (one per
-            example, in order) is sliced with the batches. ``None``: the
+            example, in order) is sliced with the batches. NumPy integers and
+            integer arrays are taken as ints and tensors. ``None``: the
             batches' labels if they carry any, else none (a model with one
             output per example).
         batch_size: Examples per ``attribute`` call when ``inputs`` is a tensor
@@ -368,18 +399,20 @@ def global_interactions(
 
     Returns:
         A :class:`GlobalInteractions` with ``mean``, ``mean_abs`` and
-        ``stderr`` (``(D, D)``, in the dtype of the method's results) and
+        ``stderr`` (``(D, D)``, in the dtype of the method's results, float64
+        for integer ones) and
         ``n_examples``.
 
     Raises:
         TypeError: ``method`` has no ``attribute`` method or returns something
-            other than interactions; ``inputs`` is of an unknown kind or a
+            other than interactions (or complex ones); ``inputs`` is of an unknown kind or a
             batch is not ``x``, ``(x,)`` or ``(x, y)``; integer inputs for a
             method that needs floating-point ones (SmoothHess).
         ValueError: ``batch_size`` < 1; ``inputs`` holds no examples; a
             per-example ``target`` does not have one entry per example;
-            ``process_group``, ``return_gradient``, ``return_error``, a
-            ``tolerance`` or a non-dense ``output`` in ``attribute_kwargs`` (the
+            ``method`` returns NaN or Inf interactions; ``process_group``,
+            ``return_gradient``, ``return_error``, a ``tolerance`` or a
+            non-dense ``output`` in ``attribute_kwargs`` (the
             per-batch calls run in one process and return the dense
             interactions alone; the standard errors are computed here, over
             the examples).
@@ -433,6 +466,7 @@ def global_interactions(
         raise ValueError(
             f"output: global_interactions needs dense results, got {attribute_kwargs['output']!r}"
         )
+    target = _format_target(target)
     per_example = _per_example(target)
     allow_integer = _takes_integer(method)
     batches, total, n_known = _batches(inputs, batch_size, allow_integer)
@@ -441,7 +475,7 @@ def global_interactions(
 
     seed = seed_from(generator)
     group = resolve_group(None)
-    world, rank = 1, 0
+    world, rank, device = 1, 0, torch.device("cpu")
     if group is not None:
         backend = torch.distributed.get_backend(group)
         device = (
@@ -458,34 +492,35 @@ def global_interactions(
     loop: Iterator[Any] = iter(batches)
     if show_progress:
         loop = iter(progress(batches, desc="global_interactions", total=total))
-    for index, batch in enumerate(loop):
-        x, labels = _split_batch(batch, index)
-        inps = _format_tensor_into_tuples(x)
-        start, offset = offset, offset + _count(inps)
-        if index % world != rank:
-            continue
-        _check_inputs(inps, argument=f"inputs (batch {index})", allow_integer=allow_integer)
+    with ranks_raise_together(group, device, "explaining its batches"):
+        for index, batch in enumerate(loop):
+            x, labels = _split_batch(batch, index)
+            inps = _format_tensor_into_tuples(x)
+            start, offset = offset, offset + _count(inps)
+            if index % world != rank:
+                continue
+            _check_inputs(inps, argument=f"inputs (batch {index})", allow_integer=allow_integer)
+            if per_example:
+                assert isinstance(target, (list, Tensor))
+                if offset > len(target):
+                    raise ValueError(
+                        f"target: has {len(target)} entries, fewer than the examples (batch {index} "
+                        f"ends at example {offset})"
+                    )
+                batch_target: Any = target[start:offset]
+            else:
+                batch_target = _labels_as_target(labels) if target is None else target
+            kwargs = dict(attribute_kwargs)
+            if pass_generator:
+                kwargs["generator"] = _batch_generator(seed, index)
+            if pass_group:
+                kwargs["process_group"] = False
+            result = method.attribute(x, target=batch_target, **kwargs)
+            sums.add(_flat_result(result, inps), index)
         if per_example:
             assert isinstance(target, (list, Tensor))
-            if offset > len(target):
-                raise ValueError(
-                    f"target: has {len(target)} entries, fewer than the examples (batch {index} "
-                    f"ends at example {offset})"
-                )
-            batch_target: Any = target[start:offset]
-        else:
-            batch_target = labels if target is None else target
-        kwargs = dict(attribute_kwargs)
-        if pass_generator:
-            kwargs["generator"] = _batch_generator(seed, index)
-        if pass_group:
-            kwargs["process_group"] = False
-        result = method.attribute(x, target=batch_target, **kwargs)
-        sums.add(_flat_result(result, inps), index)
-    if per_example:
-        assert isinstance(target, (list, Tensor))
-        if offset != len(target):
-            raise ValueError(f"target: has {len(target)} entries for {offset} examples (one per example)")
+            if offset != len(target):
+                raise ValueError(f"target: has {len(target)} entries for {offset} examples (one per example)")
     if group is not None:
         sums.all_reduce(group)
     return sums.result()

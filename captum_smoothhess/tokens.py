@@ -13,12 +13,32 @@ estimate with the word mask for the same seed.
 from __future__ import annotations
 
 import numbers
-from typing import Optional
+from typing import Optional, Sequence, Union
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from ._validation import _refuse_meta
+
 __all__ = ["fold_interactions", "token_feature_mask", "word_feature_mask"]
+
+# Word ids: a tensor, a NumPy array or a (nested) list such as a tokenizer's ``word_ids()``.
+WordIds = Union[Tensor, npt.NDArray[np.integer], Sequence[int], Sequence[Sequence[int]]]
+
+
+def _is_integer_tensor(value: Tensor) -> bool:
+    return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+
+
+def _positive_int(value: object, argument: str) -> int:
+    """A positive size given as a Python or NumPy int or a 0-d integer tensor."""
+    if isinstance(value, Tensor) and value.dim() == 0 and _is_integer_tensor(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{argument}: expected a positive int, got {value!r}")
+    return int(value)
 
 
 def token_feature_mask(seq_len: int, embed_dim: int, device: Optional[torch.device] = None) -> Tensor:
@@ -39,32 +59,62 @@ def token_feature_mask(seq_len: int, embed_dim: int, device: Optional[torch.devi
                 [1, 1],
                 [2, 2]])
     """
-    for name, v in (("seq_len", seq_len), ("embed_dim", embed_dim)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    seq_len, embed_dim = int(seq_len), int(embed_dim)
+    seq_len, embed_dim = _positive_int(seq_len, "seq_len"), _positive_int(embed_dim, "embed_dim")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device: expected a torch.device or a name such as 'cpu', got {device!r}"
+            ) from None
     return torch.arange(seq_len, device=device)[None, :, None].expand(1, seq_len, embed_dim).contiguous()
 
 
-def _word_ids(word_ids: Tensor) -> Tensor:
-    if not isinstance(word_ids, Tensor) or word_ids.is_floating_point() or word_ids.is_complex():
-        raise TypeError("word_ids: expected an integer tensor (T,) or (B, T)")
+def _ids_from_sequence(word_ids: object) -> Tensor:
+    """A list (e.g. a tokenizer's ``word_ids()``) or an array of word ids as an int64 tensor."""
+    arr = word_ids if isinstance(word_ids, np.ndarray) else np.array(word_ids, dtype=object)
+    if np.issubdtype(arr.dtype, np.integer):
+        return torch.from_numpy(arr.astype(np.int64))
+    if arr.dtype != object:
+        raise TypeError(f"word_ids: expected integer word indices, got an array of dtype {arr.dtype}")
+    flat = arr.reshape(-1).tolist()
+    if any(v is None for v in flat):
+        raise ValueError(
+            "word_ids: a token has no word id (None, as a tokenizer gives its special tokens); "
+            "give special tokens their own word ids"
+        )
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat):
+        raise TypeError("word_ids: expected integer word indices shaped (T,) or (B, T)")
+    return torch.tensor(flat, dtype=torch.long).reshape(arr.shape)
+
+
+def _word_ids(word_ids: WordIds) -> Tensor:
+    if isinstance(word_ids, (list, tuple, np.ndarray)):
+        word_ids = _ids_from_sequence(word_ids)
+    if not isinstance(word_ids, Tensor) or not _is_integer_tensor(word_ids):
+        raise TypeError(
+            "word_ids: expected integer word indices (T,) or (B, T), as a tensor, a NumPy array or a list"
+        )
+    _refuse_meta(word_ids, "word_ids")
     if word_ids.dim() == 1:
         word_ids = word_ids[None]
     if word_ids.dim() != 2:
         raise ValueError(f"word_ids: expected shape (T,) or (B, T), got {tuple(word_ids.shape)}")
+    if word_ids.shape[1] == 0:
+        raise ValueError("word_ids: no tokens (T = 0)")
     if word_ids.numel() and int(word_ids.min()) < 0:
         raise ValueError("word_ids: ids must be non-negative (give special tokens their own word)")
     return word_ids.long()
 
 
-def word_feature_mask(word_ids: Tensor, embed_dim: int) -> Tensor:
+def word_feature_mask(word_ids: WordIds, embed_dim: int) -> Tensor:
     """Group the units of all sub-word tokens of one word: a ``(B, T, E)`` feature mask.
 
     Args:
-        word_ids: The word index of every token, ``(T,)`` or ``(B, T)``
-            (e.g. a tokenizer's ``word_ids()``, with special tokens given
-            their own ids), non-negative.
+        word_ids: The word index of every token, ``(T,)`` or ``(B, T)``, a
+            tensor, a NumPy array or a list (e.g. a tokenizer's
+            ``word_ids()``, with special tokens given their own ids in place
+            of ``None``), non-negative.
         embed_dim: Units per token ``E``.
 
     Returns:
@@ -79,13 +129,11 @@ def word_feature_mask(word_ids: Tensor, embed_dim: int) -> Tensor:
         tensor([0, 1, 1, 2])
     """
     ids = _word_ids(word_ids)
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, numbers.Integral) or embed_dim < 1:
-        raise ValueError(f"embed_dim: expected a positive int, got {embed_dim!r}")
-    embed_dim = int(embed_dim)
+    embed_dim = _positive_int(embed_dim, "embed_dim")
     return ids[:, :, None].expand(*ids.shape, embed_dim).contiguous()
 
 
-def fold_interactions(matrix: Tensor, word_ids: Tensor) -> Tensor:
+def fold_interactions(matrix: Tensor, word_ids: WordIds) -> Tensor:
     """Fold token interactions ``(B, T, T)`` into word interactions ``(B, W, W)``.
 
     ``W[b, v, w] = sum_{s in v, t in w} matrix[b, s, t]``: the same grouping
@@ -93,7 +141,8 @@ def fold_interactions(matrix: Tensor, word_ids: Tensor) -> Tensor:
 
     Args:
         matrix: Token interactions ``(B, T, T)``.
-        word_ids: The word index of every token, ``(T,)`` or ``(B, T)``.
+        word_ids: The word index of every token, ``(T,)`` or ``(B, T)``
+            (as for :func:`word_feature_mask`).
 
     Returns:
         ``(B, W, W)``, ``W = max id + 1``.
@@ -105,6 +154,10 @@ def fold_interactions(matrix: Tensor, word_ids: Tensor) -> Tensor:
         tensor([[[4., 2.],
                  [2., 1.]]])
     """
+    if not isinstance(matrix, Tensor) or matrix.is_complex() or matrix.dtype == torch.bool:
+        kind = f"dtype {matrix.dtype}" if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise TypeError(f"matrix: expected a real tensor of token interactions (B, T, T), got {kind}")
+    _refuse_meta(matrix, "matrix")
     ids = _word_ids(word_ids).to(matrix.device)
     if matrix.dim() != 3 or matrix.shape[1] != matrix.shape[2] or matrix.shape[1] != ids.shape[1]:
         raise ValueError(
@@ -112,8 +165,6 @@ def fold_interactions(matrix: Tensor, word_ids: Tensor) -> Tensor:
         )
     if ids.shape[0] not in (1, matrix.shape[0]):
         raise ValueError(f"word_ids: batch {ids.shape[0]} does not fit the matrix's {matrix.shape[0]}")
-    if ids.shape[1] == 0:
-        raise ValueError("word_ids: no tokens (T = 0): there is nothing to fold")
     one_hot = torch.nn.functional.one_hot(ids, int(ids.max()) + 1).to(matrix.dtype)
     one_hot = one_hot.expand(matrix.shape[0], *one_hot.shape[1:])
     return one_hot.transpose(1, 2) @ matrix @ one_hot

@@ -1,8 +1,9 @@
 """Plots and tables for interactions and kernels, in the style of Captum.
 
 Every plotting function takes a tensor or a NumPy array, draws on a new
-figure (or on the ``(figure, axis)`` given as ``plt_fig_axis``) and returns
-``(figure, axis)``, as :mod:`captum.attr.visualization` does. With
+figure (or on the ``(figure, axis)`` given as ``plt_fig_axis``, or on an axis
+given alone) and returns ``(figure, axis)``, as :mod:`captum.attr.visualization`
+does. A call that fails closes the pyplot figure it made. With
 ``use_pyplot=True`` (the default, as in Captum) the figure is created through
 ``matplotlib.pyplot`` and shown; with ``use_pyplot=False`` a bare
 :class:`matplotlib.figure.Figure` is used and nothing is shown, which suits
@@ -28,10 +29,27 @@ scripts and servers. Images are drawn by Captum's own
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import operator
+import threading
 import warnings
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    ParamSpec,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
+import matplotlib
 import matplotlib.patheffects as path_effects
 import numpy as np
 import numpy.typing as npt
@@ -40,12 +58,13 @@ from captum.attr import visualization as captum_viz
 from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, FigureBase
 from matplotlib.lines import Line2D
 from matplotlib.patches import Arc, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 from torch import Tensor
 
+from ._validation import _refuse_meta
 from .global_interactions import GlobalInteractions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 
@@ -65,6 +84,33 @@ __all__ = [
 
 ArrayLike = Union[Tensor, npt.NDArray[Any]]
 FigAxis = Tuple[Figure, Axes]
+# ``plt_fig_axis``: a ``(figure, axis)`` pair as in Captum, or an axis alone (drawn on in its figure).
+FigAxisArg = Union[FigAxis, Axes]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# The pyplot figures the plotting call running in this thread has created, closed if it fails.
+_NEW_FIGURES = threading.local()
+
+
+def _closes_figure_on_error(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Close the pyplot figure a plotting function made when it fails, so no figure leaks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        outer = getattr(_NEW_FIGURES, "figures", None)
+        _NEW_FIGURES.figures = []
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            for fig in _NEW_FIGURES.figures:
+                plt.close(fig)
+            raise
+        finally:
+            _NEW_FIGURES.figures = outer
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,11 +119,16 @@ FigAxis = Tuple[Figure, Axes]
 def _to_numpy(value: ArrayLike, argument: str) -> npt.NDArray[np.float64]:
     """A float64 NumPy copy of a tensor or array, finite, or a clear error."""
     if isinstance(value, Tensor):
+        _refuse_meta(value, argument)
+        if value.is_complex():
+            raise TypeError(f"{argument}: expected real values, got dtype {value.dtype}")
         arr = value.detach().cpu().to(torch.float64).numpy()
     elif isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
             raise TypeError(f"{argument}: expected a numeric array, got dtype {value.dtype}")
-        arr = value.astype(np.float64)
+        if np.issubdtype(value.dtype, np.complexfloating):
+            raise TypeError(f"{argument}: expected real values, got dtype {value.dtype}")
+        arr = np.asarray(value).astype(np.float64)  # np.asarray: a np.matrix as a plain array
     else:
         raise TypeError(f"{argument}: expected a torch.Tensor or a numpy.ndarray, got {type(value).__name__}")
     if not np.all(np.isfinite(arr)):
@@ -102,6 +153,8 @@ def _split_square(arr: npt.NDArray[np.float64], argument: str) -> Tuple[int, ...
             f"{argument}: expected a square interaction matrix shaped (d, d) or (*S, *S) "
             f"(optionally with a leading batch dimension of 1), got shape {tuple(arr.shape)}"
         )
+    if math.prod(shape[:half]) == 0:
+        raise ValueError(f"{argument}: no features (got shape {tuple(arr.shape)})")
     return tuple(int(s) for s in shape[:half])
 
 
@@ -128,24 +181,69 @@ def _feature_names(
         if len(feat_shape) == 1:
             return [str(i) for i in range(d)]
         return [str(tuple(int(v) for v in idx)) for idx in np.ndindex(*feat_shape)]
-    if isinstance(feature_names, str):
-        raise TypeError(f"{argument}: expected a sequence of names, got a single string")
+    if isinstance(feature_names, str) or not isinstance(feature_names, Iterable):
+        kind = "a single string" if isinstance(feature_names, str) else type(feature_names).__name__
+        raise TypeError(f"{argument}: expected a sequence of names, got {kind}")
     names = [str(n) for n in feature_names]
     if len(names) != d:
         raise ValueError(f"{argument}: expected {d} names (one per feature), got {len(names)}")
     return names
 
 
+def _check_fig_axis(plt_fig_axis: Optional[FigAxisArg]) -> Optional[FigAxis]:
+    """``plt_fig_axis`` as a ``(figure, axis)`` pair (an axis alone: with its figure), checked."""
+    if plt_fig_axis is None:
+        return None
+    if isinstance(plt_fig_axis, Axes):
+        return plt_fig_axis.figure, plt_fig_axis  # type: ignore[return-value]
+    if not (isinstance(plt_fig_axis, tuple) and len(plt_fig_axis) == 2):
+        raise TypeError(
+            f"plt_fig_axis: expected a (figure, axis) tuple or an axis, got {type(plt_fig_axis).__name__}"
+        )
+    fig, ax = plt_fig_axis
+    if not isinstance(fig, FigureBase) or not isinstance(ax, Axes):
+        raise TypeError(
+            "plt_fig_axis: expected a (figure, axis) tuple of a matplotlib Figure and one Axes, got "
+            f"({type(fig).__name__}, {type(ax).__name__})"
+        )
+    return plt_fig_axis
+
+
+def _check_fig_size(fig_size: object) -> Tuple[float, float]:
+    try:
+        width, height = (float(v) for v in fig_size)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise TypeError(f"fig_size: expected a (width, height) pair in inches, got {fig_size!r}") from None
+    if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
+        raise ValueError(f"fig_size: expected a positive finite (width, height), got {fig_size!r}")
+    return width, height
+
+
+def _check_cmap(cmap: object, argument: str = "cmap") -> Colormap:
+    """A colour map from a name or a ``Colormap``, or a clear error."""
+    if isinstance(cmap, Colormap):
+        return cmap
+    if not isinstance(cmap, str):
+        raise TypeError(f"{argument}: expected a colour map name or a Colormap, got {type(cmap).__name__}")
+    try:
+        return matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"{argument}: unknown colour map {cmap!r}") from None
+
+
 def _create_figure(
-    plt_fig_axis: Optional[FigAxis], use_pyplot: bool, fig_size: Tuple[float, float]
+    plt_fig_axis: Optional[FigAxisArg], use_pyplot: bool, fig_size: Tuple[float, float]
 ) -> FigAxis:
     """The given ``(figure, axis)`` or a new one (through pyplot or not)."""
-    if plt_fig_axis is not None:
-        if not (isinstance(plt_fig_axis, tuple) and len(plt_fig_axis) == 2):
-            raise TypeError("plt_fig_axis: expected a (figure, axis) tuple")
-        return plt_fig_axis
+    given = _check_fig_axis(plt_fig_axis)
+    if given is not None:
+        return given
+    fig_size = _check_fig_size(fig_size)
     if use_pyplot:
         fig, ax = plt.subplots(figsize=fig_size)
+        created = getattr(_NEW_FIGURES, "figures", None)
+        if created is not None:
+            created.append(fig)
         return fig, ax
     fig = Figure(figsize=fig_size)
     return fig, fig.subplots()
@@ -207,8 +305,7 @@ class InteractionTable(List[Interaction]):
         """
         if style not in ("text", "markdown"):
             raise ValueError(f"style: expected 'text' or 'markdown', got {style!r}")
-        if int(precision) < 1:
-            raise ValueError(f"precision: expected a positive integer, got {precision!r}")
+        precision = _check_count(precision, "precision", 1)
         header = ["rank", "i", "j", "feature i", "feature j", "interaction"]
         body = [
             [str(r + 1), str(row.i), str(row.j), row.name_i, row.name_j, f"{row.value:+.{precision}g}"]
@@ -306,6 +403,7 @@ def top_interactions(
 # --------------------------------------------------------------------------- matrix heatmap
 
 
+@_closes_figure_on_error
 def visualize_interactions(
     interactions: ArrayLike,
     feature_names: Optional[Sequence[str]] = None,
@@ -318,7 +416,7 @@ def visualize_interactions(
     colorbar_label: str = "interaction",
     title: Optional[str] = "Feature interactions",
     axis_label: str = "feature",
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Tuple[float, float] = (7.0, 6.0),
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -349,7 +447,7 @@ def visualize_interactions(
         colorbar_label: Label of the colour bar.
         title: Title, or ``None`` for none.
         axis_label: Label of both axes (the names are on the ticks).
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches.
         use_pyplot: Create the figure through pyplot and show it (Captum's
             convention); ``False`` returns a bare figure without showing it.
@@ -379,6 +477,7 @@ def visualize_interactions(
         if clip_percentile > 100:
             raise ValueError(f"clip_percentile: expected a percentile in (0, 100], got {clip_percentile}")
     top_k = _check_count(top_k, "top_k", 0)
+    colour_map = _check_cmap(cmap).with_extremes(bad="0.8")
 
     hidden = np.zeros((d, d), dtype=bool)
     if not show_diagonal:
@@ -396,8 +495,6 @@ def visualize_interactions(
     norm = Normalize(vmin=-limit, vmax=limit, clip=False)
 
     fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
-    colour_map = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
-    colour_map = colour_map.with_extremes(bad="0.8")
     image = ax.imshow(shown, cmap=colour_map, norm=norm, interpolation="nearest")
 
     if feature_names is not None or d <= 30:
@@ -487,10 +584,46 @@ def _display_image(hwc: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return (hwc - lo) / (hi - lo) if hi > lo else np.zeros_like(hwc)
 
 
+# Captum's image methods and signs, and the part of the map each sign shows.
+_IMAGE_METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
+_SIGN_FILTERS: dict[str, Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]] = {
+    "all": lambda m: m,
+    "positive": lambda m: np.maximum(m, 0.0),
+    "negative": lambda m: np.minimum(m, 0.0),
+    "absolute_value": np.abs,
+}
+
+
+def _check_image_options(
+    method: object, sign: object, outlier_perc: object, alpha_overlay: object, cmap: object
+) -> None:
+    """Captum's options of :func:`visualize_image_interactions`, checked before anything is drawn."""
+    if method not in _IMAGE_METHODS:
+        raise ValueError(f"method: expected one of {list(_IMAGE_METHODS)}, got {method!r}")
+    if sign not in _SIGN_FILTERS:
+        raise ValueError(f"sign: expected one of {list(_SIGN_FILTERS)}, got {sign!r}")
+    if sign == "all" and method in ("masked_image", "alpha_scaling"):
+        raise ValueError(
+            f"sign: method={method!r} cannot show both signs; choose 'positive', 'negative' or "
+            "'absolute_value'"
+        )
+    for name, value, high in (("outlier_perc", outlier_perc, 100.0), ("alpha_overlay", alpha_overlay, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+        ok = 0 <= float(value) < high if name == "outlier_perc" else 0 <= float(value) <= high
+        if not ok:
+            interval = "[0, 100)" if name == "outlier_perc" else "[0, 1]"
+            raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    if cmap is not None:
+        _check_cmap(cmap)
+
+
 def _flat_feature_index(
     feature_index: Union[int, Sequence[int]], feat_shape: Tuple[int, ...]
 ) -> Tuple[int, Tuple[int, ...]]:
     """Flat index and index tuple of ``feature_index`` in ``feat_shape`` (negatives as in NumPy)."""
+    if isinstance(feature_index, Tensor) and feature_index.dim() == 0:
+        feature_index = feature_index.item()
     if isinstance(feature_index, (int, np.integer)) and not isinstance(feature_index, bool):
         idx = [int(feature_index)]
         n = math.prod(feat_shape)
@@ -501,9 +634,9 @@ def _flat_feature_index(
     if isinstance(feature_index, Tensor):
         feature_index = [int(v) for v in feature_index.reshape(-1).tolist()]
     try:
-        if isinstance(feature_index, bool):
+        if isinstance(feature_index, (bool, str)):
             raise TypeError
-        idx = [int(v) for v in feature_index]
+        idx = [_integer(v) for v in feature_index]
     except TypeError:
         raise TypeError(
             f"feature_index: expected an int or a tuple of {len(feat_shape)} ints, "
@@ -524,8 +657,19 @@ def _flat_feature_index(
     return int(np.ravel_multi_index(norm, feat_shape)), norm
 
 
+def _integer(value: object) -> int:
+    """An integer index (Python, NumPy or a 0-d integer tensor), else ``TypeError``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def _check_image_shape(shape: Sequence[int], feat_shape: Tuple[int, ...], argument: str) -> None:
     """``shape`` (given as ``argument``) must be the feature shape ``S`` of the interactions."""
+    try:
+        shape = tuple(_integer(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"{argument}: expected a shape, a sequence of ints, got {shape!r}") from None
     if tuple(int(s) for s in shape) != feat_shape:
         raise ValueError(
             f"{argument}: shape {tuple(int(s) for s in shape)} does not match the feature shape "
@@ -595,6 +739,7 @@ def image_interaction_map(
     return row.sum(axis=0) if len(feat_shape) == 3 else row
 
 
+@_closes_figure_on_error
 def visualize_image_interactions(
     interactions: ArrayLike,
     original_image: ArrayLike,
@@ -609,7 +754,7 @@ def visualize_image_interactions(
     show_colorbar: bool = True,
     mark_color: str = "lime",
     title: Optional[str] = None,
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Tuple[float, float] = (6.0, 6.0),
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -643,7 +788,7 @@ def visualize_image_interactions(
         show_colorbar: Draw Captum's colour bar below the image.
         mark_color: Colour of the outline of the chosen pixel.
         title: Title; default names the feature.
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches.
         use_pyplot: Create the figure through pyplot and show it;
             ``False`` returns a bare figure without showing it.
@@ -672,10 +817,14 @@ def visualize_image_interactions(
     heat = image_interaction_map(interactions, feature_index, image_shape, exclude_self=exclude_self)
     _, index = _flat_feature_index(feature_index, image_shape)
     row, col = index[-2], index[-1]
+    _check_image_options(method, sign, outlier_perc, alpha_overlay, cmap)
 
     fig, ax = _create_figure(plt_fig_axis, use_pyplot, fig_size)
     shown_image = _display_image(hwc)
-    if np.any(heat != 0):
+    if shown_image.shape[2] != 3:
+        # Captum draws an RGB image (or its grey mean): show any other number of channels in grey.
+        shown_image = np.repeat(shown_image.mean(axis=2, keepdims=True), 3, axis=2)
+    if np.any(_SIGN_FILTERS[sign](heat) != 0):
         axes_before = list(fig.axes)
         captum_viz.visualize_image_attr(
             heat[:, :, None],  # (H, W, 1): captum 0.8 needs a channel axis
@@ -694,10 +843,11 @@ def visualize_image_interactions(
             added[-1].set_xlabel("interaction (scaled by Captum to [-1, 1])")
     else:
         # Captum cannot scale an all-zero map; show the image and say so.
+        kind = "nonzero" if sign in ("all", "absolute_value") else sign
         warnings.warn(
-            f"interactions: feature {index} has no nonzero interaction with the others; "
+            f"interactions: feature {index} has no {kind} interaction with the others; "
             "drawing the image only",
-            stacklevel=2,
+            stacklevel=3,  # the caller's line, through the figure-closing wrapper
         )
         ax.imshow(np.mean(shown_image, axis=2), cmap="gray")
         ax.set_xticks([])
@@ -777,6 +927,7 @@ def _sign_legend(ax: Axes, positive_color: str, negative_color: str, outside: bo
         ax.legend(handles=handles, loc="lower right", fontsize=9, frameon=False)
 
 
+@_closes_figure_on_error
 def visualize_interaction_network(
     interactions: Union[ArrayLike, GlobalInteractions],
     feature_names: Optional[Sequence[str]] = None,
@@ -788,7 +939,7 @@ def visualize_interaction_network(
     label_all: Optional[bool] = None,
     title: Optional[str] = "Strongest interactions",
     show_legend: bool = True,
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Tuple[float, float] = (7.0, 7.0),
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -817,7 +968,7 @@ def visualize_interaction_network(
             Default: only when there are at most 24 features.
         title: Title, or ``None`` for none.
         show_legend: Draw a legend of the two colours.
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches.
         use_pyplot: Create the figure through pyplot and show it (Captum's
             convention); ``False`` returns a bare figure without showing it.
@@ -889,6 +1040,7 @@ def visualize_interaction_network(
     return fig, ax
 
 
+@_closes_figure_on_error
 def visualize_top_pairs(
     interactions: Union[ArrayLike, GlobalInteractions],
     feature_names: Optional[Sequence[str]] = None,
@@ -900,7 +1052,7 @@ def visualize_top_pairs(
     negative_color: str = "tab:blue",
     title: Optional[str] = "Strongest interactions",
     xlabel: str = "interaction",
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -928,7 +1080,7 @@ def visualize_top_pairs(
         negative_color: Colour of negative interactions.
         title: Title, or ``None`` for none.
         xlabel: Label of the value axis.
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches; default grows with ``top_k``.
         use_pyplot: Create the figure through pyplot and show it (Captum's
             convention); ``False`` returns a bare figure without showing it.
@@ -1011,6 +1163,7 @@ def _token_matrix(
     return matrix.reshape(n_tokens, per, n_tokens, per).sum(axis=(1, 3))
 
 
+@_closes_figure_on_error
 def visualize_token_interactions(
     tokens: Sequence[str],
     interactions: Union[ArrayLike, GlobalInteractions],
@@ -1022,7 +1175,7 @@ def visualize_token_interactions(
     fontsize: float = 12.0,
     title: Optional[str] = None,
     show_legend: bool = True,
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -1049,7 +1202,7 @@ def visualize_token_interactions(
         fontsize: Font size of the tokens.
         title: Title, or ``None`` for none.
         show_legend: Draw a legend of the two colours.
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches; default grows with the text.
         use_pyplot: Create the figure through pyplot and show it (Captum's
             convention); ``False`` returns a bare figure without showing it.
@@ -1077,6 +1230,10 @@ def visualize_token_interactions(
     """
     if isinstance(tokens, str):
         raise TypeError("tokens: expected a sequence of token strings, got a single string")
+    if not isinstance(tokens, Iterable):
+        raise TypeError(f"tokens: expected a sequence of token strings, got {type(tokens).__name__}")
+    if isinstance(tokens, Tensor):  # token ids: label them by their values, not "tensor(7)"
+        tokens = tokens.reshape(-1).tolist()
     words = [str(t) for t in tokens]
     if not words:
         raise ValueError("tokens: expected at least one token")
@@ -1137,7 +1294,7 @@ def _default_kernels() -> List[Kernel]:
 
 
 def kernel_densities(
-    kernels: Optional[Sequence[Union[Kernel, str]]] = None,
+    kernels: Optional[Union[Kernel, str, Sequence[Union[Kernel, str]]]] = None,
     stdevs: float = 1.0,
     points: Optional[ArrayLike] = None,
 ) -> Tuple[npt.NDArray[np.float64], List[Tuple[Kernel, npt.NDArray[np.float64]]]]:
@@ -1151,8 +1308,9 @@ def kernel_densities(
     ``marginal_cdf``.
 
     Args:
-        kernels: Kernels or their names. Default: ``Gaussian()``,
-            ``Poisson()``, ``Hyperbolic()``, ``Sigmoid()``, ``Rect()``.
+        kernels: Kernels or their names (or one kernel or name). Default:
+            ``Gaussian()``, ``Poisson()``, ``Hyperbolic()``, ``Sigmoid()``,
+            ``Rect()``.
         stdevs: The bandwidth ``eps``, positive.
         points: Optional 1-D grid of ``t``. Default: 1001 points on
             ``[-4 eps, 4 eps]``.
@@ -1179,6 +1337,8 @@ def kernel_densities(
         t = _to_numpy(points, "points")
         if t.ndim != 1 or t.size == 0:
             raise ValueError(f"points: expected a non-empty 1-D grid, got shape {t.shape}")
+    if isinstance(kernels, (str, Kernel)):
+        kernels = [kernels]
     chosen = _default_kernels() if kernels is None else [get_kernel(k, "kernels") for k in kernels]
     u = torch.from_numpy(t / eps).to(torch.float64)
     curves: List[Tuple[Kernel, npt.NDArray[np.float64]]] = []
@@ -1203,14 +1363,15 @@ def kernel_densities(
     return t, curves
 
 
+@_closes_figure_on_error
 def visualize_kernels(
-    kernels: Optional[Sequence[Union[Kernel, str]]] = None,
+    kernels: Optional[Union[Kernel, str, Sequence[Union[Kernel, str]]]] = None,
     stdevs: float = 1.0,
     *,
     x_range: Optional[Tuple[float, float]] = None,
     n_points: int = 1001,
     title: Optional[str] = None,
-    plt_fig_axis: Optional[FigAxis] = None,
+    plt_fig_axis: Optional[FigAxisArg] = None,
     fig_size: Tuple[float, float] = (7.0, 4.5),
     use_pyplot: bool = True,
 ) -> FigAxis:
@@ -1223,13 +1384,13 @@ def visualize_kernels(
     curves are those of :func:`kernel_densities`.
 
     Args:
-        kernels: Kernels or their names. Default: all five, ``Gaussian()``,
+        kernels: Kernels or their names (or one). Default: all five, ``Gaussian()``,
             ``Poisson()``, ``Hyperbolic()``, ``Sigmoid()``, ``Rect()``.
         stdevs: The bandwidth ``eps``, positive.
         x_range: ``(low, high)`` of the plot. Default: ``(-4 eps, 4 eps)``.
         n_points: Number of grid points (at least 2).
         title: Title; default states the bandwidth.
-        plt_fig_axis: Optional ``(figure, axis)`` to draw on.
+        plt_fig_axis: Optional ``(figure, axis)`` to draw on, or an axis alone.
         fig_size: Size of a new figure, in inches.
         use_pyplot: Create the figure through pyplot and show it;
             ``False`` returns a bare figure without showing it.

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, List
 
 import pytest
 import torch
@@ -147,6 +148,57 @@ def test_two_ranks_tolerance_equal_one_process(tmp_path: Path) -> None:
                 torch.testing.assert_close(got[key], single[key], rtol=1e-4, atol=1e-6)
 
 
+def _raising_worker(rank: int, init: str, out: str) -> None:
+    """One gloo rank of a global_interactions run whose model raises on rank 1's batch."""
+    from captum_smoothhess import SmoothHess, global_interactions
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30)
+    )
+
+    def model(z: torch.Tensor) -> torch.Tensor:
+        if rank == 1:
+            raise RuntimeError("model failed on rank 1")
+        return z[:, :2] * z[:, :1]
+
+    try:
+        global_interactions(SmoothHess(model), torch.randn(8, 3), target=1, batch_size=4, n_samples=8)
+        got = "no error"
+    except Exception as e:
+        got = f"{type(e).__name__}: {e}"
+    Path(out, f"rank{rank}.txt").write_text(got, encoding="utf-8")
+    dist.destroy_process_group()
+
+
+def _spawn_two(worker: Any, tmp_path: Path) -> List[int]:
+    """Run ``worker(rank, init, out)`` on two spawned gloo ranks; their exit codes."""
+    ctx = multiprocessing.get_context("spawn")
+    init = f"file://{tmp_path / 'init'}"
+    procs = [ctx.Process(target=worker, args=(rank, init, str(tmp_path))) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return [p.exitcode for p in procs]
+
+
+@needs_gloo
+def test_global_interactions_model_raising_on_one_rank_raises_on_every_rank(tmp_path: Path) -> None:
+    """Rank 0 raised nothing itself and waited in the sums' all_reduce for the backend's timeout."""
+    assert _spawn_two(_raising_worker, tmp_path) == [0, 0]
+    got = [(tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8") for rank in (0, 1)]
+    assert got[0].startswith("RuntimeError: process_group: rank(s) [1] of the group raised while "), got
+    assert "explaining its batches" in got[0], got
+    assert got[1] == "RuntimeError: model failed on rank 1", got
+
+
 @needs_gloo
 def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_path: Path) -> None:
     """Different inputs, n_samples, batch size or tolerance per rank: every rank raises, naming what
@@ -192,20 +244,8 @@ def test_ranks_called_differently_all_raise_and_split_the_default_chunks(tmp_pat
 @needs_gloo
 def test_global_interactions_size_mismatch_raises_on_every_rank(tmp_path: Path) -> None:
     """The rank with the larger interactions raises too, rather than waiting in the next all_reduce."""
-    ctx = multiprocessing.get_context("spawn")
-    init = f"file://{tmp_path / 'init'}"
-    procs = [ctx.Process(target=_mismatch_worker, args=(rank, init, str(tmp_path))) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=120)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    exit_codes = _spawn_two(_mismatch_worker, tmp_path)
     expected = "ValueError: inputs: the ranks' batches give interactions of sizes 6 and 7"
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text(encoding="utf-8") == expected, rank
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert exit_codes == [0, 0]

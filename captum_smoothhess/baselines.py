@@ -6,7 +6,7 @@ which tends to the ReLU as ``beta -> inf``, and take the exact Hessian of the
 surrogate. :func:`softplus_surrogate` builds the surrogate (a copy; the
 original model is untouched) and :func:`exact_hessian` /
 :class:`ExactHessian` give exact gradients and Hessians of any twice
-differentiable function with ``torch.func``, in the same shapes as
+differentiable function by double backprop, in the same shapes as
 :class:`~captum_smoothhess.SmoothHess`, so either can feed the metrics and the
 attacks. Unlike SmoothHess, the smoothing scale ``beta`` acts on each neuron's
 pre-activation, not on the input, so it has no direct meaning in input space.
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
+from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overload
 
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
-from ._evaluators import selected_outputs
+from ._evaluators import autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian, _unflatten
-from ._model import module_of, private_if_training, reachable_modules
+from ._model import private_if_training
 from ._validation import _check_inputs, _check_number, _check_positive_int
 
 __all__ = ["ExactHessian", "exact_hessian", "softplus_surrogate"]
@@ -74,8 +73,10 @@ def softplus_surrogate(model: nn.Module, beta: float, threshold: float = 20.0) -
         return nn.Softplus(beta=b, threshold=t)
     surrogate = copy.deepcopy(model)
     replaced = 0
-    for module in surrogate.modules():
-        for name, child in module.named_children():
+    # Every slot that holds a ReLU, also where one ReLU instance sits in several
+    # (``modules()`` and ``named_children()`` list a shared module only once).
+    for module in list(surrogate.modules()):
+        for name, child in list(module._modules.items()):
             if isinstance(child, nn.ReLU):
                 setattr(module, name, nn.Softplus(beta=b, threshold=t))
                 replaced += 1
@@ -131,11 +132,11 @@ def exact_hessian(
     return_gradient: bool = False,
     chunk_size: Optional[int] = None,
 ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
-    """Exact input Hessian (and gradient) of the selected output, by ``torch.func``.
+    """Exact input Hessian (and gradient) of the selected output, by double backprop.
 
-    Forward-over-reverse differentiation: one Hessian-vector product per
-    feature, vectorised with ``torch.func.vmap`` and applied to all examples
-    at once. This assumes, as Captum does, that examples do not interact in
+    One forward pass and a gradient with its graph kept; then one
+    Hessian-vector product per feature, batched (``is_grads_batched``) and
+    applied to all examples at once. This assumes, as Captum does, that examples do not interact in
     ``forward_func`` (no batch statistics); then the Hessian of the batch sum
     is block diagonal and each product gives one row of every example's
     Hessian. For a ReLU network the result is zero almost everywhere; apply it
@@ -145,8 +146,11 @@ def exact_hessian(
     A model in training mode with batch-norm layers breaks that assumption: it
     gets a warning (the result mixes the examples), and the derivatives are
     those of the function it computes in training mode (normalising with the
-    statistics of ``inputs``), taken on a private copy whose batch norms do not
-    update running statistics, so the model's buffers are left as found.
+    statistics of ``inputs``), taken on a private copy, so the model's buffers
+    are left as found. Dropout in training mode draws one mask (one forward
+    pass), so the gradient and the Hessian are those of the same function.
+    Calls from several threads at once do not interfere (plain autograd, no
+    process-wide forward-mode state).
 
     Args:
         forward_func: A twice differentiable model or function.
@@ -154,9 +158,9 @@ def exact_hessian(
         target: Captum target selecting one scalar output per example.
         additional_forward_args: Extra arguments for ``forward_func``.
         return_gradient: Also return the gradient, shaped like ``inputs``.
-        chunk_size: Hessian-vector products evaluated together (``vmap``'s
-            ``chunk_size``); ``None`` evaluates all ``d`` at once. Lower it to
-            save memory for large inputs.
+        chunk_size: Hessian-vector products evaluated together in one
+            batched backward pass; ``None`` evaluates all ``d`` at once. Lower
+            it to save memory for large inputs.
 
     Returns:
         The Hessian in SmoothHess's layout: ``(B, *S, *S)`` for a tensor input,
@@ -165,7 +169,8 @@ def exact_hessian(
 
     Raises:
         ValueError: NaN/Inf inputs, a ``target`` that does not select one output
-            per example, or a non-positive ``chunk_size``.
+            per example, a non-positive ``chunk_size``, or a NaN/Inf output,
+            gradient or Hessian of ``forward_func`` at ``inputs``.
 
     Examples:
         >>> import torch
@@ -190,29 +195,6 @@ def exact_hessian(
     )
 
 
-def _functional_private(forward_func: Any, method: str, stacklevel: int) -> Any:
-    """``forward_func``, or for batch norm in training mode a private copy ``torch.func`` can differentiate.
-
-    Batch norm in training mode updates its running statistics in place at
-    every forward pass, which the user's buffers must not see and which
-    ``torch.func``'s transforms refuse. The copy (with SmoothHess's warning)
-    keeps the training-mode function (normalisation with the batch's
-    statistics) but its training-mode batch norms track no running statistics.
-    """
-    private = private_if_training(forward_func, method, stacklevel=stacklevel)
-    if private is forward_func:
-        return forward_func
-    module = module_of(private)
-    assert module is not None
-    for _, layer in reachable_modules(module):
-        if isinstance(layer, _BatchNorm) and layer.training:
-            layer.running_mean = None
-            layer.running_var = None
-            layer.num_batches_tracked = None
-            layer.track_running_stats = False
-    return private
-
-
 def _exact_hessian(
     forward_func: Callable[..., Any],
     inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -229,32 +211,65 @@ def _exact_hessian(
     _check_inputs(inps)
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
-    # One frame more than here: _functional_private calls private_if_training.
-    forward_func = _functional_private(forward_func, method, stacklevel + 1)
-    with torch.no_grad():
-        selected_outputs(forward_func, inps, target, additional_forward_args)
-    x = _flatten(inps).clone()
-    batch, dim = x.shape
-
-    def total(flat: Tensor) -> Tensor:
-        return selected_outputs(forward_func, _unflatten(flat, inps), target, additional_forward_args).sum()
-
-    grad_fn = torch.func.grad(total)
-
-    def row(direction: Tensor) -> Tensor:
-        tangent = direction.expand(batch, dim)
-        return torch.func.jvp(grad_fn, (x,), (tangent,))[1]
-
-    with torch.enable_grad():
-        eye = torch.eye(dim, device=x.device, dtype=x.dtype)
-        rows = torch.func.vmap(row, chunk_size=chunk_size)(eye[:, None, :])  # (d, B, d)
-        grad = grad_fn(x) if return_gradient else None
-    hess = rows.permute(1, 0, 2).detach()
+    forward_func = private_if_training(forward_func, method, stacklevel=stacklevel)
+    with autograd_allowed():
+        x = _flatten(inps).detach().clone()
+        batch, dim = x.shape
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            out = selected_outputs(forward_func, _unflatten(x, inps), target, additional_forward_args)
+            if not bool(torch.isfinite(out.detach()).all()):
+                raise ValueError("forward_func: the selected output is NaN or Inf at these inputs")
+            grad: Optional[Tensor] = None
+            if out.requires_grad:  # (an output that does not depend on the inputs has no graph)
+                (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)
+        if grad is None or not grad.requires_grad:  # at most linear in the inputs: H = 0
+            hess = x.new_zeros(batch, dim, dim)
+        else:
+            hess = _hessian_rows(grad, x, chunk_size or dim).permute(1, 0, 2)
+        gradient = torch.zeros_like(x) if grad is None else grad.detach()
+    if not bool(torch.isfinite(hess).all() & torch.isfinite(gradient).all()):
+        raise ValueError(
+            "forward_func: its gradient or Hessian is NaN or Inf at these inputs (not twice "
+            "differentiable there, or it overflows)"
+        )
     hess = 0.5 * (hess + hess.transpose(1, 2))
-    out = _split_hessian(hess, inps, is_tuple)
-    if grad is None:
-        return out
-    return out, _format_flat(grad.detach(), inps, is_tuple)
+    result = _split_hessian(hess, inps, is_tuple)
+    if not return_gradient:
+        return result
+    return result, _format_flat(gradient, inps, is_tuple)
+
+
+def _hessian_rows(grad: Tensor, x: Tensor, chunk: int) -> Tensor:
+    """Rows ``H[:, j]`` of every example's Hessian, ``(d, B, d)``, by double backprop of ``grad``.
+
+    The gradient of the batch sum with respect to ``x`` ``(B, d)``: the product of its
+    graph with the ``j``-th unit vector in every example gives row ``j`` of each
+    example's Hessian (examples do not interact). ``chunk`` products share one
+    backward pass with batched gradient outputs; where an operation has no batching
+    rule, one product per pass. Plain autograd (no forward-mode levels, which are
+    process-wide) keeps concurrent calls from several threads apart, and a model
+    with dropout in training mode gives the derivatives of its one forward pass.
+    """
+    batch, dim = x.shape
+    eye = torch.eye(dim, device=x.device, dtype=x.dtype)
+    rows: List[Tensor] = []
+    for start in range(0, dim, chunk):
+        part = eye[start : start + chunk, None, :].expand(-1, batch, dim)
+        with torch.enable_grad():
+            try:
+                (hv,) = torch.autograd.grad(
+                    grad, x, grad_outputs=part, retain_graph=True, is_grads_batched=True, allow_unused=True
+                )
+            except RuntimeError:  # an operation without a batching rule: one product at a time
+                hv = torch.stack([_one_row(grad, x, v) for v in part])
+        rows.append(torch.zeros_like(part) if hv is None else hv.detach())
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+def _one_row(grad: Tensor, x: Tensor, v: Tensor) -> Tensor:
+    (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(v) if hv is None else hv
 
 
 class ExactHessian(GradientAttribution):

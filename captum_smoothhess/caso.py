@@ -63,6 +63,7 @@ from ._validation import (
     _check_number,
     _check_positive_int,
     _format_stdevs,
+    _refuse_meta,
 )
 from .factors import _matvec
 from .kernels import Gaussian, Kernel, get_kernel
@@ -103,6 +104,7 @@ def _format_target(target: TargetType, outputs: Tensor, default_loss: bool) -> T
         except (TypeError, ValueError) as err:
             raise ValueError(f"target: cannot make a tensor from {target!r} ({err})") from err
     elif isinstance(target, Tensor):
+        _refuse_meta(target, "target")
         t = target.detach().to(outputs.device)
     else:
         raise ValueError(f"target: expected an int, a list or a tensor, got {type(target).__name__}")
@@ -123,8 +125,13 @@ def _format_target(target: TargetType, outputs: Tensor, default_loss: bool) -> T
     return t
 
 
-def _check_lambda2_fits(lam2: float, dtype: torch.dtype) -> None:
-    """``lambda2`` must stay positive in the inputs' dtype (a tiny value rounds to the refused 0)."""
+def _check_lambdas_fit(lam1: float, lam2: float, dtype: torch.dtype) -> None:
+    """Both weights must be finite in the inputs' dtype, and ``lambda2`` stay positive there
+    (a tiny value rounds to the refused 0)."""
+    largest = torch.finfo(dtype).max
+    for name, value in (("lambda1", lam1), ("lambda2", lam2)):
+        if value > largest:
+            raise ValueError(f"{name}: {value} overflows {dtype} (largest value {largest:g})")
     if float(torch.tensor(lam2, dtype=dtype)) == 0:
         raise ValueError(f"lambda2: {lam2} rounds to 0 in {dtype}, and lambda2 must be > 0")
 
@@ -132,12 +139,12 @@ def _check_lambda2_fits(lam2: float, dtype: torch.dtype) -> None:
 def _check_lambdas(
     lambda1: Optional[float], lambda2: float, sparsity: Optional[float]
 ) -> Tuple[float, float]:
-    lam2 = _check_number(lambda2, "lambda2", allow_zero=True)
-    if lam2 == 0:
+    if isinstance(lambda2, numbers.Real) and not isinstance(lambda2, bool) and lambda2 == 0:
         raise ValueError(
             "lambda2: must be > 0; with lambda2 = 0 the problem made concave with "
             "lambda2 + lambda_max(H) may have no bounded maximiser"
         )
+    lam2 = _check_number(lambda2, "lambda2", allow_zero=False)
     if sparsity is not None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
             raise TypeError(f"sparsity: expected a number in [0, 1), got {sparsity!r}")
@@ -598,7 +605,8 @@ class CASO(_LossSaliency):
                 NaN/Inf inputs, a ``target`` the output does not have, a
                 ``loss_func`` that does not return one loss per example, or a
                 NaN/Inf loss, gradient or Hessian-vector product; a
-                ``lambda2`` that rounds to 0 in the inputs' dtype.
+                ``lambda2`` that rounds to 0 in the inputs' dtype, or a
+                ``lambda1`` or ``lambda2`` beyond its largest value.
             TypeError: Arguments of the wrong type; half-precision inputs.
 
         Examples:
@@ -625,7 +633,7 @@ class CASO(_LossSaliency):
                 f"inputs: CASO needs float32 or float64 inputs, got {inps[0].dtype} (its eigenvalue "
                 "bound and Lanczos steps have no half-precision kernels); CAFO takes half precision"
             )
-        _check_lambda2_fits(lam2_value, inps[0].dtype)
+        _check_lambdas_fit(lam1_value, lam2_value, inps[0].dtype)
         if curvature not in _CURVATURES:
             raise ValueError(f"curvature: expected one of {_CURVATURES}, got {curvature!r}")
         max_iter = _check_positive_int(max_iter, "max_iter")
@@ -776,7 +784,7 @@ class CAFO(_LossSaliency):
         inps = _format_tensor_into_tuples(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
-        _check_lambda2_fits(lam2_value, inps[0].dtype)
+        _check_lambdas_fit(lam1_value, lam2_value, inps[0].dtype)
         with autograd_allowed():
             forward = private_if_training(self.forward_func, "CAFO")
             model = _LossModel(forward, self.loss_func, inps, target, additional_forward_args)

@@ -34,7 +34,7 @@ from typing import Dict, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._validation import _check_positive_int
+from ._validation import _check_number, _check_positive_int
 
 __all__ = [
     "DenseQuadratic",
@@ -76,6 +76,19 @@ class Quadratic:
 
     Args:
         g: The gradients, ``(B, d)``.
+
+    Examples:
+        A Hessian known only through its products (here ``H = diag(-2, 1)``
+        for every example) top-eigenvalued like an explicit one:
+
+        >>> import torch
+        >>> from captum_smoothhess.solvers import Quadratic, top_eigenvalue
+        >>> class Diagonal(Quadratic):
+        ...     def hvp(self, v):
+        ...         return v * torch.tensor([-2.0, 1.0])
+        >>> top, hvps = top_eigenvalue(Diagonal(torch.ones(3, 2)))
+        >>> [round(float(t), 4) for t in top]
+        [1.0, 1.0, 1.0]
     """
 
     def __init__(self, g: Tensor) -> None:
@@ -609,11 +622,48 @@ def top_eigenvalue(quad: Quadratic) -> Tuple[Tensor, Tensor]:
     return top, hvps
 
 
+PerExample = Union[float, Tensor]
+
+
+def _per_example(value: PerExample, argument: str, like: Tensor, positive: bool) -> Tensor:
+    """``value`` (a number, or a tensor of one value or one per example) as a ``(B,)`` tensor, checked."""
+    batch = like.shape[0]
+    if isinstance(value, Tensor):
+        t = value.detach().to(device=like.device, dtype=like.dtype)
+        if t.numel() == 1:
+            t = t.reshape(1).repeat(batch)
+        elif t.shape != (batch,):
+            raise ValueError(
+                f"{argument}: expected one value or one per example, shape ({batch},), got {tuple(t.shape)}"
+            )
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        t = torch.full((batch,), float(value), device=like.device, dtype=like.dtype)
+    else:
+        raise TypeError(f"{argument}: expected a number or a tensor, got {value!r}")
+    bad = ~torch.isfinite(t) | ((t <= 0) if positive else (t < 0))
+    if bool(bad.any()):
+        raise ValueError(f"{argument}: every value must be finite and {'> 0' if positive else '>= 0'}")
+    return t
+
+
+def _check_l2(lam2: PerExample, lam2_eff: PerExample, like: Tensor) -> Tuple[Tensor, Tensor]:
+    """``lam2`` and ``lam2_eff`` as ``(B,)`` tensors: positive, and ``lam2_eff >= lam2``."""
+    l2 = _per_example(lam2, "lam2", like, positive=True)
+    l2_eff = _per_example(lam2_eff, "lam2_eff", like, positive=True)
+    if bool((l2_eff < l2).any()):
+        raise ValueError("lam2_eff: must be at least lam2 (it is lam2 + max(0, lambda_max(H)))")
+    return l2, l2_eff
+
+
+def _check_solve(tol: float, max_iter: int) -> Tuple[float, int]:
+    return _check_number(tol, "tol", allow_zero=False), _check_positive_int(max_iter, "max_iter")
+
+
 def fista(
     quad: Quadratic,
-    lam1: Tensor,
-    lam2: Tensor,
-    lam2_eff: Tensor,
+    lam1: PerExample,
+    lam2: PerExample,
+    lam2_eff: PerExample,
     tol: float,
     max_iter: int,
     active: Optional[Tensor] = None,
@@ -634,19 +684,22 @@ def fista(
 
     Args:
         quad: The quadratic models.
-        lam1: ``(B,)`` weights of the L1 penalty, ``>= 0``.
-        lam2: ``(B,)`` weights of the L2 penalty, ``> 0``.
+        lam1: ``(B,)`` weights of the L1 penalty, ``>= 0`` (or one number for all).
+        lam2: ``(B,)`` weights of the L2 penalty, ``> 0`` (or one number).
         lam2_eff: ``(B,)`` the L2 weight that makes the problem concave,
-            ``lam2 + max(0, lambda_max(H))``.
-        tol: Tolerance on the proximal-gradient residual, relative to ``|g|``.
-        max_iter: Cap on the iterations of each example.
+            ``lam2 + max(0, lambda_max(H))`` (or one number), ``>= lam2``.
+        tol: Tolerance on the proximal-gradient residual, relative to ``|g|``, ``> 0``.
+        max_iter: Cap on the iterations of each example, ``>= 1``.
         active: ``(B,)`` bool, the examples to solve (others return ``d = 0``).
 
     Returns:
         A :class:`Solution`.
 
     Raises:
-        ValueError: A NaN or Inf in ``g`` or in a Hessian-vector product.
+        ValueError: A NaN or Inf in ``g`` or in a Hessian-vector product; a
+            ``lam1`` < 0, ``lam2`` <= 0, ``lam2_eff`` < ``lam2``, ``tol`` <= 0 or
+            ``max_iter`` < 1 (or NaN, Inf, or a tensor that is not ``(B,)``).
+        TypeError: Arguments of the wrong type.
 
     Examples:
         >>> import torch
@@ -660,6 +713,25 @@ def fista(
     """
     g = quad.g
     _check_gradient(g)
+    tol, max_iter = _check_solve(tol, max_iter)
+    lam2_t, lam2_eff_t = _check_l2(lam2, lam2_eff, g)
+    lam1_t = _per_example(lam1, "lam1", g, positive=False)
+    if active is not None and (not isinstance(active, Tensor) or active.shape != (g.shape[0],)):
+        raise ValueError(f"active: expected a bool tensor of shape ({g.shape[0]},)")
+    return _fista(quad, lam1_t, lam2_t, lam2_eff_t, tol, max_iter, active)
+
+
+def _fista(
+    quad: Quadratic,
+    lam1: Tensor,
+    lam2: Tensor,
+    lam2_eff: Tensor,
+    tol: float,
+    max_iter: int,
+    active: Optional[Tensor] = None,
+) -> Solution:
+    """:func:`fista` on checked arguments."""
+    g = quad.g
     batch, dim = g.shape
     eps = torch.finfo(g.dtype).eps
     long0 = torch.zeros(batch, dtype=torch.long, device=g.device)
@@ -764,7 +836,7 @@ def _merge(keep: Tensor, new: Solution, old: Solution) -> Solution:
 
 
 def sparsity_solve(
-    quad: Quadratic, lam2: Tensor, lam2_eff: Tensor, eta: float, tol: float, max_iter: int
+    quad: Quadratic, lam2: PerExample, lam2_eff: PerExample, eta: float, tol: float, max_iter: int
 ) -> Tuple[Solution, Tensor]:
     """Bisect ``lambda1`` per example so that a fraction ``eta`` of ``delta`` is exactly 0.
 
@@ -786,8 +858,9 @@ def sparsity_solve(
 
     Raises:
         TypeError: ``eta`` that is not a number.
-        ValueError: ``eta`` outside ``[0, 1)`` (or NaN), or a NaN or Inf in ``g``
-            or in a Hessian-vector product.
+        ValueError: ``eta`` outside ``[0, 1)`` (or NaN), a NaN or Inf in ``g``
+            or in a Hessian-vector product, or ``lam2``, ``lam2_eff``, ``tol``,
+            ``max_iter`` as :func:`fista` refuses them.
 
     Examples:
         >>> import torch
@@ -804,6 +877,8 @@ def sparsity_solve(
         raise ValueError(f"eta: must lie in [0, 1), got {eta}")
     g = quad.g
     _check_gradient(g)
+    tol, max_iter = _check_solve(tol, max_iter)
+    lam2, lam2_eff = _check_l2(lam2, lam2_eff, g)
     batch, dim = g.shape
     want = round(float(eta) * dim)
     slack = int(_SPARSITY_SLACK * dim)
@@ -820,7 +895,7 @@ def sparsity_solve(
         if not bool(active.any()):
             break
         mid = 0.5 * (lo + hi)
-        sol = fista(quad, mid, lam2, lam2_eff, tol, max_iter, active)
+        sol = _fista(quad, mid, lam2, lam2_eff, tol, max_iter, active)
         hvps += sol.hvps
         zeros = (sol.delta == 0).sum(1)
         err = (zeros - want).abs()
@@ -877,8 +952,10 @@ def solve_trust_region(
       ``d* = d(-lam_min) + tau q_min`` with ``tau`` bringing ``d*`` to the
       boundary.
 
-    Computed in float64 (cast back to the input dtype). The Hessian is
-    symmetrised first.
+    Computed in float64 (cast back to the input dtype) on the problem
+    rescaled to the unit ball and unit size, so ``(c g, c H)`` has the
+    minimiser of ``(g, H)`` for any ``c > 0``, however large or small. The
+    Hessian is symmetrised first.
 
     Args:
         gradient: ``(B, d)`` (or ``(d,)`` for one problem).
@@ -896,8 +973,10 @@ def solve_trust_region(
         The minimisers ``d*``, shaped like ``gradient``.
 
     Raises:
-        ValueError: Shapes that do not match, NaN/Inf values, or a ``radius``
-            that is not positive and finite.
+        ValueError: Shapes that do not match, no feature, NaN/Inf values, or a
+            ``radius`` that is not positive and finite.
+        TypeError: A ``gradient`` or ``hessian`` that is not a floating-point
+            tensor, an ``rtol`` that is not a number.
 
     Examples:
         >>> import torch
@@ -919,18 +998,34 @@ def solve_trust_region(
             f"hessian: shape {tuple(hessian.shape)} does not match gradient of shape "
             f"{tuple(gradient.shape)}; expected (B, d, d) for gradient (B, d)"
         )
+    for name, t in (("gradient", g), ("hessian", h)):
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a real floating-point tensor, got dtype {t.dtype}")
+    if g.shape[1] == 0:
+        raise ValueError("gradient: the problem needs at least one feature, got shape (B, 0)")
     if not bool(torch.isfinite(g).all()):
         raise ValueError("gradient: contains NaN or Inf values")
     if not bool(torch.isfinite(h).all()):
         raise ValueError("hessian: contains NaN or Inf values")
     max_iter = _check_positive_int(max_iter, "max_iter")
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, numbers.Real)):
+        raise TypeError(f"rtol: expected a number in (0, 1), got {rtol!r}")
     tol = 1e-10 if rtol is None else float(rtol)
     if not 0 < tol < 1:
         raise ValueError(f"rtol: must be in (0, 1), got {rtol}")
     out_dtype = g.dtype
     g = g.detach().to(torch.float64)
     h = h.detach().to(torch.float64)
-    r = _check_radius(radius, g.shape[0], g)
+    radius_out = _check_radius(radius, g.shape[0], g)
+
+    # The scale-free problem: with d = r e, minimise (g / s)^T e + 1/2 e^T (r H / s) e over |e| <= 1,
+    # s = max(max |g|, r max |H|) (the objective over r s). Every quantity is then of order one, so
+    # no square of g or cube of an eigenvalue overflows or underflows, whatever the problem's scale.
+    size = torch.maximum(g.abs().amax(1), h.abs().amax((1, 2)) * radius_out)
+    size = torch.where(size > 0, size, torch.ones_like(size))
+    g = g / size[:, None]
+    h = h / size[:, None, None] * radius_out[:, None, None]
+    r = torch.ones_like(radius_out)
 
     h = 0.5 * (h + h.transpose(1, 2))
     lam, q = torch.linalg.eigh(h)  # ascending
@@ -983,5 +1078,5 @@ def solve_trust_region(
             mu = torch.where(done, mu, torch.where(inside, newton, 0.5 * (lo + hi)))
         den = (lam + mu[:, None]).clamp_min(torch.finfo(torch.float64).tiny)
         coef = torch.where(easy[:, None], -gt / den, coef)
-    d = torch.einsum("bij,bj->bi", q, coef).to(out_dtype)
+    d = (torch.einsum("bij,bj->bi", q, coef) * radius_out[:, None]).to(out_dtype)
     return d[0] if single else d

@@ -191,3 +191,68 @@ def test_exact_hessian_through_class_probability_on_training_mode_batch_norm() -
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed"
     assert net.training
+
+
+def test_surrogate_replaces_a_relu_instance_shared_by_several_slots() -> None:
+    relu = nn.ReLU()
+    net = nn.Sequential(nn.Linear(3, 4), relu, nn.Linear(4, 4), relu, nn.Linear(4, 2))
+    smooth = softplus_surrogate(net, beta=2.0)
+    assert isinstance(smooth[1], nn.Softplus) and isinstance(smooth[3], nn.Softplus)
+    assert net[1] is relu and net[3] is relu
+
+
+def test_exact_hessian_refuses_nan_or_inf_outputs_and_derivatives() -> None:
+    with pytest.raises(ValueError, match="forward_func"):
+        exact_hessian(lambda z: z.log().sum(1), -torch.ones(2, 2))  # NaN output, finite "Hessian"
+    with pytest.raises(ValueError, match="forward_func"):
+        exact_hessian(lambda z: z.abs().sqrt().sum(1), torch.zeros(2, 2))  # Inf gradient at 0
+    hess, grad = exact_hessian(lambda z: z.new_ones(z.shape[0]), torch.ones(2, 3), return_gradient=True)
+    assert not bool(hess.any()) and not bool(grad.any())  # constant: derivatives are 0
+
+
+def test_exact_hessian_of_a_model_with_dropout_in_training_mode() -> None:
+    """One forward pass, one dropout mask: the Hessian is that of one thinned network, for any chunk."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 3), nn.Softplus(), nn.Dropout(0.5), nn.Linear(3, 3)).double().train()
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for chunk in (None, 2):
+        with pytest.warns(RuntimeWarning, match="drop"):
+            hess, grad = exact_hessian(net, x, target=0, return_gradient=True, chunk_size=chunk)
+        assert hess.shape == (4, 5, 5) and bool(torch.isfinite(hess).all())
+        assert net.training and net[2].training
+        # The thinned network is Linear -> Softplus -> mask -> Linear: its Hessian is W1^T diag(c) W1.
+        # The mask is whatever was drawn; it must be one mask for every row of H and for g.
+        w1, w2 = net[0].weight.detach(), net[3].weight[0].detach()
+        sig = torch.sigmoid(x @ w1.T + net[0].bias.detach())
+        # g = W1^T (m * w2 * sig), m in {0, 2} per example and unit (W1^T has full column rank):
+        # recover the mask from g, and check H with it.
+        coef = torch.linalg.lstsq(w1.T.expand(4, 5, 3), grad[:, :, None]).solution[:, :, 0]
+        mask = (coef / (w2 * sig)).round()
+        assert bool(((mask == 0) | (mask == 2)).all())
+        expect = torch.einsum("ki,bk,kj->bij", w1, mask * w2 * sig * (1 - sig), w1)
+        torch.testing.assert_close(hess, expect)
+
+
+def test_exact_hessian_from_several_threads_at_once() -> None:
+    """No process-wide forward-mode AD levels: concurrent calls on one model give each the right answer."""
+    import threading
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Softplus(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = exact_hessian(net, x, target=1)
+    errors: list = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                torch.testing.assert_close(exact_hessian(net, x, target=1), ref)
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]

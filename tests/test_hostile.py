@@ -489,8 +489,10 @@ def test_meta_target_named_by_the_tunnels(name: str, make: Any, extra: Dict[str,
     [
         lambda net, x: SmoothHess(net).attribute(x, target=_META_TARGET, n_samples=20),
         lambda net, x: LayerSmoothHess(net, net[1]).attribute(x, target=_META_TARGET, n_samples=20),
+        lambda net, x: CASO(net).attribute(x, target=_META_TARGET),
+        lambda net, x: CAFO(net).attribute(x, target=_META_TARGET),
     ],
-    ids=["smoothhess", "layer"],
+    ids=["smoothhess", "layer", "caso", "cafo"],
 )
 def test_meta_target_named(call: Any) -> None:
     """SmoothHess returned a Hessian of about 1e-13 for a meta target."""

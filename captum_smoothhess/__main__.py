@@ -1,4 +1,4 @@
-"""Command line: ``python -m captum_smoothhess demo [--out DIR]``."""
+"""Command line: ``python -m captum_smoothhess demo [--out DIR] [--quick]``."""
 
 from __future__ import annotations
 

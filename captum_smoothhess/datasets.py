@@ -7,7 +7,8 @@
   estimated interaction can be read as the smoothing scale varies.
 * :func:`load_digits_tensors`: scikit-learn's bundled 8x8 digits (1797 images,
   no download) as standardised float tensors with a seeded, stratified
-  train/test split. Needs the optional extra ``pip install captum-smoothhess[demo]``.
+  train/test split. Needs scikit-learn, the ``demo`` extra (``pip install ".[demo]"`` from a
+  clone of the repository, or ``pip install scikit-learn``).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def load_digits_tensors(
         from sklearn.model_selection import train_test_split
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "load_digits_tensors needs scikit-learn: pip install captum-smoothhess[demo]"
+            "load_digits_tensors needs scikit-learn (the package's demo extra): pip install scikit-learn"
         ) from err
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
         raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")

@@ -249,7 +249,8 @@ class SmoothHess(GradientAttribution):
                 directly from grouped scores and gradients.
             return_gradient: Also return the smoothed gradient (SmoothGrad for
                 the Gaussian kernel) from the same samples. With
-            ``output="factors"`` the factors object instead.
+                ``output="factors"`` it is the factors object's ``gradient``
+                instead, always there.
             generator: ``torch.Generator`` for the noise; the global RNG when
                 ``None``. The same seed gives the same result.
             show_progress: Show a progress bar over sample chunks.

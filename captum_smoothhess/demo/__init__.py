@@ -60,7 +60,8 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
 
     Raises:
         ImportError: scikit-learn, needed for the bundled digits, is missing
-            (``pip install captum-smoothhess[demo]``).
+            (the ``demo`` extra: ``pip install ".[demo]"`` from a clone, or
+            ``pip install scikit-learn``).
     """
     s = _QUICK if quick else _FULL
     os.makedirs(out, exist_ok=True)

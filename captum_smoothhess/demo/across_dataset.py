@@ -81,7 +81,8 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, seed: int) -> 
         "the digits; memory does not grow with their number.",
         "",
         "Left: the strongest mean pair interactions, with bars of two standard errors either side. "
-        "Middle: the same pairs as a network (edge width by magnitude, red positive, blue negative).",
+        "Middle: the same pairs as a network (edge width by magnitude, red positive, blue negative). "
+        "Right: where the 16 patches lie, over the mean test digit.",
         "",
         f"![interactions across the test set]({png})",
         "",

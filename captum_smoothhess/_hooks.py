@@ -8,15 +8,24 @@ running the same model meanwhile sees the model as it is (a ``DataParallel``
 model, whose replicas run in worker threads, is served on every thread, by
 device). The hook is removed on exit, also when the model raises.
 
-An activation is a tensor or a tuple/list of values; its floating-point
-tensors (with a batch dimension) are the attributed parts, in order, and
-anything else in a tuple passes through unchanged.
+An activation is a tensor, or a nested tuple/list/mapping of values (e.g. an
+LSTM's ``(out, (h, c))``, a dict of outputs); its floating-point tensors are
+the attributed parts, depth first in order, and anything else passes through
+unchanged. A layer's input is its positional arguments, followed by its
+keyword arguments when those hold floating-point tensors (a layer called with
+one tensor, positionally or by keyword, has that tensor as its input). Both
+hooks hand the model copies, so that in-place operations after the layer
+(``ReLU(inplace=True)``) change neither the recorded activation nor the
+substituted one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import threading
+from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,28 +34,57 @@ from torch import Tensor, nn
 Parts = Tuple[Tensor, ...]
 
 
-def _positions(value: Any) -> List[int]:
-    """Indices of the attributed tensors of an activation (``[0]`` for a single tensor)."""
-    if isinstance(value, Tensor):
-        return [0]
-    if isinstance(value, (tuple, list)):
-        return [i for i, v in enumerate(value) if isinstance(v, Tensor) and v.is_floating_point()]
-    return []
+def _is_part(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point()
+
+
+def _parts_of(value: Any, out: List[Tensor]) -> None:
+    """Append the floating-point tensors of a nested tuple/list/mapping, depth first, in order."""
+    if _is_part(value):
+        out.append(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _parts_of(v, out)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _parts_of(v, out)
 
 
 def _parts(value: Any) -> Parts:
+    """The attributed tensors of an activation: itself if a tensor, else its floating-point leaves."""
     if isinstance(value, Tensor):
         return (value,)
-    return tuple(value[i] for i in _positions(value))
+    out: List[Tensor] = []
+    _parts_of(value, out)
+    return tuple(out)
+
+
+def _rebuilt(value: Any, parts: Iterator[Tensor]) -> Any:
+    if _is_part(value):
+        return next(parts)
+    if isinstance(value, (tuple, list)):
+        items = [_rebuilt(v, parts) for v in value]
+        if isinstance(value, list):
+            return items
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, Mapping):
+        new = {k: _rebuilt(v, parts) for k, v in value.items()}
+        if type(value) is dict:
+            return new
+        if type(value) is collections.OrderedDict:
+            return collections.OrderedDict(new)
+        out = copy.copy(value)  # e.g. a ModelOutput: keep its type and fields
+        for k, v in new.items():
+            out[k] = v  # type: ignore[index]
+        return out
+    return value
 
 
 def _rebuild(value: Any, parts: Sequence[Tensor]) -> Any:
+    """``value`` with its attributed tensors replaced by ``parts`` (same order as :func:`_parts`)."""
     if isinstance(value, Tensor):
         return parts[0]
-    items = list(value)
-    for i, p in zip(_positions(value), parts):
-        items[i] = p
-    return type(value)(items) if isinstance(value, tuple) else items
+    return _rebuilt(value, iter(parts))
 
 
 def _device_of(parts: Parts) -> torch.device:
@@ -78,7 +116,7 @@ class _Hook:
     @contextlib.contextmanager
     def registered(self) -> Iterator[None]:
         if self.to_input:
-            handle = self.layer.register_forward_pre_hook(self._pre)
+            handle = self.layer.register_forward_pre_hook(self._pre, with_kwargs=True)
         else:
             handle = self.layer.register_forward_hook(self._post)
         try:
@@ -86,14 +124,24 @@ class _Hook:
         finally:
             handle.remove()
 
-    def _pre(self, module: nn.Module, args: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+    def _pre(
+        self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Optional[Tuple[Tuple[Any, ...], Dict[str, Any]]]:
         if not self.mine():
             return None
-        value = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else args
+        if len(args) + len(kwargs) == 1 and isinstance((*args, *kwargs.values())[0], Tensor):
+            # The layer's one argument, positional or by keyword: a tensor layout.
+            value = (*args, *kwargs.values())[0]
+            out = self.act(value)
+            if out is None:
+                return None
+            return ((out,), kwargs) if args else ((), {k: out for k in kwargs})
+        keyword = bool(_parts(kwargs))
+        value = (*args, kwargs) if keyword else args
         out = self.act(value)
         if out is None:
             return None
-        return (out,) if isinstance(value, Tensor) else out
+        return (tuple(out[:-1]), out[-1]) if keyword else (tuple(out), kwargs)
 
     def _post(self, module: nn.Module, args: Tuple[Any, ...], output: Any) -> Any:
         if not self.mine():
@@ -117,6 +165,8 @@ class _Capture(_Hook):
         if not parts:
             return None
         self.once(parts)
+        # A copy: the model may overwrite the activation in place later (e.g. ReLU(inplace=True)).
+        parts = tuple(p.clone() for p in parts)
         with self.lock:
             self.saved[_device_of(parts)] = parts
             self.is_tuple = not isinstance(value, Tensor)
@@ -143,7 +193,8 @@ class _Replace(_Hook):
                     "expected (its shape depends on the batch size); choose a layer whose activation "
                     "has one row per example"
                 )
-        return _rebuild(value, new)
+        # Copies (not views of the core's leaf tensor), which the model may then change in place.
+        return _rebuild(value, [q.clone() for q in new])
 
 
 def _devices(device_ids: Optional[List[int]]) -> List[torch.device]:

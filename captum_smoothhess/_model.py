@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 import warnings
 from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 
 def module_of(forward_func: Any) -> Optional[nn.Module]:
@@ -60,6 +63,28 @@ def batch_dependent_layers(forward_func: Any) -> List[str]:
     statistics of the batch (and update their running statistics).
     """
     return _layers_where(forward_func, lambda m: isinstance(m, _BatchNorm) and m.training)
+
+
+def _may_update_buffers(module: nn.Module) -> bool:
+    """Whether a forward pass of ``module`` may write its own buffers: it is in training mode and holds
+    some (batch or instance norm's running statistics, spectral norm's power iteration, a user's running
+    averages). Such a model runs on a private copy; a copy too many costs time only."""
+    return module.training and any(b is not None for b in module._buffers.values())
+
+
+def _updates_buffers(module: nn.Module) -> bool:
+    """Whether a forward pass of ``module`` is known to write its buffers: a norm layer tracking running
+    statistics, or spectral norm's power iteration (the parametrization), in training mode."""
+    if not module.training:
+        return False
+    if isinstance(module, _NormBase):
+        return module.track_running_stats
+    return type(module).__name__ == "_SpectralNorm"
+
+
+def buffer_updating_layers(forward_func: Any) -> List[str]:
+    """Names of the layers whose forward pass may update their buffers (training mode)."""
+    return _layers_where(forward_func, _may_update_buffers)
 
 
 def random_layers(forward_func: Any) -> List[str]:
@@ -114,13 +139,15 @@ def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> 
 
     Batch norm in training mode updates its running statistics at every
     forward pass and normalises each batch of perturbed samples with that
-    batch's statistics. The copy (made once per call) leaves the user's buffers
-    exactly as found, also as seen from another thread; a warning says that
-    the result then mixes examples and samples. ``stacklevel`` is the warning's:
+    batch's statistics; instance norm with ``track_running_stats=True``
+    updates them too. The copy (made once per call) leaves the user's buffers
+    exactly as found, also as seen from another thread; for batch norm a
+    warning says that the result then mixes examples and samples. ``stacklevel`` is the warning's:
     4 points at the caller of the function calling this one, 5 at the caller of
     an ``attribute`` method wrapped by Captum's ``log_usage``.
     """
-    if not warn_if_training(forward_func, method, stacklevel=stacklevel):
+    batch_dependent = warn_if_training(forward_func, method, stacklevel=stacklevel)
+    if not batch_dependent and not buffer_updating_layers(forward_func):
         return forward_func
     return private_copy(forward_func)
 
@@ -140,10 +167,47 @@ def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
         return layer
     root, copy_root = module_of(original), module_of(private)
     assert root is not None and copy_root is not None
-    for name, module in root.named_modules():
+    # reachable_modules: also a layer of a model that a wrapper holds outside its registry
+    # (the copy's walk gives the same names, in the same order).
+    for name, module in reachable_modules(root):
         if module is layer:
-            return copy_root.get_submodule(name)
+            return dict(reachable_modules(copy_root))[name]
     raise ValueError(
         f"layer: {type(layer).__name__} is not a submodule of the model, so it cannot be found in the "
         "private copy made for a model in training mode; call model.eval() first"
     )
+
+
+@contextlib.contextmanager
+def refuse_hidden_batch_norm(forward_func: Any, method: str) -> Iterator[None]:
+    """Refuse, before it runs, a norm layer updating its statistics that ``forward_func``'s module lacks.
+
+    :func:`private_if_training` can copy only a model it finds (the module
+    itself, or the owner of a bound method); a plain function or a lambda
+    calling a model hides it, and a batch norm (or instance norm tracking
+    running statistics) in training mode would then update the user's
+    running statistics at every forward pass. Run the first
+    forward pass inside this block: a global forward-pre-hook, acting only
+    in the calling thread, raises a ``ValueError`` naming ``forward_func``
+    before such a layer changes anything.
+    """
+    module = module_of(forward_func)
+    own = {id(m) for _, m in reachable_modules(module)} if module is not None else set()
+    thread = threading.get_ident()
+
+    def check(layer: nn.Module, args: Any) -> None:
+        if threading.get_ident() != thread or id(layer) in own:
+            return
+        if _updates_buffers(layer):
+            raise ValueError(
+                f"forward_func: it runs a {type(layer).__name__} in training mode, whose running "
+                f"statistics every forward pass would update, of a model that {method} cannot copy "
+                "privately (forward_func is a function calling it, not the module or one of its "
+                "methods); pass the model itself (or a bound method), or call model.eval() first"
+            )
+
+    handle = register_module_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()

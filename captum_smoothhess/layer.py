@@ -34,9 +34,9 @@ from ._captum import (
     _verify_select_neuron,
     log_usage,
 )
-from ._evaluators import Evaluator, _scalar_per_row, _subset_rows, select_output
+from ._evaluators import Evaluator, _subset_rows, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
-from ._model import counterpart, private_if_training
+from ._model import counterpart, module_of, private_if_training, refuse_hidden_batch_norm
 from ._stein import ranks_fail_together
 from ._validation import (
     BaselinesType,
@@ -70,6 +70,22 @@ def _check_output(out: Any) -> Tensor:
     return out
 
 
+def _why_not(layer: nn.Module, forward_func: Any, to_input: bool) -> str:
+    """The likely reason a hook on ``layer`` saw no activation, for the error message."""
+    root = module_of(forward_func)
+    if isinstance(layer, torch.jit.ScriptModule) or isinstance(root, torch.jit.ScriptModule):
+        return (
+            ": TorchScript runs the submodules of a scripted model without Python hooks; attribute "
+            "on the model before torch.jit.script / torch.jit.trace"
+        )
+    return f" (or its {'input' if to_input else 'output'} has no floating-point tensor)"
+
+
+def _check_layer(layer: Any) -> None:
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layer: expected an nn.Module inside forward_func, got {type(layer).__name__}")
+
+
 def layer_activation(
     forward_func: Callable[..., Any],
     layer: nn.Module,
@@ -77,16 +93,24 @@ def layer_activation(
     additional_forward_args: Any,
     to_input: bool,
     device_ids: Optional[List[int]],
+    method: str = "LayerSmoothHess",
 ) -> Tuple[Tuple[Tensor, ...], bool, Tensor]:
-    """One plain forward: ``(activation parts, is_tuple, model output)`` of ``layer`` at ``inputs``."""
+    """One plain forward: ``(activation parts, is_tuple, model output)`` of ``layer`` at ``inputs``.
+
+    A batch norm in training mode that ``method`` could not copy privately is
+    refused before it updates its running statistics
+    (:func:`~captum_smoothhess._model.refuse_hidden_batch_norm`).
+    """
     afa = _format_additional_forward_args(additional_forward_args)
-    with torch.no_grad(), _hooks.capture(layer, to_input, device_ids) as hook:
+    with (
+        torch.no_grad(),
+        refuse_hidden_batch_norm(forward_func, method),
+        _hooks.capture(layer, to_input, device_ids) as hook,
+    ):
         out = _check_output(_run_forward(forward_func, inputs, None, afa))
     if not hook.saved:
-        raise ValueError(
-            f"layer: {type(layer).__name__} was not called by forward_func (or its "
-            f"{'input' if to_input else 'output'} has no floating-point tensor)"
-        )
+        why = _why_not(layer, forward_func, to_input)
+        raise ValueError(f"layer: {type(layer).__name__} was not called by forward_func{why}")
     parts = tuple(p.detach() for p in _hooks.gather(hook.saved, device_ids))
     batch = inputs[0].shape[0]
     for i, p in enumerate(parts):
@@ -95,6 +119,21 @@ def layer_activation(
                 f"layer: activation {i} has shape {tuple(p.shape)}, expected the batch ({batch}) first"
             )
     return parts, hook.is_tuple, out
+
+
+def _constant_in(out: Tensor, parts: Tuple[Tensor, ...]) -> Tensor:
+    """``out``, kept in the autograd graph of ``parts`` when it does not depend on them (zero gradient).
+
+    A floating-point scalar that autograd does not connect to the perturbed
+    points (the layer's activation is unused, or the unit is constant) has a
+    zero gradient and Hessian; without this its ``requires_grad`` would come
+    from the model's parameters, so a frozen model would be refused where a
+    trainable one gives zeros. Integer outputs are left to the core's error.
+    """
+    if out.requires_grad or not out.is_floating_point():
+        return out
+    anchor = parts[0].reshape(parts[0].shape[0], -1)[:, 0]
+    return out + (anchor * 0).to(out.dtype)
 
 
 class _LayerEvaluator(Evaluator):
@@ -139,7 +178,7 @@ class _LayerEvaluator(Evaluator):
         inputs, target = self._copies[copies]
         with _hooks.replace(self.layer, self.to_input, self.device_ids, parts):
             out = _run_forward(self.forward_func, inputs, None, self._expanded_afa(copies))
-        return select_output(out, target, parts[0].shape[0])
+        return _constant_in(select_output(out, target, parts[0].shape[0]), parts)
 
 
 class _NeuronEvaluator(Evaluator):
@@ -166,20 +205,50 @@ class _NeuronEvaluator(Evaluator):
             _run_forward(self.forward_func, parts, None, self._expanded_afa(copies))
         if not hook.saved:
             raise ValueError(f"layer: {type(self.layer).__name__} was not called by forward_func")
-        return select_neuron(_hooks.gather(hook.saved, self.device_ids), self.selector, parts[0].shape[0])
+        unit = select_neuron(_hooks.gather(hook.saved, self.device_ids), self.selector, parts[0].shape[0])
+        return _constant_in(unit, parts)
 
 
 def select_neuron(activation: Tuple[Tensor, ...], selector: NeuronSelector, rows: int) -> Tensor:
     """The selected unit, one value per example ``(rows,)``, or an error naming ``neuron_selector``."""
+    shapes = [tuple(a.shape) for a in activation]
     try:
         sel = _verify_select_neuron(activation, selector)
     except (IndexError, AssertionError, RuntimeError, TypeError) as err:
-        shapes = [tuple(a.shape) for a in activation]
         raise ValueError(
             f"neuron_selector: {selector!r} does not select one unit per example of the layer's "
             f"activation of shape(s) {shapes} ({err})"
         ) from err
-    return _scalar_per_row(sel, rows, "neuron_selector")
+    if not isinstance(sel, Tensor):
+        raise TypeError(
+            f"neuron_selector: the callable must return a tensor with one value per example, "
+            f"got {type(sel).__name__} from the layer's activation of shape(s) {shapes}"
+        )
+    if sel.dim() == 2 and sel.shape[1] == 1:
+        sel = sel[:, 0]
+    if sel.shape != (rows,):
+        raise ValueError(
+            f"neuron_selector: {selector!r} selects values of shape {tuple(sel.shape)} from the layer's "
+            f"activation of shape(s) {shapes}, not one unit per example ({rows},); give one index per "
+            "dimension of an example's activation (slices are summed), or a callable returning "
+            "one value per example"
+        )
+    return sel
+
+
+def _check_integer_baselines(baselines: BaselinesType, inputs: Tuple[Tensor, ...]) -> None:
+    """Refuse a fractional (or NaN) baseline for integer inputs (token ids), which a cast would truncate."""
+    per_input = tuple(baselines) if isinstance(baselines, (tuple, list)) else (baselines,) * len(inputs)
+    for i, (b, inp) in enumerate(zip(per_input, inputs)):
+        if inp.is_floating_point() or isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
+            continue  # floating inputs, and the types _format_baselines refuses itself
+        t = torch.as_tensor(b).detach()
+        if t.is_floating_point() and not bool((t == t.trunc()).all()):
+            where = "baselines" if len(inputs) == 1 else f"baselines[{i}]"
+            raise ValueError(
+                f"{where}: input {i} holds integers (e.g. token ids), so its baseline must be "
+                "integer-valued (e.g. a pad-token id), got a fractional or NaN value"
+            )
 
 
 def _weight(
@@ -195,9 +264,10 @@ def _weight(
     """``a - b`` in the flat layout: the layer's activation at the inputs minus at the baselines."""
     if baselines is None:
         return None
+    _check_integer_baselines(baselines, inputs)
     base_inputs = _format_baselines(baselines, inputs)
     base_act, _, _ = layer_activation(
-        forward_func, layer, base_inputs, additional_forward_args, to_input, device_ids
+        forward_func, layer, base_inputs, additional_forward_args, to_input, device_ids, "LayerSmoothHess"
     )
     if len(base_act) != len(activation) or any(b.shape != a.shape for b, a in zip(base_act, activation)):
         raise ValueError(
@@ -221,7 +291,13 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
 
     A layer whose output (or input) is a tuple is attributed as a tuple
     layout: all its floating-point tensors, in order (other entries, e.g.
-    ``None``, pass through), giving nested blocks as for tuple inputs.
+    ``None``, pass through), giving nested blocks as for tuple inputs. Nested
+    tuples, lists and dicts (an LSTM's ``(out, (h, c))``, a dict of outputs)
+    are flattened depth first, dicts in key order; a layer's input is its
+    positional arguments, then its keyword arguments when these hold
+    floating-point tensors. Every attributed tensor must have the batch
+    first. In-place operations of the model after the layer (e.g.
+    ``ReLU(inplace=True)``) are allowed.
 
     Args:
         forward_func: The model or any function of the inputs.
@@ -250,6 +326,7 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
         kernel: Union[Kernel, str] = Gaussian(),
         device_ids: Optional[List[int]] = None,
     ) -> None:
+        _check_layer(layer)
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self._core = SmoothHess(forward_func, kernel)
@@ -324,8 +401,14 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
 
         Raises:
             ValueError: As SmoothHess, naming the argument; ``layer`` when it
-                is not called or its activation is not floating-point;
-                ``baselines`` that do not fit the inputs.
+                is not called (or called inside TorchScript), called twice
+                per forward, or its activation is not batch first;
+                ``baselines`` that do not fit the inputs, or fractional for
+                integer inputs; ``forward_func`` when it is a plain function
+                running a norm layer that would update its running statistics
+                (training mode), since no private copy of its model can be made.
+            TypeError: ``layer`` that is not an ``nn.Module``, or whose
+                activation is not floating-point.
 
         Examples:
             >>> import torch
@@ -349,7 +432,13 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             forward = private_if_training(self.forward_func, "LayerSmoothHess")
             layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
             activation, is_tuple, out = layer_activation(
-                forward, layer, inps, additional_forward_args, attribute_to_layer_input, device_ids
+                forward,
+                layer,
+                inps,
+                additional_forward_args,
+                attribute_to_layer_input,
+                device_ids,
+                "LayerSmoothHess",
             )
             _check_inputs(activation, "layer")
             select_output(out, target, inps[0].shape[0])
@@ -427,6 +516,7 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
         kernel: Union[Kernel, str] = Gaussian(),
         device_ids: Optional[List[int]] = None,
     ) -> None:
+        _check_layer(layer)
         NeuronAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self._core = SmoothHess(forward_func, kernel)
@@ -488,7 +578,10 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
 
         Raises:
             ValueError: As SmoothHess; ``neuron_selector`` when it does not
-                select one unit per example.
+                select one unit per example; ``layer`` and ``forward_func`` as
+                in :meth:`LayerSmoothHess.attribute`.
+            TypeError: ``layer`` that is not an ``nn.Module``; a
+                ``neuron_selector`` callable that does not return a tensor.
 
         Examples:
             >>> import torch
@@ -509,7 +602,13 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             forward = private_if_training(self.forward_func, "NeuronSmoothHess")
             layer = counterpart(cast(nn.Module, self.layer), self.forward_func, forward)
             activation, _, _ = layer_activation(
-                forward, layer, inps, additional_forward_args, attribute_to_neuron_input, device_ids
+                forward,
+                layer,
+                inps,
+                additional_forward_args,
+                attribute_to_neuron_input,
+                device_ids,
+                "NeuronSmoothHess",
             )
             select_neuron(activation, neuron_selector, inps[0].shape[0])
             weight = _baseline_weight(baselines, inps)

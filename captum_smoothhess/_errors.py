@@ -58,6 +58,13 @@ def _rows(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over samples are kept in: float32 for the half-precision dtypes, else ``dtype``
+    (a raw sum over calls leaves float16's range, and bfloat16's 8 bits of precision, long before the
+    mean does)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _wide_dtype(like: Tensor) -> torch.dtype:
     """float64 where the device has it (MPS has not), else ``like``'s dtype."""
     return like.dtype if like.device.type == "mps" else torch.float64

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._captum import progress
-from ._errors import GroupStats
+from ._errors import GroupStats, accumulation_dtype
 from ._evaluators import Evaluator, check_gradient_sum
 from ._sampling import Sampler, chunks, default_chunk
 from ._validation import _check_positive_int
@@ -148,7 +148,8 @@ def stein_estimate(
     world, rank = (1, 0)
     if group is not None:
         world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-    grad_sum = torch.zeros_like(x)
+    # Half-precision inputs sum their gradients in float32 (accumulation_dtype); the caller rounds back.
+    grad_sum = torch.zeros_like(x, dtype=accumulation_dtype(x.dtype))
     if tracking is None:
         # A reduction that takes the draws themselves (factors._RotatedSums) forms no explicit scores.
         add_draws = getattr(reduction, "add_draws", None)
@@ -160,13 +161,14 @@ def stein_estimate(
                 grads = evaluate(sampler.points(x, eps, u))
                 weights = sampler.gradient_weights(start, stop)
                 # Unweighted: one reduction over all calls, as before (the iid numbers stay bit for bit).
-                grad_sum += grads.sum(1) if weights is None else sampler.draw_gradients(grads, weights).sum(1)
+                summed = grads if weights is None else sampler.draw_gradients(grads, weights)
+                grad_sum += summed.sum(1, dtype=grad_sum.dtype)
                 if add_draws is not None:
                     add_draws(start, stop, u, grads)
                 else:
                     reduction.add(*sampler.pairs(u, grads))
                 # Freed before the next chunk's are made, whose memory the allocator can then reuse.
-                del u, grads
+                del u, grads, summed
             finish = getattr(reduction, "finish", None)
             if finish is not None:
                 finish()
@@ -261,21 +263,21 @@ def _tracked_rounds(
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     copies, length = sampler.copies, tracking.group
     n_groups = -(-draws // length)
-    tracking.gradient = stats = GroupStats(x, wide=True)
+    tracking.gradient = stats = GroupStats(grad_sum, wide=True)
     hessian = reduction.stats  # the open group's Hessian sum lives in its `current`
     batch = x.shape[0]
     active: Optional[Tensor] = None
     x_a, evaluate_a = x, evaluate
     for first in range(0, n_groups, world):
         k = first + rank
-        piece = torch.zeros_like(x)  # this group's sum of gradient calls, all rows
+        piece = torch.zeros_like(grad_sum)  # this group's sum of gradient calls, all rows
         with ranks_raise_together(group, x.device):
             if k < n_groups:
                 start, stop = k * length, min(draws, (k + 1) * length)
                 for lo in range(start, stop, chunk):
                     hi = min(stop, lo + chunk)
                     scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, lo, hi, active)
-                    part = per_draw.sum(1)
+                    part = per_draw.sum(1, dtype=grad_sum.dtype)
                     if active is None:
                         piece += part
                     else:
@@ -329,7 +331,7 @@ def _tracked_loop(
     result does not depend on the chunk size.
     """
     copies = sampler.copies
-    tracking.gradient = stats = GroupStats(x, wide=True)
+    tracking.gradient = stats = GroupStats(grad_sum, wide=True)
     batch = x.shape[0]
     active: Optional[Tensor] = None  # rows still sampled; None: all
     x_a, evaluate_a = x, evaluate
@@ -344,7 +346,7 @@ def _tracked_loop(
             g_part, s_part, t_part = per_draw[:, take], scores[:, take], terms[:, take]
             if live is not None:
                 g_part, s_part, t_part = g_part[live], s_part[live], t_part[live]
-            part_sum = g_part.sum(1)
+            part_sum = g_part.sum(1, dtype=grad_sum.dtype)
             if active is None:
                 grad_sum += part_sum
             else:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._errors import GroupStats, SmoothHessError, relative_error
+from ._errors import GroupStats, SmoothHessError, accumulation_dtype, relative_error
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
 from ._pairs import top_pairs as _top_pairs
 from ._sampling import OrthogonalStream, Sampler, _Mixer, chi_mean
@@ -65,11 +65,14 @@ class _HessianSums:
         n_groups: int,
         copies: Optional[int] = None,
     ) -> None:
-        self.row_scale = row_scale
+        # Half-precision inputs accumulate in float32: the raw sum over calls leaves float16's range (and
+        # bfloat16's 8 bits of precision) long before the mean does. Results come back in the inputs' dtype.
+        self.dtype = row_scale.dtype
+        self.row_scale = row_scale.to(accumulation_dtype(row_scale.dtype))
         self.mask = mask
         self.n_groups = n_groups
         size = n_groups if mask is not None else dim
-        self.total = row_scale.new_zeros(batch, size, size)
+        self.total = self.row_scale.new_zeros(batch, size, size)
         self.copies = copies
         self.stats = None if copies is None else GroupStats(self.total)
         self.index: Optional[Tensor] = None
@@ -85,6 +88,8 @@ class _HessianSums:
 
     def add(self, scores: Tensor, diffs: Tensor) -> None:
         """Add one chunk, ``scores`` and ``diffs`` both ``(B, c, d)`` (the selected rows)."""
+        if scores.dtype != self.total.dtype:
+            scores, diffs = scores.to(self.total.dtype), diffs.to(self.total.dtype)
         if self.mask is not None:
             scores, diffs = self._group(scores * self.row_scale), self._group(diffs)
         if self.stats is None:
@@ -107,7 +112,7 @@ class _HessianSums:
 
     def relative(self) -> Tensor:
         assert self.stats is not None
-        return relative_error(self.stats.mean(), self.stats.variance())
+        return relative_error(self.stats.mean(), self.stats.variance()).to(self.dtype)
 
     def all_reduce(self, group: Any) -> None:
         if self.stats is not None:
@@ -121,7 +126,7 @@ class _HessianSums:
         Called once, at the end: the sum is scaled in place (a ``(B, d, d)`` buffer and a pass fewer).
         """
         if self.stats is not None:
-            return self.stats.mean()
+            return self.stats.mean().to(self.dtype)
         if self._scaled:
             raise RuntimeError("_HessianSums.result: already taken (the sum was scaled in place)")
         self._scaled = True
@@ -130,12 +135,12 @@ class _HessianSums:
             h = self.total.mul_(self.row_scale[:, None] / count * 0.5)
         else:
             h = self.total.div_(2 * count)
-        return torch.add(h, h.transpose(1, 2))
+        return torch.add(h, h.transpose(1, 2)).to(self.dtype)
 
     def stderr(self) -> Tensor:
         """Per-entry standard errors of :meth:`result`, from the groups."""
         assert self.stats is not None
-        return self.stats.variance().sqrt()
+        return self.stats.variance().sqrt().to(self.dtype)
 
 
 class _RotatedSums:
@@ -352,7 +357,8 @@ class _KeptFactors:
 
     def relative(self) -> Tensor:
         """Unknown while sampling (computed afterwards by :meth:`SmoothHessFactors.error`)."""
-        return torch.full((self.scores[0].shape[0],), float("nan"), dtype=self.scores[0].dtype)
+        like = self.scores[0]
+        return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
 
     def add(self, scores: Tensor, diffs: Tensor) -> None:
         self.scores.append(scores)
@@ -366,13 +372,17 @@ def _matvec(scores: List[Tensor], diffs: List[Tensor], row_scale: Tensor, count:
     """``H v`` for flat ``v`` ``(B, d)``, from the raw factor chunks; ``O(n d)`` work."""
     # Row-vector products (1 x m)(m x d) stream the factors in memory order,
     # several times faster than (m x d)(d x 1) batched products on CPUs.
-    x = v[:, None, :]
+    dtype = v.dtype
+    wide = accumulation_dtype(dtype)  # half precision: the sums in float32 (see _HessianSums)
+    x = v[:, None, :].to(wide)
+    row_scale = row_scale.to(wide)
     rx = x * row_scale
     left, right = torch.zeros_like(x), torch.zeros_like(x)
     for s, d in zip(scores, diffs):
+        s, d = s.to(wide), d.to(wide)
         left += (x @ d.transpose(1, 2)) @ s
         right += (rx @ s.transpose(1, 2)) @ d
-    return (left * row_scale + right)[:, 0] / (2 * count)
+    return ((left * row_scale + right)[:, 0] / (2 * count)).to(dtype)
 
 
 class SmoothHessFactors:
@@ -444,13 +454,31 @@ class SmoothHessFactors:
         return _format_flat(flat, self._inputs, self._is_tuple)
 
     def _flat(self, v: TensorOrTuple, argument: str) -> Tensor:
+        """``v`` (shaped like the inputs) flat, ``(B, d)``, in the factors' dtype and on their device."""
+        if not isinstance(v, (Tensor, tuple, list)):
+            raise TypeError(
+                f"{argument}: expected a tensor (or a tuple of them) shaped like the inputs, got "
+                f"{type(v).__name__}"
+            )
         parts = (v,) if isinstance(v, Tensor) else tuple(v)
-        if len(parts) != len(self._inputs) or any(
-            p.shape[1:] != i.shape[1:] or p.shape[0] != self._batch for p, i in zip(parts, self._inputs)
-        ):
-            raise ValueError(f"{argument}: expected tensors shaped like the inputs (batch {self._batch})")
+        expected = [tuple(i.shape) for i in self._inputs]
+        for p in parts:
+            if not isinstance(p, Tensor):
+                raise TypeError(
+                    f"{argument}: expected tensors shaped like the inputs, got {type(p).__name__}"
+                )
+            if p.is_complex():
+                raise TypeError(f"{argument}: expected a real tensor, got dtype {p.dtype}")
+            if p.device.type == "meta":
+                raise ValueError(f"{argument}: a meta tensor holds no values; give it on a real device")
+        got = [tuple(p.shape) for p in parts]
+        if got != expected:
+            raise ValueError(f"{argument}: expected tensors shaped like the inputs, {expected}, got {got}")
         like = self._scores[0]
-        return torch.cat([p.reshape(self._batch, -1) for p in parts], dim=1).to(like)
+        flat = torch.cat([p.reshape(self._batch, -1) for p in parts], dim=1).to(like)
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError(f"{argument}: contains NaN or Inf values (in {like.dtype})")
+        return flat
 
     def to_dense(self) -> HessianType:
         """The dense Hessian: what ``output="dense"`` returns for the same seed (bit for bit without
@@ -483,11 +511,13 @@ class SmoothHessFactors:
         out: HessianType = (
             stderr if mask is not None else _split_hessian(stderr, self._inputs, self._is_tuple)
         )
-        calls = torch.full((self._batch,), self.count, dtype=torch.long)
+        calls = torch.full((self._batch,), self.count, dtype=torch.long, device=self._row_scale.device)
         return SmoothHessError(out, sums.relative(), calls, self._gradient_stderr)
 
     def group(self, feature_mask: Union[Tensor, Tuple[Tensor, ...]]) -> Tensor:
         """Group interactions ``M^T H M``, ``(B, G, G)``, from a Captum-style feature mask."""
+        if feature_mask is None:
+            raise TypeError("feature_mask: expected an integer tensor (or one per input tensor), got None")
         mask, n_groups = _format_feature_mask(feature_mask, self._inputs)
         sums = _HessianSums(self._batch, self._dim, self._row_scale, mask, n_groups)
         for s, d in zip(self._scores, self._diffs):
@@ -495,16 +525,22 @@ class SmoothHessFactors:
         return sums.result(self.count)
 
     def matvec(self, v: TensorOrTuple) -> TensorOrTuple:
-        """``H v`` per example, ``v`` shaped like the inputs; ``O(n d)`` work."""
+        """``H v`` per example, ``v`` shaped like the inputs; ``O(n d)`` work.
+
+        ``v`` is taken in the factors' dtype and on their device (the result
+        is too); a complex, meta or non-finite ``v``, or one of another shape,
+        is refused naming ``v``.
+        """
         return self._format(
             _matvec(self._scores, self._diffs, self._row_scale, self.count, self._flat(v, "v"))
         )
 
     def diagonal(self) -> TensorOrTuple:
         """The diagonal of ``H``, shaped like the inputs."""
-        diag = sum((s * d).sum(1) for s, d in zip(self._scores, self._diffs))
+        wide = accumulation_dtype(self._row_scale.dtype)
+        diag = sum((s.to(wide) * d.to(wide)).sum(1) for s, d in zip(self._scores, self._diffs))
         assert isinstance(diag, Tensor)
-        return self._format(diag * self._row_scale / self.count)
+        return self._format((diag * self._row_scale.to(wide) / self.count).to(self._row_scale.dtype))
 
     def top_pairs(self, k: int, show_progress: bool = False) -> TopPairs:
         """The ``k`` largest ``|H_ij|``, ``i < j``, per example, exact.
@@ -541,6 +577,8 @@ class SmoothHessFactors:
             >>> torch.allclose(pairs.values[0], h[pairs.index_i[0], pairs.index_j[0]], atol=1e-6)
             True
         """
+        if self._dim < 2:
+            raise ValueError(f"k: the factors have {self._dim} feature(s) per example, so no pairs i < j")
         values, index_i, index_j = _top_pairs(
             self._scores, self._diffs, self._row_scale, self.count, k, show_progress
         )

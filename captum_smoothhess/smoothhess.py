@@ -17,8 +17,12 @@ the Gaussian kernel) comes from the same samples.
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
+import numpy as np
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
@@ -27,7 +31,7 @@ from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usag
 from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
-from ._model import private_if_training
+from ._model import private_if_training, refuse_hidden_batch_norm
 from ._sampling import resolve_sampling, sampler_class, seed_from
 from ._stein import (
     Tracking,
@@ -343,7 +347,17 @@ class SmoothHess(GradientAttribution):
                 not have or a non-scalar output without ``target``; a
                 ``feature_mask`` that does not fit the inputs; an unknown
                 ``sampling``, or ``"orthogonal"`` with a product kernel; a
-                non-positive ``tolerance``.
+                non-positive ``tolerance``; ``stdevs`` out of the inputs'
+                dtype's range (0, subnormal or infinite there, or with an
+                infinite reciprocal); a result whose sums overflow the dtype.
+            TypeError: A flag (``antithetic``, ``return_gradient``,
+                ``return_error``, ``show_progress``) that is not a bool;
+                ``inputs`` that are not a tensor or a tuple of tensors.
+
+        Warns:
+            UserWarning: ``stdevs`` below the resolution of the inputs' dtype
+                at the inputs (e.g. ``1e-3`` in float16 at ``|x| ~ 1``): the
+                perturbed points round back to the inputs.
 
         Examples:
             >>> import torch
@@ -365,16 +379,30 @@ class SmoothHess(GradientAttribution):
             (True, torch.Size([3, 6, 6]))
         """
         with ranks_fail_together(process_group):
+            if not isinstance(inputs, (Tensor, tuple)):
+                raise TypeError(
+                    f"inputs: expected a tensor or a tuple of tensors, got {type(inputs).__name__}"
+                    + (" (pass a tuple instead of a list)" if isinstance(inputs, list) else "")
+                )
+            _check_flags(
+                antithetic=antithetic,
+                return_gradient=return_gradient,
+                return_error=return_error,
+                show_progress=show_progress,
+            )
             is_tuple = _is_tuple(inputs)
             inps = _format_tensor_into_tuples(inputs)
             _check_inputs(inps)
             n = _check_n_samples(n_samples, antithetic)
+            if n > _MAX_SAMPLES:
+                raise ValueError(f"n_samples: must be at most {_MAX_SAMPLES} (counts are int64), got {n}")
             _check_generator(generator)
             forward = private_if_training(self.forward_func, "SmoothHess")
 
             def evaluator() -> Tuple[Evaluator, Optional[Tensor]]:
-                # One plain forward checks `target` and the output's shape up front.
-                with torch.no_grad():
+                # One plain forward checks `target` and the output's shape up front (and refuses a
+                # training-mode norm layer of a model that a function hides from the private copy).
+                with torch.no_grad(), refuse_hidden_batch_norm(forward, "SmoothHess"):
                     selected_outputs(forward, inps, target, additional_forward_args)
                 weight = _baseline_weight(baselines, inps)
                 return GradientEvaluator(forward, inps, target, additional_forward_args), weight
@@ -427,7 +455,13 @@ class SmoothHess(GradientAttribution):
         group = resolve_group(process_group)
         # Called inside `ranks_fail_together` (each attribute method): a check failing here still
         # takes part in the ranks' exchange below.
-        eps = _format_stdevs(stdevs, layout)
+        _check_flags(
+            antithetic=antithetic,
+            return_gradient=return_gradient,
+            return_error=return_error,
+            show_progress=show_progress,
+        )
+        eps = _check_bandwidths(stdevs, layout)
         mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
         _check_output_mode(output, mask, group)
         dim = sum(t[0].numel() for t in layout)
@@ -550,8 +584,10 @@ class SmoothHess(GradientAttribution):
             assert tracking.gradient is not None and tracking.draws is not None
             calls = (tracking.draws * sampler_type.copies).round().long()
             spread = tracking.gradient.variance().sqrt()
-            grad_stderr = _format_flat(spread if weight is None else spread * weight.abs(), inputs, is_tuple)
-        gradient = _format_flat(grad_sum / calls[:, None].to(x.dtype), inputs, is_tuple)
+            spread = spread if weight is None else spread * weight.abs()
+            grad_stderr = _format_flat(spread.to(x.dtype), inputs, is_tuple)
+        # (Summed in float32 for half-precision inputs: rounded back here.)
+        gradient = _format_flat((grad_sum / calls[:, None].to(grad_sum.dtype)).to(x.dtype), inputs, is_tuple)
         if isinstance(sums, _KeptFactors):
             return SmoothHessFactors(
                 sums.scores,
@@ -566,13 +602,73 @@ class SmoothHess(GradientAttribution):
                 grad_stderr,
             )
         hess = sums.result(n)
+        _check_finite(hess, "estimate")
         out_h: HessianType = hess if mask is not None else _split_hessian(hess, inputs, is_tuple)
         result: Tuple[Any, ...] = (out_h, gradient) if return_gradient else (out_h,)
         if tracking is not None:
             stderr = sums.stderr()
+            _check_finite(stderr, "standard error")
             out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
             result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
         return result if len(result) > 1 else result[0]
+
+
+# Largest n_samples: gradient-call counts are reported as int64.
+_MAX_SAMPLES = 2**62
+
+
+def _check_flags(**flags: object) -> None:
+    """Each flag must be a bool (numpy's included): ``antithetic=None`` or ``return_error="no"`` would
+    otherwise be taken for their truth value."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
+def _check_bandwidths(stdevs: StdevsType, layout: Tuple[Tensor, ...]) -> Tensor:
+    """The flat bandwidths (:func:`_format_stdevs`), also checked against the inputs' dtype.
+
+    ``stdevs`` that are positive numbers may still be 0 or infinite in the inputs' dtype, or have an
+    infinite reciprocal (the scores are divided by them): the estimate would be NaN or Inf. Bandwidths
+    below the dtype's resolution at the inputs round the perturbed points back to the inputs (the
+    estimate then vanishes, with no spread to report): a warning says so.
+    """
+    per_input = stdevs if isinstance(stdevs, (tuple, list)) else [stdevs] * len(layout)
+    for i, (s, inp) in enumerate(zip(per_input, layout)):
+        if isinstance(s, numbers.Real) and not isinstance(s, bool) and inp.is_floating_point():
+            if math.isfinite(float(s)) and abs(float(s)) > torch.finfo(inp.dtype).max:
+                where = "stdevs" if len(layout) == 1 else f"stdevs[{i}]"
+                raise ValueError(f"{where}: {s} exceeds the largest {inp.dtype} value")
+    eps = _format_stdevs(stdevs, layout)
+    if eps.numel() == 0 or not eps.is_floating_point():
+        return eps
+    if not bool(torch.isfinite(eps.reciprocal()).all()):
+        raise ValueError(
+            f"stdevs: the smallest bandwidth, {float(eps.min()):.3g}, is 0 or subnormal in {eps.dtype}, "
+            "whose 1/stdevs is then infinite; use a larger stdevs or float32/float64 inputs"
+        )
+    x = _flatten(layout)
+    if x.is_floating_point():
+        spacing = x.detach().abs().amax(0) * torch.finfo(x.dtype).eps
+        lost = int((eps <= spacing).sum())
+        if lost:
+            warnings.warn(
+                f"stdevs: the bandwidth of {lost} feature(s) is below the resolution of {x.dtype} at the "
+                "inputs, so the perturbed points round back to the inputs and their interactions come out "
+                "as 0; use a larger stdevs or a wider dtype",
+                UserWarning,
+                stacklevel=5,
+            )
+    return eps
+
+
+def _check_finite(t: Tensor, what: str) -> None:
+    """Refuse a non-finite result (finite gradients whose sums overflow the dtype)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"inputs: the {what} is NaN or Inf in {t.dtype} (its sums overflow that dtype); compute in "
+            "float32 or float64, or scale the model's output down"
+        )
 
 
 def _baseline_weight(baselines: BaselinesType, inputs: Tuple[Tensor, ...]) -> Optional[Tensor]:

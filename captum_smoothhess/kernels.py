@@ -21,6 +21,7 @@ Users can add kernels by subclassing :class:`Kernel`.
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from typing import Callable, Dict, Optional, Union
 
@@ -38,6 +39,24 @@ __all__ = [
     "Sigmoid",
     "get_kernel",
 ]
+
+
+def _check_sample_args(n: object, dim: object, generator: object) -> tuple[int, int]:
+    """``n`` and ``dim`` as non-negative ints; refuse anything else, and a non-generator, naming it."""
+    sizes = []
+    for value, argument in ((n, "n"), (dim, "dim")):
+        try:
+            size = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            size = None
+        if size is None:
+            raise TypeError(f"{argument}: expected an integer, got {value!r}")
+        if size < 0:
+            raise ValueError(f"{argument}: must be >= 0, got {size}")
+        sizes.append(size)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return sizes[0], sizes[1]
 
 
 def _draw(
@@ -236,6 +255,7 @@ class Gaussian(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
+        n, dim = _check_sample_args(n, dim, generator)
         return _draw(torch.randn, (n, dim), generator, device, dtype)
 
     def score(self, u: Tensor) -> Tensor:
@@ -300,6 +320,7 @@ class Poisson(Kernel):
         Returns:
             Tensor of shape ``(n, dim)``.
         """
+        n, dim = _check_sample_args(n, dim, generator)
         dtype, work = _resolve_dtype(dtype)
         g = _draw(torch.randn, (n, dim + 1), generator, device, work)
         if work == dtype:
@@ -355,9 +376,14 @@ class Hyperbolic(Kernel):
     name = "hyperbolic"
 
     def __init__(self, alpha: float = 1.0) -> None:
-        alpha = float(alpha)
+        if isinstance(alpha, (bool, str, bytes)) or alpha is None:
+            raise TypeError(f"alpha: expected a positive finite number, got {alpha!r}")
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"alpha: expected a positive finite number, got {alpha!r}") from err
         if not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"alpha must be a positive finite number, got {alpha}")
+            raise ValueError(f"alpha: must be a positive finite number, got {alpha}")
         self.alpha = alpha
         a = torch.tensor(alpha, dtype=torch.float64)
         k0 = float(torch.special.scaled_modified_bessel_k0(a))
@@ -430,6 +456,7 @@ class Hyperbolic(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
+        n, dim = _check_sample_args(n, dim, generator)
         dtype, work = _resolve_dtype(dtype)
         t = self._raw_sample(n * dim, generator, device, work)
         return (t / self._sd).to(dtype).reshape(n, dim)
@@ -460,7 +487,8 @@ class Hyperbolic(Kernel):
         w[1:-1:2], w[2:-1:2] = 4.0, 2.0
         area = (dens * w).sum(-1) * x.squeeze(-1) / (3 * 2000)
         out = 0.5 + torch.sign(t.reshape(-1).to(torch.float64)) * area
-        return out.reshape(t.shape).to(t.dtype)
+        # Integer points get a CDF in the default floating dtype, as the other kernels give.
+        return out.reshape(t.shape).to(t.dtype if t.is_floating_point() else torch.get_default_dtype())
 
 
 class Sigmoid(Kernel):
@@ -487,6 +515,7 @@ class Sigmoid(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
+        n, dim = _check_sample_args(n, dim, generator)
         dtype, work = _resolve_dtype(dtype)
         p = _uniform_open((n, dim), generator, device, work)
         return (self._s * (torch.log(p) - torch.log1p(-p))).to(dtype)
@@ -526,6 +555,7 @@ class Rect(Kernel):
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> Tensor:
+        n, dim = _check_sample_args(n, dim, generator)
         dtype, work = _resolve_dtype(dtype)
         p = _draw(torch.rand, (n, dim), generator, device, work)
         return (self._h * (2 * p - 1)).to(dtype)
@@ -584,4 +614,8 @@ def get_kernel(kernel: Union[str, Kernel], argument: str = "kernel") -> Kernel:
                 f"one of {sorted(KERNELS)}"
             )
         return KERNELS[key]()
+    if isinstance(kernel, type) and issubclass(kernel, Kernel):
+        raise TypeError(
+            f"{argument}: got the class {kernel.__name__}, expected an instance of it: {kernel.__name__}()"
+        )
     raise TypeError(f"{argument}: expected a Kernel instance or a kernel name, got {type(kernel).__name__}")

@@ -40,7 +40,14 @@ from torch import Tensor, nn
 from ._captum import log_usage
 from ._evaluators import autograd_allowed
 from ._layout import _sizes
-from ._model import batch_dependent_layers, counterpart, private_if_training, warn_if_training
+from ._model import (
+    batch_dependent_layers,
+    buffer_updating_layers,
+    counterpart,
+    private_copy,
+    private_if_training,
+    warn_if_training,
+)
 from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
 from ._validation import (
     StdevsType,
@@ -486,8 +493,10 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_inputs(tupled)
         _refuse_meta(kwargs.get("target"), "target")
         forward_func = self.attribution_method.forward_func
-        if not self._private and batch_dependent_layers(forward_func):
-            # Batch norm in training mode: run this call on a private copy, buffers left as found.
+        updates = batch_dependent_layers(forward_func) or buffer_updating_layers(forward_func)
+        if not self._private and updates:
+            # A forward that updates buffers (batch norm or spectral norm in training mode): run this
+            # call on a private copy, the user's buffers left as found.
             return type(self).attribute.__wrapped__(
                 self._on_private_model(),
                 inputs,
@@ -526,10 +535,23 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     _private = False
 
     def _on_private_model(self) -> KernelNoiseTunnel:
-        """This tunnel on a private copy of the model (with a warning): for a model in training mode."""
+        """This tunnel on a private copy of the model: for a model whose forward updates buffers.
+
+        Batch norm in training mode gets a warning (its outputs mix examples);
+        other buffer updates (``spectral_norm``'s power iteration) need none.
+        """
         method = copy.copy(self.attribution_method)
         original = method.forward_func
-        method.forward_func = private_if_training(original, type(self).__name__)
+        try:
+            forward = private_if_training(original, type(self).__name__, stacklevel=6)
+            method.forward_func = private_copy(original) if forward is original else forward
+        except (TypeError, RuntimeError, AttributeError, copy.Error) as err:
+            raise TypeError(
+                "forward_func: the model is in training mode with buffers its forward may update "
+                "(batch norm statistics, spectral norm's power iteration), so this call runs on a "
+                f"private copy, which copy.deepcopy could not make ({type(err).__name__}: {err}); "
+                "call model.eval() first"
+            ) from err
         for name in ("layer", "model"):  # layer methods' layer, DeepLift's model
             value = getattr(method, name, None)
             if isinstance(value, nn.Module):

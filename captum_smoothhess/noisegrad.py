@@ -141,21 +141,55 @@ def _module_of(forward_func: Any) -> nn.Module:
     )
 
 
+def _check_param_filter(param_filter: object) -> ParamFilter:
+    """``param_filter`` checked: ``None``, a valid regular expression, a predicate, or names."""
+    if param_filter is None or callable(param_filter):
+        return param_filter
+    if isinstance(param_filter, str):
+        try:
+            re.compile(param_filter)
+        except re.error as err:
+            raise ValueError(
+                f"param_filter: {param_filter!r} is not a valid regular expression ({err})"
+            ) from err
+        return param_filter
+    if isinstance(param_filter, (bytes, bytearray)) or not isinstance(param_filter, Collection):
+        raise TypeError(
+            "param_filter: expected None, a regular expression, a predicate on the parameter name or a "
+            f"collection of parameter names, got {type(param_filter).__name__}"
+        )
+    odd = [n for n in param_filter if not isinstance(n, str)]
+    if odd:
+        raise TypeError(f"param_filter: parameter names must be strings, got {odd!r}")
+    return param_filter
+
+
 def _select_names(module: nn.Module, param_filter: ParamFilter) -> List[str]:
-    names = [n for n, p in module.named_parameters() if p.is_floating_point()]
+    """The canonical names (``named_parameters()``) of the floating parameters ``param_filter`` selects.
+
+    A parameter registered under several names (tied weights, a submodule
+    held twice) is selected when any of its names is.
+    """
+    canonical = {id(p): n for n, p in module.named_parameters() if p.is_floating_point()}
+    aliases: Dict[str, List[str]] = {n: [] for n in canonical.values()}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in canonical:
+            aliases[canonical[id(p)]].append(n)
+    names = list(aliases)
     if param_filter is None:
         chosen = names
     elif isinstance(param_filter, str):
         pattern = re.compile(param_filter)
-        chosen = [n for n in names if pattern.search(n)]
+        chosen = [n for n in names if any(pattern.search(a) for a in aliases[n])]
     elif callable(param_filter):
-        chosen = [n for n in names if param_filter(n)]
+        chosen = [n for n in names if any(param_filter(a) for a in aliases[n])]
     else:
         wanted = set(param_filter)
-        unknown = sorted(wanted - set(names))
+        known = {a for n in names for a in aliases[n]}
+        unknown = sorted(wanted - known)
         if unknown:
             raise ValueError(f"param_filter: the model has no floating parameter(s) named {unknown}")
-        chosen = [n for n in names if n in wanted]
+        chosen = [n for n in names if wanted.intersection(aliases[n])]
     if not chosen:
         raise ValueError(f"param_filter: {param_filter!r} selects no floating parameter of the model")
     return chosen
@@ -508,7 +542,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         super().__init__(attribution_method)
         self.kernel = get_kernel(kernel)
         self.noise = noise
-        self.param_filter = param_filter
+        self.param_filter = _check_param_filter(param_filter)
         modules = {id(m): m for m in self.model.modules()}
         # Methods that reach the model other than through forward_func (DeepLift's
         # hooks, ...) run draw by draw on the private copy.

@@ -70,6 +70,8 @@ def _split_hessian(hess: Tensor, inputs: Tuple[Tensor, ...], is_tuple: bool) -> 
 
 def _flat_gradient(gradient: GradientLike, inputs: Tuple[Tensor, ...], argument: str = "gradient") -> Tensor:
     """A gradient shaped like ``inputs`` (tensor or tuple) as a ``(B, d)`` tensor."""
+    if not isinstance(gradient, (Tensor, tuple)):
+        raise TypeError(f"{argument}: expected a tensor or a tuple of tensors, got {type(gradient).__name__}")
     grads = _format_tensor_into_tuples(gradient)
     if len(grads) != len(inputs):
         raise ValueError(f"{argument}: got {len(grads)} tensor(s) for {len(inputs)} input tensor(s)")
@@ -98,6 +100,8 @@ def _flat_hessian(
     ``shapes`` gives the ``S_i`` where they are not the inputs' (a layer
     method's blocks are over its activation's tensors).
     """
+    if not isinstance(hessian, (Tensor, tuple)):
+        raise TypeError(f"{argument}: expected a tensor or a tuple of tensors, got {type(hessian).__name__}")
     batch = inputs[0].shape[0]
     shapes = [tuple(t.shape[1:]) for t in inputs] if shapes is None else shapes
     sizes = [math.prod(shape) for shape in shapes]

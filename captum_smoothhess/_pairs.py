@@ -38,6 +38,8 @@ _TILE_COLS = 4096
 def check_k(k: int, dim: int) -> int:
     """``k`` as an int; raise unless ``1 <= k <= d (d - 1) / 2``, the number of pairs ``i < j``."""
     n_pairs = dim * (dim - 1) // 2
+    if n_pairs == 0:
+        raise ValueError(f"k: {dim} feature(s) have no pair i < j to rank")
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n_pairs:
         raise ValueError(f"k: must be an integer between 1 and {n_pairs} (pairs i < j), got {k!r}")
     return int(k)

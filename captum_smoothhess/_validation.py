@@ -115,6 +115,8 @@ def _format_stdevs(
         shape = inp.shape[1:]
         if isinstance(s, Tensor):
             _refuse_meta(s, where)
+            if s.is_complex() or s.dtype == torch.bool:
+                raise TypeError(f"{where}: expected real bandwidths, got a tensor of dtype {s.dtype}")
             t = s.detach().to(device=inp.device, dtype=inp.dtype)
             if t.dim() == len(shape) + 1 and t.shape[0] == 1:
                 t = t[0]
@@ -135,6 +137,8 @@ def _format_stdevs(
             parts.append(t.reshape(-1))
         else:
             v = _check_number(s, where, allow_zero=allow_zero)
+            if inp.is_floating_point() and v > torch.finfo(inp.dtype).max:
+                raise ValueError(f"{where}: {v} exceeds the largest {inp.dtype} value")
             parts.append(torch.full((math.prod(shape),), v, device=inp.device, dtype=inp.dtype))
     return torch.cat(parts)
 

@@ -577,8 +577,6 @@ class SmoothHessFactors:
             >>> torch.allclose(pairs.values[0], h[pairs.index_i[0], pairs.index_j[0]], atol=1e-6)
             True
         """
-        if self._dim < 2:
-            raise ValueError(f"k: the factors have {self._dim} feature(s) per example, so no pairs i < j")
         values, index_i, index_j = _top_pairs(
             self._scores, self._diffs, self._row_scale, self.count, k, show_progress
         )

@@ -132,9 +132,6 @@ def perturbation_mse(
     _check_generator(generator)
     x = _flatten(inps)
     batch, dim = x.shape
-    for name, value in (("gradient", gradient), ("hessian", hessian)):
-        if not isinstance(value, (Tensor, tuple)) and not (name == "hessian" and value is None):
-            raise TypeError(f"{name}: expected a tensor or a tuple of tensors, got {type(value).__name__}")
     g = _flat_gradient(gradient, inps).to(x.device)
     h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device)
 

@@ -17,8 +17,6 @@ the Gaussian kernel) comes from the same samples.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
@@ -633,13 +631,7 @@ def _check_bandwidths(stdevs: StdevsType, layout: Tuple[Tensor, ...]) -> Tensor:
     below the dtype's resolution at the inputs round the perturbed points back to the inputs (the
     estimate then vanishes, with no spread to report): a warning says so.
     """
-    per_input = stdevs if isinstance(stdevs, (tuple, list)) else [stdevs] * len(layout)
-    for i, (s, inp) in enumerate(zip(per_input, layout)):
-        if isinstance(s, numbers.Real) and not isinstance(s, bool) and inp.is_floating_point():
-            if math.isfinite(float(s)) and abs(float(s)) > torch.finfo(inp.dtype).max:
-                where = "stdevs" if len(layout) == 1 else f"stdevs[{i}]"
-                raise ValueError(f"{where}: {s} exceeds the largest {inp.dtype} value")
-    eps = _format_stdevs(stdevs, layout)
+    eps = _format_stdevs(stdevs, layout)  # (numbers beyond the dtype's range are refused there)
     if eps.numel() == 0 or not eps.is_floating_point():
         return eps
     if not bool(torch.isfinite(eps.reciprocal()).all()):

@@ -520,3 +520,27 @@ def test_meta_stdevs_named_by_the_kernel_noise_tunnel(kernel: str) -> None:
         KernelNoiseTunnel(Saliency(_mlp()), kernel).attribute(
             torch.randn(2, 4), nt_samples=3, target=0, stdevs=torch.tensor(0.1, device="meta")
         )
+
+
+@pytest.mark.parametrize(
+    "stdevs",
+    [torch.full((4,), 0.1, dtype=torch.complex64), torch.ones(4, dtype=torch.bool)],
+    ids=["complex", "bool"],
+)
+def test_complex_or_bool_stdevs_refused_by_name(stdevs: torch.Tensor) -> None:
+    """A complex tensor of bandwidths was cast with a warning (its imaginary part dropped), a bool one
+    taken as 1s."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"^stdevs: expected real bandwidths"):
+        SmoothHess(net).attribute(torch.rand(2, 4), target=0, n_samples=8, stdevs=stdevs)
+    with pytest.raises(TypeError, match=r"^stdevs: expected real bandwidths"):
+        KernelNoiseTunnel(Saliency(_mlp()), "poisson").attribute(
+            torch.rand(2, 4), nt_samples=3, target=0, stdevs=stdevs
+        )
+
+
+def test_stdevs_beyond_the_dtype_refused_by_name_in_the_tunnels() -> None:
+    with pytest.raises(ValueError, match=r"^stdevs: 1e\+39 exceeds the largest torch.float32"):
+        KernelNoiseTunnel(Saliency(_mlp()), "poisson").attribute(
+            torch.rand(2, 4), nt_samples=3, target=0, stdevs=1e39
+        )

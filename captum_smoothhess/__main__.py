@@ -23,11 +23,29 @@ def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``captum-smoothhess`` console script."""
-    parser = argparse.ArgumentParser(prog="captum-smoothhess", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the end-to-end demo on offline data")
-    demo.add_argument("--out", default="demo_output", help="folder for figures and report")
-    demo.add_argument("--quick", action="store_true", help="fewer samples, for smoke tests")
+    parser = argparse.ArgumentParser(
+        prog="captum-smoothhess",
+        description="captum-smoothhess command line (also `python -m captum_smoothhess`).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo}")
+    demo = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo on offline data",
+        description="Train small ReLU networks on offline data (scikit-learn's digits, Four Quadrant), "
+        "explain them, and write PNG figures and a report.md that embeds them.",
+    )
+    demo.add_argument(
+        "--out",
+        default="demo_output",
+        metavar="DIR",
+        help="folder for the figures and report.md, created if needed; existing files of the same "
+        "name are overwritten (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: fewer samples and training steps, a few seconds, noisier numbers",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         _check_out(demo, args.out)

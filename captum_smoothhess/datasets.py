@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -34,10 +35,19 @@ FOUR_QUADRANT_VALUES: Tuple[float, float, float, float] = (1.0, -1.0, 1.0, -1.0)
 
 
 def _check_values(values: Sequence[float]) -> Tensor:
-    vals = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    try:
+        vals = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"values: expected four finite numbers (Q1, Q2, Q3, Q4), got {values!r}") from None
     if vals.numel() != 4 or not bool(torch.isfinite(vals).all()):
         raise ValueError(f"values: expected four finite numbers (Q1, Q2, Q3, Q4), got {values!r}")
     return vals
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(f"dtype: expected a floating torch.dtype such as torch.float32, got {dtype!r}")
+    return dtype
 
 
 def four_quadrant(
@@ -79,6 +89,7 @@ def four_quadrant(
     Raises:
         ValueError: ``n`` < 1, non-positive ``extent``, negative ``noise``, or
             ``values`` that are not four finite numbers.
+        TypeError: Arguments of the wrong type (``dtype`` not a floating ``torch.dtype``).
 
     Examples:
         >>> import torch
@@ -90,12 +101,11 @@ def four_quadrant(
         True
     """
     n = _check_positive_int(n, "n")
+    dtype = _check_dtype(dtype)
     vals = _check_values(values).to(dtype)
     ext = _check_number(extent, "extent", allow_zero=False)
     sd = _check_number(noise, "noise", allow_zero=True)
     _check_generator(generator)
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
     # Half precision: drawn in float32 and rounded, so that points fall on an axis with probability
     # about 1e-7 (on float16's own grid of rand, one draw in 2048 would).
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -215,7 +225,7 @@ def load_digits_tensors(
 
     Args:
         test_size: Fraction of the data held out, in (0, 1). Default: 0.25.
-        seed: Seed of the split (the same seed gives the same split).
+        seed: Seed of the split, in ``[0, 2**32 - 1]`` (the same seed gives the same split).
         standardize: Standardise the pixels (default) or keep the raw 0-16 scale.
         dtype: Floating dtype of the features.
 
@@ -224,7 +234,9 @@ def load_digits_tensors(
 
     Raises:
         ImportError: scikit-learn is not installed.
-        ValueError: ``test_size`` outside (0, 1).
+        ValueError: ``test_size`` outside (0, 1) or leaving a class out of either part,
+            ``seed`` outside ``[0, 2**32 - 1]``.
+        TypeError: Arguments of the wrong type (``dtype`` not a floating ``torch.dtype``).
 
     Examples:
         >>> from captum_smoothhess.datasets import load_digits_tensors
@@ -241,8 +253,11 @@ def load_digits_tensors(
         raise ImportError(
             "load_digits_tensors needs scikit-learn (the package's demo extra): pip install scikit-learn"
         ) from err
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
+        raise TypeError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    if not 0 < test_size < 1:
         raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    test_size = float(test_size)
     n_test = math.ceil(test_size * _DIGITS)  # scikit-learn's rounding of a fraction
     if min(n_test, _DIGITS - n_test) < _DIGIT_CLASSES:
         raise ValueError(
@@ -250,10 +265,14 @@ def load_digits_tensors(
             f"{_DIGITS - n_test} for training; the stratified split needs at least one example of each of "
             f"the {_DIGIT_CLASSES} classes in both"
         )
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed: expected an integer, got {seed!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed: expected an integer in [0, 2**32 - 1] (a NumPy seed), got {seed}")
+    if not isinstance(standardize, bool):
+        raise TypeError(f"standardize: expected True or False, got {standardize!r}")
+    dtype = _check_dtype(dtype)
     bunch = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(
         bunch.data, bunch.target, test_size=test_size, random_state=seed, stratify=bunch.target

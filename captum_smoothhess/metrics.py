@@ -99,7 +99,10 @@ def perturbation_mse(
             the same seed are evaluated on the same points.
 
     Returns:
-        Tensor ``(B,)``: the perturbation MSE of each example.
+        Tensor ``(B,)``: the perturbation MSE of each example, in the inputs'
+        dtype. For float16/bfloat16 inputs the model runs in that dtype but
+        the perturbations, the Taylor model and the average are computed in
+        float32 (on the points as rounded to the inputs' dtype).
 
     Raises:
         ValueError: ``radius`` not positive and finite, ``n_perturbations`` < 1,
@@ -130,10 +133,15 @@ def perturbation_mse(
             f"radius_distribution: expected one of {_RADIUS_DISTRIBUTIONS}, got {radius_distribution!r}"
         )
     _check_generator(generator)
-    x = _flatten(inps)
-    batch, dim = x.shape
-    g = _flat_gradient(gradient, inps).to(x.device)
-    h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device)
+    x_in = _flatten(inps)
+    batch, dim = x_in.shape
+    # Half-precision inputs: the forward passes run in their dtype, but the perturbations, the Taylor
+    # model and the sum of squared errors are computed in float32 (a float16 sum of 1000 squared
+    # errors overflows at 65504 and the Taylor terms would lose most of their digits).
+    work = x_in.dtype if x_in.dtype in (torch.float32, torch.float64) else torch.float32
+    x = x_in.to(work)
+    g = _flat_gradient(gradient, inps).to(x.device, work)
+    h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device, work)
 
     afa = _format_additional_forward_args(additional_forward_args)
     # Batch norm in training mode: a warning, and the forward passes run on a
@@ -141,6 +149,8 @@ def perturbation_mse(
     forward_func = private_if_training(forward_func, "perturbation_mse", stacklevel=4)
     with torch.no_grad():
         f0 = selected_outputs(forward_func, inps, target, afa).to(x.dtype)
+        if not bool(torch.isfinite(f0).all()):
+            raise ValueError("forward_func: produced NaN or Inf at inputs; the perturbation MSE is undefined")
         if n_perturbations_batch_size is None:
             chunk = default_chunk(n, batch, dim)
         else:
@@ -163,8 +173,15 @@ def perturbation_mse(
                 kind = ExpansionTypes.repeat_interleave
                 expanded[c] = (_expand_target(target, c, kind), _expand_additional_forward_args(afa, c, kind))
             tgt, args = expanded[c]
-            points = _unflatten((x[:, None, :] + delta).reshape(batch * c, dim), inps)
+            flat_points = (x[:, None, :] + delta).to(x_in.dtype)
+            if work != x_in.dtype:  # the step the model actually sees, after rounding to the inputs' dtype
+                delta = flat_points.to(work) - x[:, None, :]
+            points = _unflatten(flat_points.reshape(batch * c, dim), inps)
             f = selected_outputs(forward_func, points, tgt, args).to(x.dtype).reshape(batch, c)
+            if not bool(torch.isfinite(f).all()):
+                raise ValueError(
+                    "forward_func: produced NaN or Inf at perturbed points; the perturbation MSE is undefined"
+                )
             model = f0[:, None] + torch.einsum("bcd,bd->bc", delta, g)
             if h is not None:
                 model = model + 0.5 * torch.einsum("bcd,bde,bce->bc", delta, h, delta)
@@ -172,6 +189,13 @@ def perturbation_mse(
     out = total / n
     if not bool(torch.isfinite(out).all()):
         raise ValueError(
-            "forward_func: produced NaN or Inf at perturbed points; the perturbation MSE is undefined"
+            "forward_func: the squared errors of the Taylor model overflow "
+            f"{work} (the model and the Taylor terms are too far apart); the perturbation MSE is undefined"
         )
-    return out
+    result = out.to(x_in.dtype)
+    if not bool(torch.isfinite(result).all()):
+        raise ValueError(
+            f"inputs: the perturbation MSE ({float(out.max()):.4g}) overflows the inputs' dtype "
+            f"{x_in.dtype}; pass float32 inputs"
+        )
+    return result

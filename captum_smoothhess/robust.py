@@ -17,6 +17,7 @@ attack ``x - r g / |g|`` is the special case ``H = 0``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
@@ -49,6 +50,9 @@ class ClassProbability(nn.Module):
         model: A callable returning logits, classes along ``dim``.
         dim: The class dimension. Default: 1.
 
+    Raises:
+        TypeError: ``model`` not callable or ``dim`` not an integer.
+
     Examples:
         >>> import torch
         >>> from captum_smoothhess.robust import ClassProbability
@@ -59,13 +63,18 @@ class ClassProbability(nn.Module):
     """
 
     model: Callable[..., Any]  # (set in __init__, outside the module registry)
+    dim: int
 
     def __init__(self, model: Callable[..., Any], dim: int = 1) -> None:
+        if not callable(model):
+            raise TypeError(f"model: expected a model or a callable, got {type(model).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+            raise TypeError(f"dim: expected an integer, got {dim!r}")
         super().__init__()
         # Stored outside the module registry: wrapping must not change `model`
         # (no re-parenting, no shared `train()`/`eval()` switches).
         object.__setattr__(self, "model", model)
-        self.dim = dim
+        self.dim = int(dim)
 
     # Lets the package's model inspection (batch-norm layers in training
     # mode, see `_model.reachable_modules`) see through the wrapper.
@@ -106,6 +115,11 @@ class SecondOrderAttack:
             into probabilities (for choosing the default target and the
             default source). Default: ``True``.
 
+    Raises:
+        TypeError: ``forward_func`` not callable, ``source`` without an
+            ``attribute`` method (or a class instead of an instance),
+            ``apply_softmax`` not a bool.
+
     A model in training mode with batch-norm layers gets a warning, and
     :meth:`perturb` runs all its forward passes (the predicted class, the
     default source) on a private copy, so the running statistics are left as
@@ -129,6 +143,17 @@ class SecondOrderAttack:
         source: Optional[Any] = None,
         apply_softmax: bool = True,
     ) -> None:
+        if not callable(forward_func):
+            raise TypeError(
+                f"forward_func: expected a model or a callable, got {type(forward_func).__name__}"
+            )
+        if not isinstance(apply_softmax, bool):
+            raise TypeError(f"apply_softmax: expected True or False, got {apply_softmax!r}")
+        if isinstance(source, type):
+            raise TypeError(
+                f"source: expected an instance such as SmoothHess(ClassProbability(model)), got the class "
+                f"{source.__name__}"
+            )
         self.forward_func = forward_func
         self.probability: Callable[..., Any] = (
             ClassProbability(forward_func) if apply_softmax else forward_func
@@ -153,7 +178,8 @@ class SecondOrderAttack:
         Args:
             inputs: A tensor ``(B, *S)`` or a tuple of tensors ``(B, *S_i)``;
                 the ball is over all features of one example.
-            radius: ``r`` > 0: a number, or a tensor with one value per example.
+            radius: ``r`` > 0: a number (NumPy scalars included), or a tensor
+                with one value per example.
             target: The class whose probability is lowered; default (``None``)
                 the class ``forward_func`` predicts at ``inputs``.
             additional_forward_args: Extra arguments for ``forward_func``.
@@ -223,7 +249,7 @@ class SecondOrderAttack:
         )
         g = _flat_gradient(grad, inps)
         if order == 1:
-            step = -r[:, None] * g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+            step = _normalised_step(g, r)
         else:
             h = _flat_hessian(hess, inps)
             if top_k is not None and top_k + 1 < dim:
@@ -231,6 +257,23 @@ class SecondOrderAttack:
             else:
                 step = solve_trust_region(g, h, r)
         return _format_flat(x + step.to(x.dtype), inps, is_tuple)
+
+
+def _normalised_step(g: Tensor, r: Tensor) -> Tensor:
+    """The first-order step ``-r g / |g|`` (zero where ``g = 0``), exact in norm for any scale of ``g``.
+
+    ``g`` is first divided by its largest entry, in float64: the gradient of a confident classifier's
+    probability can be so small (1e-25 in float32) that ``|g|`` underflows to zero and the plain
+    quotient would be a step of norm ``r |g| / tiny``, far outside the ball.
+    """
+    g64 = g.to(torch.float64)
+    size = g64.abs().amax(dim=1, keepdim=True)
+    unit = torch.where(
+        size > 0, g64 / torch.where(size > 0, size, torch.ones_like(size)), torch.zeros_like(g64)
+    )
+    norm = unit.norm(dim=1, keepdim=True)
+    unit = torch.where(norm > 0, unit / torch.where(norm > 0, norm, torch.ones_like(norm)), unit)
+    return (-r.to(torch.float64)[:, None] * unit).to(g.dtype)
 
 
 def _subspace_step(g: Tensor, h: Tensor, r: Tensor, k: int) -> Tensor:

@@ -919,7 +919,7 @@ def _check_radius(radius: RadiusType, batch: int, like: Tensor, argument: str = 
             r = r.expand(batch)
         elif r.numel() != batch:
             raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {r.numel()}")
-    elif isinstance(radius, (int, float)):
+    elif isinstance(radius, numbers.Real):  # NumPy scalars too
         r = torch.full((batch,), float(radius), device=like.device, dtype=like.dtype)
     else:
         raise TypeError(f"{argument}: expected a number or a tensor, got {type(radius).__name__}")

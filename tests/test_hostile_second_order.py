@@ -118,3 +118,15 @@ def test_negative_lambda2_message_says_positive(method: type) -> None:
 def test_perturbation_mse_names_a_gradient_of_the_wrong_type(bad: object) -> None:
     with pytest.raises(TypeError, match="gradient"):
         perturbation_mse(lambda z: z.sum(1), torch.zeros(2, 3), bad)  # type: ignore[arg-type]
+
+
+def test_trust_region_takes_a_numpy_radius() -> None:
+    import numpy as np
+
+    from captum_smoothhess.solvers import solve_trust_region
+
+    g, h = torch.ones(1, 2), torch.eye(2)[None]
+    want = solve_trust_region(g, h, 0.5)
+    assert torch.equal(solve_trust_region(g, h, np.float32(0.5)), want)
+    with pytest.raises(TypeError, match=r"^radius: "):
+        solve_trust_region(g, h, np.bool_(True))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Union
 
 import torch
 
@@ -43,7 +44,7 @@ from ._common import _FULL, _QUICK, _START, _digits_model, _log
 __all__ = ["run_demo"]
 
 
-def run_demo(out: str = "demo_output", quick: bool = False) -> None:
+def run_demo(out: Union[str, os.PathLike[str]] = "demo_output", quick: bool = False) -> None:
     """Train small ReLU networks on offline data, explain them, and write figures and a report.
 
     Writes ``interactions_pixels.png``, ``interactions_groups.png``,
@@ -59,12 +60,23 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
         quick: Run with small sample counts (for tests and a first look).
 
     Raises:
+        TypeError: ``out`` not a path, ``quick`` not a bool.
+        ValueError: ``out`` empty or naming an existing file.
         ImportError: scikit-learn, needed for the bundled digits, is missing
             (the ``demo`` extra: ``pip install ".[demo]"`` from a clone, or
             ``pip install scikit-learn``).
     """
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: expected a folder path, got {out!r}")
+    if not os.fspath(out):
+        raise ValueError("out: expected a folder, got an empty string")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out: {os.fspath(out)!r} exists and is not a folder")
+    if not isinstance(quick, bool):
+        raise TypeError(f"quick: expected True or False, got {quick!r}")
     s = _QUICK if quick else _FULL
-    os.makedirs(out, exist_ok=True)
+    folder = os.fspath(out)
+    os.makedirs(folder, exist_ok=True)
     start = time.perf_counter()
     _START[0] = start
     with torch.random.fork_rng(devices=[]):
@@ -74,12 +86,12 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
         data = load_digits_tensors(seed=0)
         net, acc = _digits_model(data, s.digits_epochs)
         _log(f"  test accuracy {acc:.3f}")
-        sections = interactions.section(out, net, data, s, gen)
-        sections += four_quadrant.section(out, s, gen)
-        sections += kernels.section(out, net, data, s, seed=10)
-        sections += caso.section(out, net, data, s, seed=20)
-        sections += pmse.section(out, net, data, s, seed=30)
-        sections += across_dataset.section(out, net, data, s, seed=40)
+        sections = interactions.section(folder, net, data, s, gen)
+        sections += four_quadrant.section(folder, s, gen)
+        sections += kernels.section(folder, net, data, s, seed=10)
+        sections += caso.section(folder, net, data, s, seed=20)
+        sections += pmse.section(folder, net, data, s, seed=30)
+        sections += across_dataset.section(folder, net, data, s, seed=40)
     elapsed = time.perf_counter() - start
     header = [
         "# captum-smoothhess demo",
@@ -89,14 +101,14 @@ def run_demo(out: str = "demo_output", quick: bool = False) -> None:
         "below is computed by that command on data that ships offline.",
         "",
         f"**Model.** A 64-128-128-10 ReLU MLP trained for {s.digits_epochs} epochs on scikit-learn's "
-        f"bundled 8x8 digits (1347 training images, standardised pixels); test accuracy {acc:.3f} on "
-        "450 held-out images."
+        f"bundled 8x8 digits ({len(data.y_train)} training images, standardised pixels); test accuracy "
+        f"{acc:.3f} on {len(data.y_test)} held-out images."
         + (" This is the `--quick` smoke run: fewer samples, so the estimates are noisier." if quick else ""),
         "",
     ]
-    report = os.path.join(out, "report.md")
+    report = os.path.join(folder, "report.md")
     with open(report, "w", encoding="utf-8") as fh:
         fh.write("\n".join(header + sections))
     _log(f"done in {elapsed:.1f} s")
     print(f"Report: {os.path.abspath(report)}")
-    print(f"Figures: {os.path.abspath(out)}/*.png")
+    print(f"Figures: {os.path.abspath(folder)}/*.png")

@@ -33,6 +33,16 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Gen
         show_progress=True,
     )
     calls, rel_err = int(err.n_samples[0]), float(err.relative[0])
+    if rel_err <= s.interaction_tolerance:
+        stopped = (
+            f"sampling with `tolerance={s.interaction_tolerance}` until its estimated relative error "
+            f"was {rel_err:.3f}"
+        )
+    else:  # the cap n_samples was reached first
+        stopped = (
+            f"sampling with `tolerance={s.interaction_tolerance}` up to its cap of {s.interaction_samples} "
+            f"samples, where its estimated relative error was still {rel_err:.3f}"
+        )
     h_all = hess_all[0].reshape(64, 64)
     # Significant pairs: |H| above twice its standard error; the others are blanked.
     significant = h_all.abs() > 2 * err.stderr[0].reshape(64, 64)
@@ -108,8 +118,7 @@ def section(out: str, net: nn.Module, data: Digits, s: _Settings, gen: torch.Gen
         "",
         f"A ReLU MLP classifies scikit-learn's 8x8 digits. For the first test digit (class {label}), "
         f"SmoothHess estimates the Hessian of the class-{label} logit smoothed by a Gaussian of "
-        f"`stdevs={stdevs}` (in standardised pixel units), sampling with `tolerance="
-        f"{s.interaction_tolerance}` until its estimated relative error was {rel_err:.3f}: {calls} gradient "
+        f"`stdevs={stdevs}` (in standardised pixel units), {stopped}: {calls} gradient "
         f"calls (orthogonal sampling; `return_error` standard errors). {n_sig} of the 2016 pixel pairs are "
         "significant (|H| > 2 standard errors); the others are blanked in the figure and the table. "
         "The network's own Hessian is zero almost everywhere; the smoothed one says which pairs of "

@@ -66,8 +66,14 @@ def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
     return int(value)
 
 
+# Largest number of samples: gradient-call counts are reported as int64.
+_MAX_SAMPLES = 2**62
+
+
 def _check_n_samples(n_samples: object, antithetic: bool, argument: str = "n_samples") -> int:
     n = _check_positive_int(n_samples, argument)
+    if n > _MAX_SAMPLES:
+        raise ValueError(f"{argument}: must be at most {_MAX_SAMPLES} (counts are int64), got {n}")
     if antithetic and n % 2:
         raise ValueError(
             f"{argument}: must be even with antithetic=True (samples come in pairs u, -u), got {n}"

@@ -400,8 +400,6 @@ class SmoothHess(GradientAttribution):
             inps = _format_tensor_into_tuples(inputs)
             _check_inputs(inps)
             n = _check_n_samples(n_samples, antithetic)
-            if n > _MAX_SAMPLES:
-                raise ValueError(f"n_samples: must be at most {_MAX_SAMPLES} (counts are int64), got {n}")
             _check_generator(generator)
             forward = private_if_training(self.forward_func, "SmoothHess")
 
@@ -617,10 +615,6 @@ class SmoothHess(GradientAttribution):
             out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
             result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
         return result if len(result) > 1 else result[0]
-
-
-# Largest n_samples: gradient-call counts are reported as int64.
-_MAX_SAMPLES = 2**62
 
 
 def _check_flags(**flags: object) -> None:

@@ -123,8 +123,12 @@ def test_numpy_booleans_are_flags(relu5: OneHiddenReLU, x5: Tensor) -> None:
 
 def test_n_samples_beyond_int64_named(relu5: OneHiddenReLU, x5: Tensor) -> None:
     """With a tolerance the call sampled to the end, then failed with a bare OverflowError."""
-    with pytest.raises(ValueError, match=r"^n_samples"):
+    with pytest.raises(ValueError, match=r"^n_samples: must be at most"):
         SmoothHess(relu5.net).attribute(x5, stdevs=0.5, n_samples=10**30, tolerance=0.3, generator=gen(0))
+    from captum_smoothhess import LayerSmoothHess
+
+    with pytest.raises(ValueError, match=r"^n_samples: must be at most"):  # the layer methods too
+        LayerSmoothHess(relu5.net, relu5.net[0]).attribute(x5, stdevs=0.5, n_samples=10**30, tolerance=0.3)
 
 
 def test_list_inputs_named(relu5: OneHiddenReLU, x5: Tensor) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 
 def module_of(forward_func: Any) -> Optional[nn.Module]:
@@ -65,26 +66,30 @@ def batch_dependent_layers(forward_func: Any) -> List[str]:
     return _layers_where(forward_func, lambda m: isinstance(m, _BatchNorm) and m.training)
 
 
-def _may_update_buffers(module: nn.Module) -> bool:
-    """Whether a forward pass of ``module`` may write its own buffers: it is in training mode and holds
-    some (batch or instance norm's running statistics, spectral norm's power iteration, a user's running
-    averages). Such a model runs on a private copy; a copy too many costs time only."""
-    return module.training and any(b is not None for b in module._buffers.values())
-
-
 def _updates_buffers(module: nn.Module) -> bool:
-    """Whether a forward pass of ``module`` is known to write its buffers: a norm layer tracking running
-    statistics, or spectral norm's power iteration (the parametrization), in training mode."""
+    """Whether a forward pass of ``module`` writes its buffers, in training mode: a norm layer tracking
+    running statistics (batch or instance norm), or spectral norm's power iteration (the parametrization
+    ``_SpectralNorm``, or the older ``nn.utils.spectral_norm`` hook on its module). Only these known
+    writers make a call copy the model: a deep copy per call of every training-mode model holding a
+    constant buffer would double its memory."""
     if not module.training:
         return False
     if isinstance(module, _NormBase):
         return module.track_running_stats
-    return type(module).__name__ == "_SpectralNorm"
+    if type(module).__name__ == "_SpectralNorm":
+        return True
+    return any(isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values())
 
 
 def buffer_updating_layers(forward_func: Any) -> List[str]:
-    """Names of the layers whose forward pass may update their buffers (training mode)."""
-    return _layers_where(forward_func, _may_update_buffers)
+    """Names of the layers whose forward pass updates their buffers (training mode)."""
+    return _layers_where(forward_func, _updates_buffers)
+
+
+def needs_private_copy(forward_func: Any) -> bool:
+    """Whether a call must run on a private copy of ``forward_func``'s model: batch norm in training mode
+    (its statistics and the batch's), or any other layer writing its buffers."""
+    return bool(batch_dependent_layers(forward_func) or buffer_updating_layers(forward_func))
 
 
 def random_layers(forward_func: Any) -> List[str]:
@@ -139,17 +144,15 @@ def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> 
 
     Batch norm in training mode updates its running statistics at every
     forward pass and normalises each batch of perturbed samples with that
-    batch's statistics; instance norm with ``track_running_stats=True``
-    updates them too. The copy (made once per call) leaves the user's buffers
+    batch's statistics; instance norm with ``track_running_stats=True`` and
+    spectral norm update their buffers too. The copy (made once per call) leaves the user's buffers
     exactly as found, also as seen from another thread; for batch norm a
     warning says that the result then mixes examples and samples. ``stacklevel`` is the warning's:
     4 points at the caller of the function calling this one, 5 at the caller of
     an ``attribute`` method wrapped by Captum's ``log_usage``.
     """
-    batch_dependent = warn_if_training(forward_func, method, stacklevel=stacklevel)
-    if not batch_dependent and not buffer_updating_layers(forward_func):
-        return forward_func
-    return private_copy(forward_func)
+    warn_if_training(forward_func, method, stacklevel=stacklevel)
+    return private_copy(forward_func) if needs_private_copy(forward_func) else forward_func
 
 
 def private_copy(forward_func: Any) -> Any:
@@ -191,17 +194,18 @@ def refuse_hidden_batch_norm(forward_func: Any, method: str) -> Iterator[None]:
     in the calling thread, raises a ``ValueError`` naming ``forward_func``
     before such a layer changes anything.
     """
-    module = module_of(forward_func)
-    own = {id(m) for _, m in reachable_modules(module)} if module is not None else set()
+    if module_of(forward_func) is not None:  # its model is found, and copied where needed
+        yield
+        return
     thread = threading.get_ident()
 
     def check(layer: nn.Module, args: Any) -> None:
-        if threading.get_ident() != thread or id(layer) in own:
+        if threading.get_ident() != thread:
             return
         if _updates_buffers(layer):
             raise ValueError(
-                f"forward_func: it runs a {type(layer).__name__} in training mode, whose running "
-                f"statistics every forward pass would update, of a model that {method} cannot copy "
+                f"forward_func: it runs a {type(layer).__name__} in training mode, whose buffers "
+                f"every forward pass would update, of a model that {method} cannot copy "
                 "privately (forward_func is a function calling it, not the module or one of its "
                 "methods); pass the model itself (or a bound method), or call model.eval() first"
             )

@@ -230,7 +230,13 @@ def _format_baselines(
         if isinstance(b, bool) or not isinstance(b, (numbers.Real, Tensor)):
             raise TypeError(f"{where}: expected a number or a tensor, got {type(b).__name__}")
         _refuse_meta(b, where)
-        t = torch.as_tensor(b).to(device=inp.device, dtype=inp.dtype)
+        t = torch.as_tensor(b)
+        if not inp.is_floating_point() and t.is_floating_point() and not bool((t == t.trunc()).all()):
+            raise ValueError(
+                f"{where}: input {i} holds integers (e.g. token ids), so its baseline must be "
+                "integer-valued (e.g. a pad-token id), got a fractional or NaN value"
+            )
+        t = t.to(device=inp.device, dtype=inp.dtype)
         try:
             t = t.expand(inp.shape)
         except RuntimeError:

@@ -261,7 +261,9 @@ def _hessian_rows(grad: Tensor, x: Tensor, chunk: int) -> Tensor:
                 (hv,) = torch.autograd.grad(
                     grad, x, grad_outputs=part, retain_graph=True, is_grads_batched=True, allow_unused=True
                 )
-            except RuntimeError:  # an operation without a batching rule: one product at a time
+            except RuntimeError as err:  # an operation without a batching rule: one product at a time
+                if isinstance(err, torch.OutOfMemoryError):
+                    raise  # (lower chunk_size)
                 hv = torch.stack([_one_row(grad, x, v) for v in part])
         rows.append(torch.zeros_like(part) if hv is None else hv.detach())
     return rows[0] if len(rows) == 1 else torch.cat(rows)

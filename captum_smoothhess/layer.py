@@ -236,21 +236,6 @@ def select_neuron(activation: Tuple[Tensor, ...], selector: NeuronSelector, rows
     return sel
 
 
-def _check_integer_baselines(baselines: BaselinesType, inputs: Tuple[Tensor, ...]) -> None:
-    """Refuse a fractional (or NaN) baseline for integer inputs (token ids), which a cast would truncate."""
-    per_input = tuple(baselines) if isinstance(baselines, (tuple, list)) else (baselines,) * len(inputs)
-    for i, (b, inp) in enumerate(zip(per_input, inputs)):
-        if inp.is_floating_point() or isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
-            continue  # floating inputs, and the types _format_baselines refuses itself
-        t = torch.as_tensor(b).detach()
-        if t.is_floating_point() and not bool((t == t.trunc()).all()):
-            where = "baselines" if len(inputs) == 1 else f"baselines[{i}]"
-            raise ValueError(
-                f"{where}: input {i} holds integers (e.g. token ids), so its baseline must be "
-                "integer-valued (e.g. a pad-token id), got a fractional or NaN value"
-            )
-
-
 def _weight(
     forward_func: Callable[..., Any],
     layer: nn.Module,
@@ -264,7 +249,6 @@ def _weight(
     """``a - b`` in the flat layout: the layer's activation at the inputs minus at the baselines."""
     if baselines is None:
         return None
-    _check_integer_baselines(baselines, inputs)
     base_inputs = _format_baselines(baselines, inputs)
     base_act, _, _ = layer_activation(
         forward_func, layer, base_inputs, additional_forward_args, to_input, device_ids, "LayerSmoothHess"

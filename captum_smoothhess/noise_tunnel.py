@@ -41,10 +41,8 @@ from ._captum import log_usage
 from ._evaluators import autograd_allowed
 from ._layout import _sizes
 from ._model import (
-    batch_dependent_layers,
-    buffer_updating_layers,
     counterpart,
-    private_copy,
+    needs_private_copy,
     private_if_training,
     warn_if_training,
 )
@@ -493,8 +491,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_inputs(tupled)
         _refuse_meta(kwargs.get("target"), "target")
         forward_func = self.attribution_method.forward_func
-        updates = batch_dependent_layers(forward_func) or buffer_updating_layers(forward_func)
-        if not self._private and updates:
+        if not self._private and needs_private_copy(forward_func):
             # A forward that updates buffers (batch norm or spectral norm in training mode): run this
             # call on a private copy, the user's buffers left as found.
             return type(self).attribute.__wrapped__(
@@ -543,8 +540,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         method = copy.copy(self.attribution_method)
         original = method.forward_func
         try:
-            forward = private_if_training(original, type(self).__name__, stacklevel=6)
-            method.forward_func = private_copy(original) if forward is original else forward
+            method.forward_func = private_if_training(original, type(self).__name__, stacklevel=6)
         except (TypeError, RuntimeError, AttributeError, copy.Error) as err:
             raise TypeError(
                 "forward_func: the model is in training mode with buffers its forward may update "

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ._captum import TargetType, _format_additional_forward_args, _format_tensor_into_tuples, _is_tuple
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
-from ._model import batch_dependent_layers, private_copy, warn_if_training
+from ._model import needs_private_copy, private_copy, warn_if_training
 from ._validation import _check_inputs, _check_positive_int
 from .smoothhess import SmoothHess
 from .solvers import RadiusType, _check_radius, solve_trust_region
@@ -221,9 +221,9 @@ class SecondOrderAttack:
         batch, dim = x.shape
         r = _check_radius(radius, batch, x)
         # One private copy per call for a model whose forward passes update its buffers (batch
-        # norm in training mode); the default source (SmoothHess) warns and copies by itself.
+        # norm or spectral norm in training mode); the default source (SmoothHess) warns by itself.
         probability = self.probability
-        if batch_dependent_layers(probability):
+        if needs_private_copy(probability):
             if self.source is not self._default_source:
                 warn_if_training(probability, "SecondOrderAttack", stacklevel=3)
             probability = private_copy(probability)
@@ -262,18 +262,19 @@ class SecondOrderAttack:
 def _normalised_step(g: Tensor, r: Tensor) -> Tensor:
     """The first-order step ``-r g / |g|`` (zero where ``g = 0``), exact in norm for any scale of ``g``.
 
-    ``g`` is first divided by its largest entry, in float64: the gradient of a confident classifier's
-    probability can be so small (1e-25 in float32) that ``|g|`` underflows to zero and the plain
-    quotient would be a step of norm ``r |g| / tiny``, far outside the ball.
+    ``g`` is first divided by its largest entry (in float32 at least; no float64, which MPS lacks): the
+    gradient of a confident classifier's probability can be so small (1e-25 in float32) that ``|g|``
+    underflows to zero and the plain quotient would be a step of norm ``r |g| / tiny``, far outside the
+    ball. The scaled entries lie in ``[-1, 1]``, their norm in ``[1, sqrt(d)]``.
     """
-    g64 = g.to(torch.float64)
-    size = g64.abs().amax(dim=1, keepdim=True)
+    wide = g if g.dtype in (torch.float32, torch.float64) else g.float()
+    size = wide.abs().amax(dim=1, keepdim=True)
     unit = torch.where(
-        size > 0, g64 / torch.where(size > 0, size, torch.ones_like(size)), torch.zeros_like(g64)
+        size > 0, wide / torch.where(size > 0, size, torch.ones_like(size)), torch.zeros_like(wide)
     )
     norm = unit.norm(dim=1, keepdim=True)
     unit = torch.where(norm > 0, unit / torch.where(norm > 0, norm, torch.ones_like(norm)), unit)
-    return (-r.to(torch.float64)[:, None] * unit).to(g.dtype)
+    return (-r.to(wide.dtype)[:, None] * unit).to(g.dtype)
 
 
 def _subspace_step(g: Tensor, h: Tensor, r: Tensor, k: int) -> Tensor:

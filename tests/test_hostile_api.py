@@ -282,15 +282,15 @@ def test_half_precision_gradient_sums_are_kept_in_float32(dtype: torch.dtype, re
     assert rel < (1e-2 if dtype == torch.bfloat16 else 2e-3), rel
 
 
-def test_spectral_norm_buffers_left_as_found_in_training_mode() -> None:
-    """spectral_norm's power iteration (its _u, _v buffers) advanced at every forward of SmoothHess's
-    calls; a model in training mode that holds buffers now runs on a private copy."""
-    from torch.nn.utils import parametrizations
+@pytest.mark.parametrize("style", ["parametrization", "hook"])
+def test_spectral_norm_buffers_left_as_found_in_training_mode(style: str) -> None:
+    """spectral_norm's power iteration (its _u, _v or weight_u, weight_v buffers) advanced at every
+    forward of SmoothHess's calls; such a model in training mode now runs on a private copy."""
+    from torch.nn.utils import parametrizations, spectral_norm
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        parametrizations.spectral_norm(torch.nn.Linear(4, 6)), torch.nn.Softplus(), torch.nn.Linear(6, 3)
-    ).train()
+    wrap = parametrizations.spectral_norm if style == "parametrization" else spectral_norm
+    net = torch.nn.Sequential(wrap(torch.nn.Linear(4, 6)), torch.nn.Softplus(), torch.nn.Linear(6, 3)).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     SmoothHess(net).attribute(torch.randn(2, 4, generator=gen(0)), target=0, n_samples=8, stdevs=0.1)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -13,6 +13,7 @@ import threading
 import warnings
 from typing import Any, Dict, Tuple
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -293,7 +294,7 @@ class _Tokens(nn.Module):
         return self.body(self.emb(ids))
 
 
-@pytest.mark.parametrize("baselines", [0.5, torch.tensor(1.5), (float("nan"),)])
+@pytest.mark.parametrize("baselines", [0.5, torch.tensor(1.5), (float("nan"),), np.float32(0.5)])
 def test_a_fractional_baseline_for_token_ids_is_refused_not_truncated(baselines: Any) -> None:
     net, ids = _Tokens(), torch.tensor([[1, 2, 3], [4, 5, 6]])
     with pytest.raises(ValueError, match=r"^baselines: input 0 holds integers"):
@@ -397,3 +398,11 @@ def test_a_layer_the_output_does_not_depend_on_gives_zero_whatever_requires_grad
     )
     assert float(unit.abs().max()) == 0.0
     assert all(p.requires_grad is not frozen for p in [*net.parameters(), *const.parameters()])
+
+
+def test_a_meta_baseline_for_token_ids_is_named() -> None:
+    net, ids = _Tokens(), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match=r"^baselines: a meta tensor"):
+        LayerSmoothHess(net, net.emb).attribute(
+            ids, target=0, n_samples=4, baselines=torch.zeros(3, device="meta")
+        )

@@ -153,33 +153,35 @@ def test_batch_norm_warning_points_at_the_users_call() -> None:
 
 
 class _Locked(nn.Module):
-    """A model in training mode with a buffer and an attribute ``copy.deepcopy`` cannot copy."""
+    """A model in training mode with a constant buffer and an attribute ``copy.deepcopy`` cannot copy."""
 
-    def __init__(self) -> None:
+    def __init__(self, norm: bool) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.lin = nn.Linear(4, 3)
-        self.register_buffer("count", torch.zeros(()))
+        self.norm = nn.BatchNorm1d(3) if norm else nn.Identity()
+        self.register_buffer("scale", torch.ones(()))
         self.lock = threading.Lock()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            self.count += 1
-        return self.lin(x)
+        return self.norm(self.lin(x)) * self.scale
 
 
-def test_tunnel_leaves_a_users_running_buffer_or_says_why_it_cannot() -> None:
-    net = _Locked().train()
+def test_only_models_whose_buffers_change_are_copied_and_an_uncopyable_one_is_named() -> None:
+    """A training-mode model whose buffers no forward writes runs as it is (a deep copy per call would
+    double its memory; this one cannot even be copied); one with batch norm must run on a private copy,
+    and a model that cannot be copied gets an error naming forward_func."""
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    plain = _Locked(norm=False).train()
+    torch.manual_seed(3)
+    got = KernelNoiseTunnel(Saliency(plain)).attribute(x, nt_samples=3, target=0)
+    torch.manual_seed(3)
+    want = KernelNoiseTunnel(Saliency(plain.eval())).attribute(x, nt_samples=3, target=0)
+    assert torch.equal(got, want)
+    normed = _Locked(norm=True).train()
     with pytest.raises(TypeError, match=r"forward_func: .*training mode.*model\.eval\(\)"):
-        KernelNoiseTunnel(Saliency(net)).attribute(x, nt_samples=2, target=0)
-    assert float(net.count) == 0.0
-    del net.lock  # copyable now: the call runs on a private copy, the count stays 0
-    KernelNoiseTunnel(Saliency(net)).attribute(x, nt_samples=3, target=0)
-    assert float(net.count) == 0.0
-    net.eval()
-    KernelNoiseTunnel(Saliency(net)).attribute(x, nt_samples=3, target=0)
-    assert float(net.count) == 0.0
+        KernelNoiseTunnel(Saliency(normed)).attribute(x, nt_samples=2, target=0)
+    assert float(normed.norm.num_batches_tracked) == 0.0
 
 
 # -- kernels: bad arguments and integer points ----------------------------------------

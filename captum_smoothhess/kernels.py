@@ -113,8 +113,11 @@ class Kernel(ABC):
     """Base class of smoothing kernels.
 
     Subclasses implement :meth:`sample` and, where the density is
-    differentiable, :meth:`score`. :meth:`log_prob` and :meth:`marginal_cdf`
-    are optional but make a kernel testable against its definition.
+    differentiable, :meth:`score`. The log-density (``_log_prob``, which
+    :meth:`log_prob` calls at float32 or float64 points; overriding
+    :meth:`log_prob` itself works too, without that widening) and
+    :meth:`marginal_cdf` are optional but make a kernel testable against its
+    definition.
 
     Attributes:
         name: Short lowercase name (also accepted by :func:`get_kernel`).

@@ -355,10 +355,16 @@ class SmoothHess(GradientAttribution):
                 ``sampling``, or ``"orthogonal"`` with a product kernel; a
                 non-positive ``tolerance``; ``stdevs`` out of the inputs'
                 dtype's range (0, subnormal or infinite there, or with an
-                infinite reciprocal); a result whose sums overflow the dtype.
+                infinite reciprocal); a result whose sums overflow the dtype;
+                ``n_samples`` beyond ``2**62``; a meta tensor as ``target``,
+                ``stdevs``, ``feature_mask`` or ``baselines``; a
+                ``forward_func`` that is a plain function running a norm
+                layer in training mode (its statistics would change, and no
+                private copy of its model can be made).
             TypeError: A flag (``antithetic``, ``return_gradient``,
                 ``return_error``, ``show_progress``) that is not a bool;
-                ``inputs`` that are not a tensor or a tuple of tensors.
+                ``inputs`` that are not a tensor or a tuple of tensors;
+                complex or bool ``stdevs``.
 
         Warns:
             UserWarning: ``stdevs`` below the resolution of the inputs' dtype

@@ -224,6 +224,18 @@ def _evaluate_draws(
     return scores, terms, sampler.draw_gradients(grads, weights)
 
 
+def _add_gradients(
+    total: Tensor, part: Tensor, active: Optional[Tensor], stats: GroupStats, copies: int
+) -> None:
+    """Add the gradient sums ``part`` of the examples ``active`` (all if ``None``) to ``total`` ``(B, d)``,
+    and their per-draw means to the open error group."""
+    if active is None:
+        total += part
+    else:
+        total.index_add_(0, active, part)
+    stats.add(part / copies, active)
+
+
 def _stop(tracking: Tracking, reduction: Any, rows: Tensor, groups_done: int, bar: Any) -> Optional[Tensor]:
     """After a group: record the largest error of ``rows``; the mask of those to keep, if any stop."""
     current = reduction.relative()[rows]
@@ -277,12 +289,7 @@ def _tracked_rounds(
                 for lo in range(start, stop, chunk):
                     hi = min(stop, lo + chunk)
                     scores, terms, per_draw = _evaluate_draws(sampler, evaluate_a, x_a, eps, lo, hi, active)
-                    part = per_draw.sum(1, dtype=grad_sum.dtype)
-                    if active is None:
-                        piece += part
-                    else:
-                        piece.index_add_(0, active, part)
-                    stats.add(part / copies, active)
+                    _add_gradients(piece, per_draw.sum(1, dtype=grad_sum.dtype), active, stats, copies)
                     reduction.add(scores, terms)
         shared = [piece, stats.current, hessian.current]
         gathered = [[torch.empty_like(t) for _ in range(world)] for t in shared]
@@ -346,12 +353,7 @@ def _tracked_loop(
             g_part, s_part, t_part = per_draw[:, take], scores[:, take], terms[:, take]
             if live is not None:
                 g_part, s_part, t_part = g_part[live], s_part[live], t_part[live]
-            part_sum = g_part.sum(1, dtype=grad_sum.dtype)
-            if active is None:
-                grad_sum += part_sum
-            else:
-                grad_sum.index_add_(0, active, part_sum)
-            stats.add(part_sum / copies, active)
+            _add_gradients(grad_sum, g_part.sum(1, dtype=grad_sum.dtype), active, stats, copies)
             reduction.add(s_part, t_part)
             if not closed:
                 continue

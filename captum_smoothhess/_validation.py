@@ -10,6 +10,7 @@ import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,6 +57,14 @@ def _check_inputs(inputs: Tuple[Tensor, ...], argument: str = "inputs", allow_in
             raise ValueError(f"{where}: contains NaN or Inf values")
     if batch == 0:
         raise ValueError(f"{argument}: the batch is empty")
+
+
+def _check_flags(**flags: object) -> None:
+    """Each flag must be a bool (numpy's included): ``antithetic=None`` or ``return_error="no"`` would
+    otherwise be taken for their truth value."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {value!r}")
 
 
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._validation import _check_generator, _check_number, _check_positive_int
+from ._validation import _check_flags, _check_generator, _check_number, _check_positive_int
 
 __all__ = [
     "Digits",
@@ -270,8 +270,7 @@ def load_digits_tensors(
     seed = int(seed)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed: expected an integer in [0, 2**32 - 1] (a NumPy seed), got {seed}")
-    if not isinstance(standardize, bool):
-        raise TypeError(f"standardize: expected True or False, got {standardize!r}")
+    _check_flags(standardize=standardize)
     dtype = _check_dtype(dtype)
     bunch = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(

@@ -21,13 +21,14 @@ Users can add kernels by subclassing :class:`Kernel`.
 from __future__ import annotations
 
 import math
-import operator
 from abc import ABC, abstractmethod
 from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._validation import _check_generator, _check_positive_int
 
 __all__ = [
     "KERNELS",
@@ -42,21 +43,9 @@ __all__ = [
 
 
 def _check_sample_args(n: object, dim: object, generator: object) -> tuple[int, int]:
-    """``n`` and ``dim`` as non-negative ints; refuse anything else, and a non-generator, naming it."""
-    sizes = []
-    for value, argument in ((n, "n"), (dim, "dim")):
-        try:
-            size = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            size = None
-        if size is None:
-            raise TypeError(f"{argument}: expected an integer, got {value!r}")
-        if size < 0:
-            raise ValueError(f"{argument}: must be >= 0, got {size}")
-        sizes.append(size)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    return sizes[0], sizes[1]
+    """``n`` and ``dim`` as non-negative ints, and ``generator``, checked by name."""
+    _check_generator(generator)  # type: ignore[arg-type]
+    return _check_positive_int(n, "n", minimum=0), _check_positive_int(dim, "dim", minimum=0)
 
 
 def _draw(

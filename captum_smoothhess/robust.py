@@ -27,7 +27,7 @@ from ._captum import TargetType, _format_additional_forward_args, _format_tensor
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
 from ._model import needs_private_copy, private_copy, warn_if_training
-from ._validation import _check_inputs, _check_positive_int
+from ._validation import _check_flags, _check_inputs, _check_positive_int
 from .smoothhess import SmoothHess
 from .solvers import RadiusType, _check_radius, solve_trust_region
 
@@ -147,8 +147,7 @@ class SecondOrderAttack:
             raise TypeError(
                 f"forward_func: expected a model or a callable, got {type(forward_func).__name__}"
             )
-        if not isinstance(apply_softmax, bool):
-            raise TypeError(f"apply_softmax: expected True or False, got {apply_softmax!r}")
+        _check_flags(apply_softmax=apply_softmax)
         if isinstance(source, type):
             raise TypeError(
                 f"source: expected an instance such as SmoothHess(ClassProbability(model)), got the class "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
-import numpy as np
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
@@ -45,6 +44,7 @@ from ._validation import (
     BaselinesType,
     MaskType,
     StdevsType,
+    _check_flags,
     _check_generator,
     _check_inputs,
     _check_n_samples,
@@ -621,14 +621,6 @@ class SmoothHess(GradientAttribution):
             out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
             result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
         return result if len(result) > 1 else result[0]
-
-
-def _check_flags(**flags: object) -> None:
-    """Each flag must be a bool (numpy's included): ``antithetic=None`` or ``return_error="no"`` would
-    otherwise be taken for their truth value."""
-    for name, value in flags.items():
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {value!r}")
 
 
 def _check_bandwidths(stdevs: StdevsType, layout: Tuple[Tensor, ...]) -> Tensor:

@@ -15,6 +15,7 @@ result for the same seed the same way.
 from __future__ import annotations
 
 import sys
+from typing import Callable, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,17 +24,29 @@ from torch import nn
 from captum_smoothhess import SmoothHess, global_interactions
 
 
-def main_global(out: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+def _mlp(d: int = 6) -> nn.Module:
+    """The workers' model, from seed 0 (the inputs drawn next continue that stream)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
-    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _counted(net: nn.Module) -> Tuple[Callable[[torch.Tensor], torch.Tensor], List[int]]:
+    """``net`` as a function counting the rows it evaluates (in the returned one-element list)."""
     rows = [0]
 
     def counted(inp: torch.Tensor) -> torch.Tensor:
         rows[0] += inp.shape[0]
         return net(inp)
+
+    return counted, rows
+
+
+def main_global(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    net = _mlp(5)
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    counted, rows = _counted(net)
 
     def run(seed: int) -> dict:
         gi = global_interactions(
@@ -60,14 +73,9 @@ def main_global(out: str) -> None:
 def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = _mlp()
     x = torch.randn(2, 6)
-    rows = [0]
-
-    def counted(inp: torch.Tensor) -> torch.Tensor:
-        rows[0] += inp.shape[0]
-        return net(inp)
+    counted, rows = _counted(net)
 
     sh = SmoothHess(counted, kernel="poisson")
     # Each rank passes a different generator: rank 0's seed is broadcast.
@@ -100,8 +108,7 @@ def main_error(out: str) -> None:
     """Orthogonal SmoothHess with ``return_error`` over two ranks (whole groups per rank)."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = _mlp()
     x = torch.randn(2, 6)
 
     def run(seed: int, chunk: int) -> dict:
@@ -128,8 +135,7 @@ def main_tolerance(out: str) -> None:
     """A tolerance over two ranks: the examples stop where one process stops them."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = _mlp()
     x = torch.randn(3, 6)
 
     def run(seed: int, chunk: int) -> dict:
@@ -171,8 +177,7 @@ def main_shared(out: str) -> None:
     _sampling._SHARE_MIN_DIM = 2
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = _mlp()
     x = torch.randn(2, 6)
     sh = SmoothHess(net)
 
@@ -206,14 +211,9 @@ def main_agree(out: str) -> None:
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = _mlp()
     x = torch.randn(2, 6)
-    rows = [0]
-
-    def counted(inp: torch.Tensor) -> torch.Tensor:
-        rows[0] += inp.shape[0]
-        return net(inp)
+    counted, rows = _counted(net)
 
     base = {"target": 1, "stdevs": 0.5, "n_samples": 200}
     cases = {

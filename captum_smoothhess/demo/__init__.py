@@ -37,6 +37,7 @@ from typing import Union
 
 import torch
 
+from .._validation import _check_flags
 from ..datasets import load_digits_tensors
 from . import across_dataset, caso, four_quadrant, interactions, kernels, pmse
 from ._common import _FULL, _QUICK, _START, _digits_model, _log
@@ -72,8 +73,7 @@ def run_demo(out: Union[str, os.PathLike[str]] = "demo_output", quick: bool = Fa
         raise ValueError("out: expected a folder, got an empty string")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out: {os.fspath(out)!r} exists and is not a folder")
-    if not isinstance(quick, bool):
-        raise TypeError(f"quick: expected True or False, got {quick!r}")
+    _check_flags(quick=quick)
     s = _QUICK if quick else _FULL
     folder = os.fspath(out)
     os.makedirs(folder, exist_ok=True)

@@ -6,8 +6,9 @@ import contextlib
 import copy
 import threading
 import warnings
-from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
@@ -150,9 +151,72 @@ def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> 
     warning says that the result then mixes examples and samples. ``stacklevel`` is the warning's:
     4 points at the caller of the function calling this one, 5 at the caller of
     an ``attribute`` method wrapped by Captum's ``log_usage``.
+
+    A function that may call a model this package cannot see (:func:`hides_models`) comes back
+    wrapped by :func:`guarded`: such a layer is refused before it updates anything.
     """
     warn_if_training(forward_func, method, stacklevel=stacklevel)
-    return private_copy(forward_func) if needs_private_copy(forward_func) else forward_func
+    forward = private_copy(forward_func) if needs_private_copy(forward_func) else forward_func
+    return guarded(forward, method) if hides_models(forward) else forward
+
+
+def hides_models(forward_func: Any) -> bool:
+    """Whether ``forward_func`` may run modules that :func:`reachable_modules` cannot list.
+
+    It is not a module (nor a bound method of one), or one of its modules holds, outside the module
+    registry, a callable that is not one of those modules: a function, a lambda, a module stored with
+    ``object.__setattr__`` (e.g. ``ClassProbability(lambda x: net(x))``). Such a callable may run a
+    model whose layers no private copy would include. A harmless callable (``self.act = torch.relu``)
+    only makes the forward run guarded (:func:`guarded`), which costs a hook call per layer.
+    """
+    if isinstance(forward_func, _Guarded):
+        return False
+    module = module_of(forward_func)
+    if module is None:
+        return True
+    listed = {id(m): m for _, m in reachable_modules(module)}
+    for m in listed.values():
+        if isinstance(m, torch.jit.ScriptModule):  # compiled: it calls no Python callable it holds
+            continue
+        for value in vars(m).values():
+            if callable(value) and id(module_of(value)) not in listed:
+                return True
+    return False
+
+
+class _Guarded:
+    """``forward_func`` with every call run inside :func:`_refuse_hidden_writers` (see :func:`guarded`)."""
+
+    def __init__(self, forward_func: Any, method: str) -> None:
+        self.__wrapped__ = forward_func  # inspect.signature (Captum's _run_forward) reads the wrapped one
+        self.method = method
+        module = module_of(forward_func)
+        # The layers a private copy (or the model itself) holds are its own to update.
+        self.allowed = frozenset(() if module is None else (id(m) for _, m in reachable_modules(module)))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with _refuse_hidden_writers(self.allowed, self.method):
+            return self.__wrapped__(*args, **kwargs)
+
+
+def guarded(forward_func: Any, method: str) -> Any:
+    """``forward_func`` refusing, before it changes anything, a hidden layer that updates its buffers.
+
+    :func:`private_if_training` copies only the modules it can list; a
+    function (or a lambda) calling a model hides it (:func:`hides_models`), and
+    a batch norm (or instance or spectral norm) in training mode would then
+    update the user's buffers at every forward pass. Each call of the result
+    runs inside :func:`_refuse_hidden_writers`, so every method that runs
+    the model through it raises a ``ValueError`` naming ``forward_func``
+    instead; the layers of ``forward_func``'s own module (a private copy
+    where one was needed) run as usual.
+    """
+    return _Guarded(forward_func, method)
+
+
+def unguarded(forward_func: Any) -> Any:
+    """The function :func:`guarded` wrapped (``forward_func`` itself if it is not a guard)."""
+    return forward_func.__wrapped__ if isinstance(forward_func, _Guarded) else forward_func
 
 
 def private_copy(forward_func: Any) -> Any:
@@ -166,6 +230,7 @@ def private_copy(forward_func: Any) -> Any:
 
 def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
     """``layer`` of ``original``'s module, found at the same name in ``private``'s module (a copy)."""
+    private = unguarded(private)
     if private is original:
         return layer
     root, copy_root = module_of(original), module_of(private)
@@ -182,32 +247,26 @@ def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
 
 
 @contextlib.contextmanager
-def refuse_hidden_batch_norm(forward_func: Any, method: str) -> Iterator[None]:
-    """Refuse, before it runs, a norm layer updating its statistics that ``forward_func``'s module lacks.
+def _refuse_hidden_writers(allowed: FrozenSet[int], method: str) -> Iterator[None]:
+    """While the block runs, refuse (before it runs) a layer updating its buffers that is not ``allowed``.
 
-    :func:`private_if_training` can copy only a model it finds (the module
-    itself, or the owner of a bound method); a plain function or a lambda
-    calling a model hides it, and a batch norm (or instance norm tracking
-    running statistics) in training mode would then update the user's
-    running statistics at every forward pass. Run the first
-    forward pass inside this block: a global forward-pre-hook, acting only
-    in the calling thread, raises a ``ValueError`` naming ``forward_func``
-    before such a layer changes anything.
+    A global forward-pre-hook, acting only in the calling thread, raises a
+    ``ValueError`` naming ``forward_func`` before such a layer changes
+    anything; ``allowed`` holds the ids of the modules that may run
+    (:class:`_Guarded`).
     """
-    if module_of(forward_func) is not None:  # its model is found, and copied where needed
-        yield
-        return
     thread = threading.get_ident()
 
     def check(layer: nn.Module, args: Any) -> None:
         if threading.get_ident() != thread:
             return
-        if _updates_buffers(layer):
+        if id(layer) not in allowed and _updates_buffers(layer):
             raise ValueError(
                 f"forward_func: it runs a {type(layer).__name__} in training mode, whose buffers "
                 f"every forward pass would update, of a model that {method} cannot copy "
-                "privately (forward_func is a function calling it, not the module or one of its "
-                "methods); pass the model itself (or a bound method), or call model.eval() first"
+                "privately (forward_func reaches it through a function or an attribute, not as the "
+                "module, one of its methods or a submodule); pass the model itself (or a bound "
+                "method), or call model.eval() first"
             )
 
     handle = register_module_forward_pre_hook(check)

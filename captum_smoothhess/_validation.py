@@ -14,8 +14,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._captum import _format_tensor_into_tuples, _is_tuple
+
 StdevsType = Union[float, Tensor, Sequence[Union[float, Tensor]]]
 MaskType = Union[Tensor, Tuple[Tensor, ...], None]
+
+
+def _tupled(inputs: object, argument: str = "inputs") -> Tuple[Tuple[Tensor, ...], bool]:
+    """``(inputs as a tuple, whether they came as one)``; anything but a tensor or a tuple is refused
+    with a ``TypeError`` naming ``argument`` (Captum's helper asserts, which ``python -O`` removes)."""
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise TypeError(
+            f"{argument}: expected a tensor or a tuple of tensors, got {type(inputs).__name__}"
+            + (" (pass a tuple instead of a list)" if isinstance(inputs, list) else "")
+        )
+    return _format_tensor_into_tuples(inputs), _is_tuple(inputs)
 
 
 def _refuse_meta(value: object, argument: str) -> None:

@@ -22,11 +22,11 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
-from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
+from ._captum import TargetType, log_usage
 from ._evaluators import autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian, _unflatten
 from ._model import private_if_training
-from ._validation import _check_inputs, _check_number, _check_positive_int
+from ._validation import _check_inputs, _check_number, _check_positive_int, _tupled
 
 __all__ = ["ExactHessian", "exact_hessian", "softplus_surrogate"]
 
@@ -170,7 +170,9 @@ def exact_hessian(
     Raises:
         ValueError: NaN/Inf inputs, a ``target`` that does not select one output
             per example, a non-positive ``chunk_size``, or a NaN/Inf output,
-            gradient or Hessian of ``forward_func`` at ``inputs``.
+            gradient or Hessian of ``forward_func`` at ``inputs``; a
+            training-mode norm layer that a function hides from the private
+            copy (as for SmoothHess).
 
     Examples:
         >>> import torch
@@ -206,8 +208,7 @@ def _exact_hessian(
     stacklevel: int,
 ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
     """:func:`exact_hessian`, with the name and stack level of a training-mode warning."""
-    is_tuple = _is_tuple(inputs)
-    inps = _format_tensor_into_tuples(inputs)
+    inps, is_tuple = _tupled(inputs)
     _check_inputs(inps)
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")

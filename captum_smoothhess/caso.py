@@ -46,8 +46,6 @@ from torch.overrides import TorchFunctionMode
 from ._captum import (
     TargetType,
     _format_additional_forward_args,
-    _format_tensor_into_tuples,
-    _is_tuple,
     _run_forward,
     log_usage,
 )
@@ -64,6 +62,7 @@ from ._validation import (
     _check_positive_int,
     _format_stdevs,
     _refuse_meta,
+    _tupled,
 )
 from .factors import _matvec
 from .kernels import Gaussian, Kernel, get_kernel
@@ -606,7 +605,9 @@ class CASO(_LossSaliency):
                 ``loss_func`` that does not return one loss per example, or a
                 NaN/Inf loss, gradient or Hessian-vector product; a
                 ``lambda2`` that rounds to 0 in the inputs' dtype, or a
-                ``lambda1`` or ``lambda2`` beyond its largest value.
+                ``lambda1`` or ``lambda2`` beyond its largest value; a
+                training-mode norm layer hidden from the private copy, as
+                for SmoothHess.
             TypeError: Arguments of the wrong type; half-precision inputs.
 
         Examples:
@@ -624,8 +625,7 @@ class CASO(_LossSaliency):
             >>> delta.shape
             torch.Size([3, 6])
         """
-        is_tuple = _is_tuple(inputs)
-        inps = _format_tensor_into_tuples(inputs)
+        inps, is_tuple = _tupled(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
         if inps[0].dtype in (torch.float16, torch.bfloat16):
@@ -780,8 +780,7 @@ class CAFO(_LossSaliency):
             >>> delta.shape, info["objective"].shape
             (torch.Size([3, 4]), torch.Size([3]))
         """
-        is_tuple = _is_tuple(inputs)
-        inps = _format_tensor_into_tuples(inputs)
+        inps, is_tuple = _tupled(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
         _check_lambdas_fit(lam1_value, lam2_value, inps[0].dtype)

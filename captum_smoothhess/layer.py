@@ -28,15 +28,13 @@ from ._captum import (
     TargetType,
     _expand_target,
     _format_additional_forward_args,
-    _format_tensor_into_tuples,
-    _is_tuple,
     _run_forward,
     _verify_select_neuron,
     log_usage,
 )
 from ._evaluators import Evaluator, _subset_rows, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
-from ._model import counterpart, module_of, private_if_training, refuse_hidden_batch_norm
+from ._model import counterpart, module_of, private_if_training, unguarded
 from ._stein import ranks_fail_together
 from ._validation import (
     BaselinesType,
@@ -46,6 +44,7 @@ from ._validation import (
     _check_inputs,
     _check_n_samples,
     _format_baselines,
+    _tupled,
 )
 from .factors import SmoothHessFactors
 from .kernels import Gaussian, Kernel
@@ -72,7 +71,7 @@ def _check_output(out: Any) -> Tensor:
 
 def _why_not(layer: nn.Module, forward_func: Any, to_input: bool) -> str:
     """The likely reason a hook on ``layer`` saw no activation, for the error message."""
-    root = module_of(forward_func)
+    root = module_of(unguarded(forward_func))
     if isinstance(layer, torch.jit.ScriptModule) or isinstance(root, torch.jit.ScriptModule):
         return (
             ": TorchScript runs the submodules of a scripted model without Python hooks; attribute "
@@ -93,20 +92,15 @@ def layer_activation(
     additional_forward_args: Any,
     to_input: bool,
     device_ids: Optional[List[int]],
-    method: str = "LayerSmoothHess",
 ) -> Tuple[Tuple[Tensor, ...], bool, Tensor]:
     """One plain forward: ``(activation parts, is_tuple, model output)`` of ``layer`` at ``inputs``.
 
-    A batch norm in training mode that ``method`` could not copy privately is
-    refused before it updates its running statistics
-    (:func:`~captum_smoothhess._model.refuse_hidden_batch_norm`).
+    (A batch norm in training mode that the method could not copy privately is refused before it updates
+    its running statistics: ``forward_func`` comes from
+    :func:`~captum_smoothhess._model.private_if_training`.)
     """
     afa = _format_additional_forward_args(additional_forward_args)
-    with (
-        torch.no_grad(),
-        refuse_hidden_batch_norm(forward_func, method),
-        _hooks.capture(layer, to_input, device_ids) as hook,
-    ):
+    with torch.no_grad(), _hooks.capture(layer, to_input, device_ids) as hook:
         out = _check_output(_run_forward(forward_func, inputs, None, afa))
     if not hook.saved:
         why = _why_not(layer, forward_func, to_input)
@@ -251,7 +245,7 @@ def _weight(
         return None
     base_inputs = _format_baselines(baselines, inputs)
     base_act, _, _ = layer_activation(
-        forward_func, layer, base_inputs, additional_forward_args, to_input, device_ids, "LayerSmoothHess"
+        forward_func, layer, base_inputs, additional_forward_args, to_input, device_ids
     )
     if len(base_act) != len(activation) or any(b.shape != a.shape for b, a in zip(base_act, activation)):
         raise ValueError(
@@ -408,7 +402,7 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
             torch.Size([1, 3, 3])
         """
         with ranks_fail_together(process_group):
-            inps = _format_tensor_into_tuples(inputs)
+            inps, _ = _tupled(inputs)
             _check_inputs(inps, allow_integer=True)
             n = _check_n_samples(n_samples, antithetic)
             _check_generator(generator)
@@ -422,7 +416,6 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
                 additional_forward_args,
                 attribute_to_layer_input,
                 device_ids,
-                "LayerSmoothHess",
             )
             _check_inputs(activation, "layer")
             select_output(out, target, inps[0].shape[0])
@@ -577,8 +570,7 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
             torch.Size([2, 3, 3])
         """
         with ranks_fail_together(process_group):
-            is_tuple = _is_tuple(inputs)
-            inps = _format_tensor_into_tuples(inputs)
+            inps, is_tuple = _tupled(inputs)
             _check_inputs(inps)
             n = _check_n_samples(n_samples, antithetic)
             _check_generator(generator)
@@ -592,7 +584,6 @@ class NeuronSmoothHess(NeuronAttribution, GradientAttribution):
                 additional_forward_args,
                 attribute_to_neuron_input,
                 device_ids,
-                "NeuronSmoothHess",
             )
             select_neuron(activation, neuron_selector, inps[0].shape[0])
             weight = _baseline_weight(baselines, inps)

@@ -26,7 +26,6 @@ from ._captum import (
     _expand_additional_forward_args,
     _expand_target,
     _format_additional_forward_args,
-    _format_tensor_into_tuples,
 )
 from ._evaluators import selected_outputs
 from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
@@ -37,6 +36,7 @@ from ._validation import (
     _check_inputs,
     _check_number,
     _check_positive_int,
+    _tupled,
 )
 from .kernels import Gaussian
 
@@ -107,8 +107,10 @@ def perturbation_mse(
     Raises:
         ValueError: ``radius`` not positive and finite, ``n_perturbations`` < 1,
             an unknown ``radius_distribution``, a ``gradient`` or ``hessian``
-            that does not fit ``inputs``, NaN/Inf values, or a ``target`` that
-            does not select one output per example.
+            that does not fit ``inputs``, NaN/Inf values, a ``target`` that
+            does not select one output per example, or a training-mode norm
+            layer that a function hides from the private copy (as for
+            SmoothHess).
         TypeError: Arguments of the wrong type.
 
     Examples:
@@ -124,7 +126,7 @@ def perturbation_mse(
         ...                  generator=torch.Generator().manual_seed(0)).shape
         torch.Size([1])
     """
-    inps = _format_tensor_into_tuples(inputs)
+    inps, _ = _tupled(inputs)
     _check_inputs(inps)
     r = _check_number(radius, "radius", allow_zero=False)
     n = _check_positive_int(n_perturbations, "n_perturbations")

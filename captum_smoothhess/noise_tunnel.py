@@ -42,6 +42,7 @@ from ._evaluators import autograd_allowed
 from ._layout import _sizes
 from ._model import (
     counterpart,
+    hides_models,
     needs_private_copy,
     private_if_training,
     warn_if_training,
@@ -478,8 +479,10 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             ValueError: ``nt_type`` unknown, ``nt_samples`` or
                 ``nt_samples_batch_size`` < 1, ``stdevs`` negative or not
                 finite or of the wrong length, ``inputs`` with NaN/Inf or on
-                the meta device, a ``target`` the output does not have, or
-                NaN attributions (``forward_func`` NaN at perturbed points).
+                the meta device, a ``target`` the output does not have,
+                NaN attributions (``forward_func`` NaN at perturbed points),
+                or a training-mode norm layer that a function hides from the
+                private copy (as for SmoothHess).
             TypeError: ``generator`` is not a ``torch.Generator``.
 
         Under ``torch.inference_mode()`` the call runs outside inference mode
@@ -491,9 +494,10 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_inputs(tupled)
         _refuse_meta(kwargs.get("target"), "target")
         forward_func = self.attribution_method.forward_func
-        if not self._private and needs_private_copy(forward_func):
+        if not self._private and (needs_private_copy(forward_func) or hides_models(forward_func)):
             # A forward that updates buffers (batch norm or spectral norm in training mode): run this
-            # call on a private copy, the user's buffers left as found.
+            # call on a private copy, the user's buffers left as found. A function hiding its model
+            # runs guarded instead (such a layer is refused before it updates anything).
             return type(self).attribute.__wrapped__(
                 self._on_private_model(),
                 inputs,
@@ -536,6 +540,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
 
         Batch norm in training mode gets a warning (its outputs mix examples);
         other buffer updates (``spectral_norm``'s power iteration) need none.
+        A function hiding its model runs guarded instead (:func:`~captum_smoothhess._model.guarded`).
         """
         method = copy.copy(self.attribution_method)
         original = method.forward_func

@@ -23,11 +23,11 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._captum import TargetType, _format_additional_forward_args, _format_tensor_into_tuples, _is_tuple
+from ._captum import TargetType, _format_additional_forward_args
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
-from ._model import needs_private_copy, private_copy, warn_if_training
-from ._validation import _check_flags, _check_inputs, _check_positive_int
+from ._model import guarded, hides_models, needs_private_copy, private_copy, warn_if_training
+from ._validation import _check_flags, _check_inputs, _check_positive_int, _tupled
 from .smoothhess import SmoothHess
 from .solvers import RadiusType, _check_radius, solve_trust_region
 
@@ -198,7 +198,10 @@ class SecondOrderAttack:
 
         Raises:
             ValueError: ``radius`` not positive and finite, ``order`` not 1 or
-                2, ``top_k`` < 1, NaN/Inf inputs, or a bad ``target``.
+                2, ``top_k`` < 1, NaN/Inf inputs, a bad ``target``, or a
+                training-mode norm layer that a function hides from the
+                private copy (as for SmoothHess).
+            TypeError: ``inputs`` not a tensor or a tuple of tensors.
 
         Examples:
             >>> import torch
@@ -209,8 +212,7 @@ class SecondOrderAttack:
             >>> adv.shape
             torch.Size([3, 4])
         """
-        is_tuple = _is_tuple(inputs)
-        inps = _format_tensor_into_tuples(inputs)
+        inps, is_tuple = _tupled(inputs)
         _check_inputs(inps)
         if order not in (1, 2) or isinstance(order, bool):
             raise ValueError(f"order: expected 1 or 2, got {order!r}")
@@ -227,6 +229,12 @@ class SecondOrderAttack:
                 warn_if_training(probability, "SecondOrderAttack", stacklevel=3)
             probability = private_copy(probability)
         forward_func = probability.model if isinstance(probability, ClassProbability) else probability
+        # A function hiding its model: this method's own forward passes refuse a layer that would update
+        # its buffers (the source guards its own).
+        if hides_models(forward_func):
+            forward_func = guarded(forward_func, "SecondOrderAttack")
+        if hides_models(probability):
+            probability = guarded(probability, "SecondOrderAttack")
         if target is None:
             extra = _format_additional_forward_args(additional_forward_args) or ()
             with torch.no_grad():

@@ -24,11 +24,11 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from ._captum import TargetType, _format_tensor_into_tuples, _is_tuple, log_usage
+from ._captum import TargetType, log_usage
 from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
-from ._model import private_if_training, refuse_hidden_batch_norm
+from ._model import private_if_training
 from ._sampling import resolve_sampling, sampler_class, seed_from
 from ._stein import (
     Tracking,
@@ -53,6 +53,7 @@ from ._validation import (
     _format_baselines,
     _format_feature_mask,
     _format_stdevs,
+    _tupled,
 )
 from .factors import SmoothHessFactors, _HessianSums, _KeptFactors, _RotatedSums, _Weighted
 from .kernels import Gaussian, Kernel, get_kernel
@@ -358,9 +359,10 @@ class SmoothHess(GradientAttribution):
                 infinite reciprocal); a result whose sums overflow the dtype;
                 ``n_samples`` beyond ``2**62``; a meta tensor as ``target``,
                 ``stdevs``, ``feature_mask`` or ``baselines``; a
-                ``forward_func`` that is a plain function running a norm
-                layer in training mode (its statistics would change, and no
-                private copy of its model can be made).
+                ``forward_func`` that reaches a norm layer in training mode
+                through a function or an attribute outside the module
+                registry (its statistics would change, and no private copy
+                of its model can be made).
             TypeError: A flag (``antithetic``, ``return_gradient``,
                 ``return_error``, ``show_progress``) that is not a bool;
                 ``inputs`` that are not a tensor or a tuple of tensors;
@@ -391,19 +393,13 @@ class SmoothHess(GradientAttribution):
             (True, torch.Size([3, 6, 6]))
         """
         with ranks_fail_together(process_group):
-            if not isinstance(inputs, (Tensor, tuple)):
-                raise TypeError(
-                    f"inputs: expected a tensor or a tuple of tensors, got {type(inputs).__name__}"
-                    + (" (pass a tuple instead of a list)" if isinstance(inputs, list) else "")
-                )
             _check_flags(
                 antithetic=antithetic,
                 return_gradient=return_gradient,
                 return_error=return_error,
                 show_progress=show_progress,
             )
-            is_tuple = _is_tuple(inputs)
-            inps = _format_tensor_into_tuples(inputs)
+            inps, is_tuple = _tupled(inputs)
             _check_inputs(inps)
             n = _check_n_samples(n_samples, antithetic)
             _check_generator(generator)
@@ -411,8 +407,9 @@ class SmoothHess(GradientAttribution):
 
             def evaluator() -> Tuple[Evaluator, Optional[Tensor]]:
                 # One plain forward checks `target` and the output's shape up front (and refuses a
-                # training-mode norm layer of a model that a function hides from the private copy).
-                with torch.no_grad(), refuse_hidden_batch_norm(forward, "SmoothHess"):
+                # training-mode norm layer of a model that a function hides from the private copy: the
+                # forward is then guarded, see private_if_training).
+                with torch.no_grad():
                     selected_outputs(forward, inps, target, additional_forward_args)
                 weight = _baseline_weight(baselines, inps)
                 return GradientEvaluator(forward, inps, target, additional_forward_args), weight

@@ -516,3 +516,35 @@ def test_nan_gradients_are_refused(spec: Spec) -> None:
 
     with pytest.raises(ValueError, match=r"^(forward_func|loss_func|inputs|layer)"):
         spec.call(spec.make(Sqrt()), _inputs(), 1, 0, None)
+
+
+class _Hidden:
+    """A function object calling a model that the package cannot see (not a module, nor a bound method)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.body = net.body  # (the layer specs name a layer of it)
+        self.training = net.training
+
+    def __call__(self, a: Tensor, b: Optional[Tensor] = None) -> Tensor:
+        return self.net(a, b)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_training_mode_norm_behind_a_function_is_refused(spec: Spec) -> None:
+    """A batch norm in training mode that a function hides cannot be copied privately: every method
+    refuses it, naming ``forward_func`` (weight-space methods need the module itself), before its
+    running statistics change."""
+    net = _BatchNormNet().train()
+    before = _snapshot(net)
+    with pytest.raises((ValueError, TypeError), match=r"^(forward_func|attribution_method)"):
+        spec.call(spec.make(_Hidden(net)), _inputs(4), 1, 0, None)
+    _assert_untouched(net, before)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_list_inputs_named(spec: Spec) -> None:
+    """A list of tensors (Captum takes tuples) gets a TypeError naming ``inputs``, not an assertion
+    (which ``python -O`` would remove) from inside Captum."""
+    with pytest.raises(TypeError, match=r"^inputs"):
+        spec.call(spec.make(TwoInputNet()), list(_inputs()), 1, 0, None)

@@ -1,0 +1,186 @@
+"""A model that a function hides from the package: its training-mode batch norm is refused, never updated.
+
+The methods copy a model privately when its forward updates buffers (batch norm in training mode); a
+model reached through a function, a lambda or a callable stored outside the module registry cannot be
+copied, so every call runs it guarded (``_model.guarded``): such a layer raises before it changes
+anything. The attribution classes are covered by ``test_contract``; here the functions and the attack,
+and what the guard must leave alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict
+
+import pytest
+import torch
+from helpers import gen
+from torch import Tensor, nn
+
+from captum_smoothhess import SmoothHess
+from captum_smoothhess._model import guarded, hides_models
+from captum_smoothhess.baselines import ExactHessian, exact_hessian
+from captum_smoothhess.metrics import perturbation_mse
+from captum_smoothhess.robust import ClassProbability, SecondOrderAttack
+
+_REFUSED = r"^forward_func: it runs a BatchNorm1d in training mode"
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Softplus(), nn.Linear(6, 3)).double().train()
+
+
+def _state(net: nn.Module) -> Dict[str, Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _same(net: nn.Module, before: Dict[str, Tensor]) -> bool:
+    return all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def _x() -> Tensor:
+    return torch.randn(4, 4, generator=gen(1), dtype=torch.float64)
+
+
+class _Holder(nn.Module):
+    """A module that calls a model stored outside its registry (a plain attribute, not a submodule)."""
+
+    def __init__(self, model: Callable[..., Tensor]) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+CALLS = {
+    "exact_hessian": lambda f, x: exact_hessian(f, x, target=0),
+    "ExactHessian": lambda f, x: ExactHessian(f).attribute(x, target=0),
+    "perturbation_mse": lambda f, x: perturbation_mse(
+        f, x, torch.zeros_like(x), target=0, n_perturbations=8, generator=gen(0)
+    ),
+    "SecondOrderAttack": lambda f, x: SecondOrderAttack(f).perturb(
+        x, radius=0.1, n_samples=8, stdevs=0.1, generator=gen(0)
+    ),
+    "SecondOrderAttack-target": lambda f, x: SecondOrderAttack(f).perturb(
+        x, radius=0.1, target=0, n_samples=8, stdevs=0.1, generator=gen(0)
+    ),
+    "SecondOrderAttack-exact": lambda f, x: SecondOrderAttack(
+        f, source=ExactHessian(ClassProbability(f))
+    ).perturb(x, radius=0.1, order=1),
+    "SmoothHess-ClassProbability": lambda f, x: SmoothHess(ClassProbability(f)).attribute(
+        x, target=0, n_samples=8, stdevs=0.1, generator=gen(0)
+    ),
+}
+HIDERS = {
+    "lambda": lambda net: lambda z: net(z),
+    "held-attribute": lambda net: _Holder(net),
+    "held-lambda": lambda net: _Holder(lambda z: net(z)),
+}
+
+
+@pytest.mark.parametrize("hider", list(HIDERS))
+@pytest.mark.parametrize("call", list(CALLS))
+def test_hidden_training_batch_norm_refused_before_it_updates(call: str, hider: str) -> None:
+    net = _bn_net()
+    before = _state(net)
+    with pytest.raises(ValueError, match=_REFUSED):
+        CALLS[call](HIDERS[hider](net), _x())
+    assert _same(net, before), "the running statistics changed"
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_hidden_model_in_eval_mode_runs_as_the_model_itself(call: str) -> None:
+    """The guard refuses only a layer that would update its buffers: in eval mode the hidden model gives
+    the numbers of the model itself."""
+    net = _bn_net().eval()
+    x = _x()
+    got, want = CALLS[call](lambda z: net(z), x), CALLS[call](net, x)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert torch.equal(g, w)
+
+
+class _WithHarmlessCallable(nn.Module):
+    """A model with its own batch norm and a plain function in an attribute (as many models have)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _bn_net()
+        self.act = torch.tanh  # a callable outside the registry: the forward runs guarded
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.net(x))
+
+
+def test_a_private_copy_run_guarded_updates_its_own_batch_norm_only() -> None:
+    """The guard lets the layers of the private copy run: the model is copied (a warning), the user's
+    statistics are left as found, and nothing is refused."""
+    model = _WithHarmlessCallable().train()
+    assert hides_models(model)
+    before = _state(model)
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        h = SmoothHess(model).attribute(_x(), target=0, n_samples=8, stdevs=0.1, generator=gen(0))
+    assert torch.isfinite(h).all()
+    assert _same(model, before)
+
+
+def test_modules_and_bound_methods_are_not_guarded() -> None:
+    """A model passed as itself (or a bound method of it) is listed in full: no guard, no hook."""
+    net = _bn_net()
+    assert not hides_models(net) and not hides_models(net.forward)
+    assert not hides_models(ClassProbability(net))
+    assert hides_models(lambda z: net(z)) and hides_models(ClassProbability(lambda z: net(z)))
+
+
+def test_the_guard_acts_in_the_calling_thread_only() -> None:
+    """Another thread training its own batch-norm model while a guarded call runs is left alone."""
+    other = _bn_net()
+    mean = other[1].running_mean.clone()
+    errors: list = []
+
+    def train_step() -> None:
+        try:
+            other(_x())
+        except Exception as err:  # pragma: no cover - the failure this test looks for
+            errors.append(err)
+
+    def hidden(z: Tensor) -> Tensor:
+        worker = threading.Thread(target=train_step)
+        worker.start()
+        worker.join()  # its forward runs while the guard's hook is installed
+        return z.sum(1, keepdim=True) ** 2
+
+    out = guarded(hidden, "SmoothHess")(_x())
+    assert out.shape == (4, 1)
+    assert not errors, errors
+    assert not torch.equal(other[1].running_mean, mean), "the other thread's training step did not run"
+
+
+def test_the_guard_leaves_no_hook_behind_after_a_refusal() -> None:
+    net = _bn_net()
+    with pytest.raises(ValueError, match=_REFUSED):
+        guarded(lambda z: net(z), "SmoothHess")(_x())
+    before = _state(net)
+    net(_x())  # a training step of the user's own, after the refusal: not refused, and it updates
+    assert not _same(net, before)
+
+
+def test_guarded_keeps_the_signature_captum_reads() -> None:
+    """Captum's _run_forward calls a function with no parameters without inputs: the guard keeps it."""
+    import inspect
+
+    def constant() -> Tensor:
+        return torch.ones(1)
+
+    def two(a: Tensor, b: Any = None) -> Tensor:
+        return a
+
+    assert len(inspect.signature(guarded(constant, "m")).parameters) == 0
+    assert list(inspect.signature(guarded(two, "m")).parameters) == ["a", "b"]
+
+
+def test_a_scripted_model_is_not_guarded() -> None:
+    """TorchScript calls no Python callable it holds (and runs no Python hooks): nothing to guard."""
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3)))
+    assert not hides_models(scripted)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ._dtypes import working_dtype
 from ._layout import HessianType, TensorOrTuple
 
 __all__ = ["SmoothHessError"]
@@ -62,7 +63,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums over samples are kept in: float32 for the half-precision dtypes, else ``dtype``
     (a raw sum over calls leaves float16's range, and bfloat16's 8 bits of precision, long before the
     mean does)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return working_dtype(dtype) if dtype.is_floating_point else dtype
 
 
 def _wide_dtype(like: Tensor) -> torch.dtype:

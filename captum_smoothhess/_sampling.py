@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._captum import progress
+from ._dtypes import widened, working_dtype
 from .kernels import Gaussian, Kernel, Poisson
 
 _MASK64 = (1 << 64) - 1
@@ -235,11 +236,6 @@ def resolve_sampling(
             f"{kernel!r} is a product kernel, whose samples lose their law when rotated: use sampling='iid'"
         )
     return sampling
-
-
-def _wide(u: Tensor) -> Tensor:
-    """``u`` in float32 at least: norms of half-precision noise overflow or lose digits."""
-    return u if u.dtype in (torch.float32, torch.float64) else u.float()
 
 
 def chi_mean(dim: int) -> float:
@@ -693,7 +689,7 @@ class OrthogonalStream(NoiseStream):
         gen.manual_seed(_mix(self.seed, k))
         b, d = self.batch, self.dim
         # householder_product has no half-precision kernels: such blocks are drawn in float32 and rounded.
-        work = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        work = working_dtype(self.dtype)
         group, position = divmod(k, self.share)
         if position:
             # A later block of a group: the group's rotation, mixed by this block's own mixer, and scaled by
@@ -780,7 +776,7 @@ class OrthogonalStream(NoiseStream):
         for k in range(first, last + 1):
             if k not in self._weights:
                 u = self._cache[k]
-                radius = torch.linalg.vector_norm(_wide(u), dim=-1)
+                radius = torch.linalg.vector_norm(widened(u), dim=-1)
                 excess = chi_mean(self.dim) / radius - 1
                 m = excess.shape[1]
                 others = excess.sum(1, keepdim=True) - excess
@@ -921,7 +917,7 @@ class Sampler(ABC):
         """
         if not self.stream.tilted:
             return self.kernel.score(u)
-        wide = _wide(u)
+        wide = widened(u)
         direction = wide / torch.linalg.vector_norm(wide, dim=-1, keepdim=True)
         return (chi_mean(u.shape[-1]) * direction).to(u.dtype)
 
@@ -947,8 +943,8 @@ class Sampler(ABC):
             length = self.kernel._radial_score(radius, u.shape[-1])
             if length is not None:
                 return length.to(u.dtype)
-        wide = _wide(u)
-        radial = (_wide(self.kernel.score(u)) * wide).sum(-1) / torch.linalg.vector_norm(wide, dim=-1)
+        wide = widened(u)
+        radial = (widened(self.kernel.score(u)) * wide).sum(-1) / torch.linalg.vector_norm(wide, dim=-1)
         return radial.to(u.dtype)
 
     def gradient_weights(self, start: int, stop: int) -> Optional[Tensor]:

@@ -81,6 +81,11 @@ def _check_flags(**flags: object) -> None:
 
 
 def _check_positive_int(value: object, argument: str, minimum: int = 1) -> int:
+    """An integer of at least ``minimum``: a Python or NumPy int, or a 0-d integer tensor (not a bool);
+    ``TypeError`` for another type, ``ValueError`` below ``minimum``, both naming ``argument``."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.device.type != "meta":
+        if not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+            value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{argument}: expected an integer, got {value!r}")
     if int(value) < minimum:

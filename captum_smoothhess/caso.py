@@ -49,6 +49,7 @@ from ._captum import (
     _run_forward,
     log_usage,
 )
+from ._dtypes import HALF
 from ._evaluators import LossFunc, LossGradientEvaluator, autograd_allowed, check_losses
 from ._layout import InputsT, _flatten, _format_flat, _unflatten
 from ._model import batch_dependent_layers, private_if_training
@@ -628,7 +629,7 @@ class CASO(_LossSaliency):
         inps, is_tuple = _tupled(inputs)
         _check_inputs(inps)
         lam1_value, lam2_value = _check_lambdas(lambda1, lambda2, sparsity)
-        if inps[0].dtype in (torch.float16, torch.bfloat16):
+        if inps[0].dtype in HALF:
             raise TypeError(
                 f"inputs: CASO needs float32 or float64 inputs, got {inps[0].dtype} (its eigenvalue "
                 "bound and Lanczos steps have no half-precision kernels); CAFO takes half precision"

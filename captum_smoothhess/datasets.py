@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._dtypes import working_dtype
 from ._validation import _check_flags, _check_generator, _check_number, _check_positive_int
 
 __all__ = [
@@ -108,7 +109,7 @@ def four_quadrant(
     _check_generator(generator)
     # Half precision: drawn in float32 and rounded, so that points fall on an axis with probability
     # about 1e-7 (on float16's own grid of rand, one draw in 2048 would).
-    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    work = working_dtype(dtype)
     x = ((torch.rand(n, 2, generator=generator, dtype=work) * 2 - 1) * ext).to(dtype)
     right, up = x[:, 0] >= 0, x[:, 1] >= 0
     quadrant = torch.where(up, torch.where(right, 0, 1), torch.where(right, 3, 2))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._dtypes import HALF, widened
 from ._validation import _check_generator, _check_positive_int
 
 __all__ = [
@@ -64,9 +65,6 @@ def _draw(
     return fn(size, generator=generator, device=device, dtype=dtype)
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
 def _resolve_dtype(dtype: Optional[torch.dtype]) -> tuple[torch.dtype, torch.dtype]:
     """The result dtype (the default dtype when ``None``) and the dtype to draw and compute in.
 
@@ -78,7 +76,7 @@ def _resolve_dtype(dtype: Optional[torch.dtype]) -> tuple[torch.dtype, torch.dty
     for any kernel.
     """
     dtype = dtype if dtype is not None else torch.get_default_dtype()
-    return dtype, (torch.float32 if dtype in _HALF else dtype)
+    return dtype, (torch.float32 if dtype in HALF else dtype)
 
 
 def _uniform_open(
@@ -199,7 +197,7 @@ class Kernel(ABC):
         Returns:
             Tensor of shape ``u.shape[:-1]``, of ``u``'s dtype if it is floating.
         """
-        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        wide = widened(u)
         out = self._log_prob(wide)
         return out.to(u.dtype) if u.is_floating_point() else out
 
@@ -325,7 +323,7 @@ class Poisson(Kernel):
     def score(self, u: Tensor) -> Tensor:
         d = u.shape[-1]
         # |u|^2 of heavy-tailed draws overflows half precision: accumulate in float32 at least.
-        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        wide = widened(u)
         score = (d + 1) * wide / (1 + (wide * wide).sum(-1, keepdim=True))
         # An infinite coordinate: inf / inf. The score's limit there is 0 (it decays as (d + 1) / |u|).
         return torch.where(torch.isinf(wide), 0.0, score).to(u.dtype)
@@ -457,7 +455,7 @@ class Hyperbolic(Kernel):
         # sd^2 u^2 overflows float16 (at |u| = 300 for alpha = 1) and, at huge |u|, float32: work in
         # float32 at least, and where it still overflows the score is its bound alpha sd sign(u)
         # (the ratio t / sqrt(1 + t^2), t = sd u, is 1 to within 1 / (2 t^2) < 1e-38 there).
-        wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        wide = widened(u)
         s2 = self._sd**2
         q = s2 * wide * wide
         score = self.alpha * s2 * wide / torch.sqrt(1 + q)

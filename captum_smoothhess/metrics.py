@@ -27,6 +27,7 @@ from ._captum import (
     _expand_target,
     _format_additional_forward_args,
 )
+from ._dtypes import working_dtype
 from ._evaluators import selected_outputs
 from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
 from ._model import private_if_training
@@ -140,7 +141,7 @@ def perturbation_mse(
     # Half-precision inputs: the forward passes run in their dtype, but the perturbations, the Taylor
     # model and the sum of squared errors are computed in float32 (a float16 sum of 1000 squared
     # errors overflows at 65504 and the Taylor terms would lose most of their digits).
-    work = x_in.dtype if x_in.dtype in (torch.float32, torch.float64) else torch.float32
+    work = working_dtype(x_in.dtype)
     x = x_in.to(work)
     g = _flat_gradient(gradient, inps).to(x.device, work)
     h = None if hessian is None else _flat_hessian(hessian, inps).to(x.device, work)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ._captum import TargetType, _format_additional_forward_args
+from ._dtypes import widened
 from ._evaluators import selected_outputs
 from ._layout import _flat_gradient, _flat_hessian, _flatten, _format_flat
 from ._model import guarded, hides_models, needs_private_copy, private_copy, warn_if_training
@@ -220,7 +221,7 @@ class SecondOrderAttack:
             top_k = _check_positive_int(top_k, "top_k")
         x = _flatten(inps)
         batch, dim = x.shape
-        r = _check_radius(radius, batch, x)
+        r = _check_radius(radius, x)
         # One private copy per call for a model whose forward passes update its buffers (batch
         # norm or spectral norm in training mode); the default source (SmoothHess) warns by itself.
         probability = self.probability
@@ -274,7 +275,7 @@ def _normalised_step(g: Tensor, r: Tensor) -> Tensor:
     underflows to zero and the plain quotient would be a step of norm ``r |g| / tiny``, far outside the
     ball. The scaled entries lie in ``[-1, 1]``, their norm in ``[1, sqrt(d)]``.
     """
-    wide = g if g.dtype in (torch.float32, torch.float64) else g.float()
+    wide = widened(g)
     size = wide.abs().amax(dim=1, keepdim=True)
     unit = torch.where(
         size > 0, wide / torch.where(size > 0, size, torch.ones_like(size)), torch.zeros_like(wide)

@@ -25,6 +25,7 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, log_usage
+from ._dtypes import FULL, HALF
 from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
@@ -570,7 +571,7 @@ class SmoothHess(GradientAttribution):
             and mask is None
             and not return_error
             and sampler.shares_rotations
-            and x.dtype in (torch.float32, torch.float64)
+            and x.dtype in FULL
         ):
             reduction = _RotatedSums(sums, sampler)
         tracking = None
@@ -654,7 +655,7 @@ def _check_bandwidths(stdevs: StdevsType, layout: Tuple[Tensor, ...]) -> Tensor:
 def _check_finite(t: Tensor, what: str) -> None:
     """Refuse a half-precision result that overflowed as it was rounded back from the float32 sums (float32
     and float64 results are left to the gradient sum's own check: no extra pass or sync for them)."""
-    if t.dtype in (torch.float16, torch.bfloat16) and not bool(torch.isfinite(t).all()):
+    if t.dtype in HALF and not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"inputs: the {what} is NaN or Inf in {t.dtype} (its sums overflow that dtype); compute in "
             "float32 or float64, or scale the model's output down"

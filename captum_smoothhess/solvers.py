@@ -626,16 +626,16 @@ PerExample = Union[float, Tensor]
 
 
 def _per_example(value: PerExample, argument: str, like: Tensor, positive: bool) -> Tensor:
-    """``value`` (a number, or a tensor of one value or one per example) as a ``(B,)`` tensor, checked."""
+    """``value`` (a number, NumPy scalars included, or a tensor of one value or one per example) as a
+    ``(B,)`` tensor of ``like``'s dtype and device (``B = like.shape[0]``): finite, and ``> 0``
+    (``positive``) or ``>= 0``; the errors name ``argument``."""
     batch = like.shape[0]
     if isinstance(value, Tensor):
-        t = value.detach().to(device=like.device, dtype=like.dtype)
+        t = value.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
         if t.numel() == 1:
-            t = t.reshape(1).repeat(batch)
-        elif t.shape != (batch,):
-            raise ValueError(
-                f"{argument}: expected one value or one per example, shape ({batch},), got {tuple(t.shape)}"
-            )
+            t = t.repeat(batch)  # (a tensor of its own: the callers may update it in place)
+        elif t.numel() != batch:
+            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {t.numel()}")
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         t = torch.full((batch,), float(value), device=like.device, dtype=like.dtype)
     else:
@@ -909,23 +909,9 @@ def sparsity_solve(
     return best._replace(hvps=hvps), best_lam
 
 
-def _check_radius(radius: RadiusType, batch: int, like: Tensor, argument: str = "radius") -> Tensor:
-    """Radius as a ``(B,)`` tensor of positive finite values."""
-    if isinstance(radius, bool):
-        raise TypeError(f"{argument}: expected a number or a tensor, got {radius!r}")
-    if isinstance(radius, Tensor):
-        r = radius.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
-        if r.numel() == 1:
-            r = r.expand(batch)
-        elif r.numel() != batch:
-            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {r.numel()}")
-    elif isinstance(radius, numbers.Real):  # NumPy scalars too
-        r = torch.full((batch,), float(radius), device=like.device, dtype=like.dtype)
-    else:
-        raise TypeError(f"{argument}: expected a number or a tensor, got {type(radius).__name__}")
-    if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
-        raise ValueError(f"{argument}: must be finite and > 0")
-    return r
+def _check_radius(radius: RadiusType, like: Tensor, argument: str = "radius") -> Tensor:
+    """Radius as a ``(B,)`` tensor of positive finite values (:func:`_per_example`)."""
+    return _per_example(radius, argument, like, positive=True)
 
 
 def solve_trust_region(
@@ -1016,7 +1002,7 @@ def solve_trust_region(
     out_dtype = g.dtype
     g = g.detach().to(torch.float64)
     h = h.detach().to(torch.float64)
-    radius_out = _check_radius(radius, g.shape[0], g)
+    radius_out = _check_radius(radius, g)
 
     # The scale-free problem: with d = r e, minimise (g / s)^T e + 1/2 e^T (r H / s) e over |e| <= 1,
     # s = max(max |g|, r max |H|) (the objective over r s). Every quantity is then of order one, so

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from ._validation import _refuse_meta
+from ._validation import _check_positive_int, _refuse_meta
 
 __all__ = ["fold_interactions", "token_feature_mask", "word_feature_mask"]
 
@@ -30,15 +30,6 @@ WordIds = Union[Tensor, npt.NDArray[np.integer], Sequence[int], Sequence[Sequenc
 
 def _is_integer_tensor(value: Tensor) -> bool:
     return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
-
-
-def _positive_int(value: object, argument: str) -> int:
-    """A positive size given as a Python or NumPy int or a 0-d integer tensor."""
-    if isinstance(value, Tensor) and value.dim() == 0 and _is_integer_tensor(value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{argument}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 def token_feature_mask(seq_len: int, embed_dim: int, device: Optional[torch.device] = None) -> Tensor:
@@ -59,7 +50,7 @@ def token_feature_mask(seq_len: int, embed_dim: int, device: Optional[torch.devi
                 [1, 1],
                 [2, 2]])
     """
-    seq_len, embed_dim = _positive_int(seq_len, "seq_len"), _positive_int(embed_dim, "embed_dim")
+    seq_len, embed_dim = _check_positive_int(seq_len, "seq_len"), _check_positive_int(embed_dim, "embed_dim")
     if device is not None:
         try:
             device = torch.device(device)
@@ -129,7 +120,7 @@ def word_feature_mask(word_ids: WordIds, embed_dim: int) -> Tensor:
         tensor([0, 1, 1, 2])
     """
     ids = _word_ids(word_ids)
-    embed_dim = _positive_int(embed_dim, "embed_dim")
+    embed_dim = _check_positive_int(embed_dim, "embed_dim")
     return ids[:, :, None].expand(*ids.shape, embed_dim).contiguous()
 
 

@@ -64,7 +64,7 @@ from matplotlib.patches import Arc, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 from torch import Tensor
 
-from ._validation import _refuse_meta
+from ._validation import _check_positive_int, _refuse_meta
 from .global_interactions import GlobalInteractions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 
@@ -305,7 +305,7 @@ class InteractionTable(List[Interaction]):
         """
         if style not in ("text", "markdown"):
             raise ValueError(f"style: expected 'text' or 'markdown', got {style!r}")
-        precision = _check_count(precision, "precision", 1)
+        precision = _check_positive_int(precision, "precision", 1)
         header = ["rank", "i", "j", "feature i", "feature j", "interaction"]
         body = [
             [str(r + 1), str(row.i), str(row.j), row.name_i, row.name_j, f"{row.value:+.{precision}g}"]
@@ -476,7 +476,7 @@ def visualize_interactions(
         clip_percentile = _check_positive(clip_percentile, "clip_percentile")
         if clip_percentile > 100:
             raise ValueError(f"clip_percentile: expected a percentile in (0, 100], got {clip_percentile}")
-    top_k = _check_count(top_k, "top_k", 0)
+    top_k = _check_positive_int(top_k, "top_k", 0)
     colour_map = _check_cmap(cmap).with_extremes(bad="0.8")
 
     hidden = np.zeros((d, d), dtype=bool)
@@ -876,15 +876,6 @@ def visualize_image_interactions(
 # --------------------------------------------------------------------------- pair plots
 
 
-def _check_count(value: object, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{argument}: expected an integer, got {type(value).__name__}")
-    if value < minimum:
-        qualifier = "a non-negative integer" if minimum == 0 else f"at least {minimum}"
-        raise ValueError(f"{argument}: expected {qualifier}, got {value}")
-    return int(value)
-
-
 def _summary_matrix(
     interactions: Union[ArrayLike, GlobalInteractions], argument: str = "interactions"
 ) -> Tuple[npt.NDArray[np.float64], Tuple[int, ...], Optional[npt.NDArray[np.float64]]]:
@@ -995,7 +986,7 @@ def visualize_interaction_network(
     matrix, feat_shape, _ = _summary_matrix(interactions)
     d = matrix.shape[0]
     names = _feature_names(feature_names, feat_shape)
-    top_k = _check_count(top_k, "top_k", 1)
+    top_k = _check_positive_int(top_k, "top_k", 1)
     max_width = _check_positive(max_width, "max_width")
     rows, cols, vals = _strongest(matrix, top_k)
 
@@ -1121,7 +1112,7 @@ def visualize_top_pairs(
         if np.any(errors < 0):
             raise ValueError("stderr: standard errors must be non-negative")
     names = _feature_names(feature_names, feat_shape)
-    top_k = _check_count(top_k, "top_k", 1)
+    top_k = _check_positive_int(top_k, "top_k", 1)
     error_scale = _check_positive(error_scale, "error_scale")
     rows, cols, vals = _ranked_pairs(matrix)
     rows, cols, vals = rows[:top_k], cols[:top_k], vals[:top_k]
@@ -1238,7 +1229,7 @@ def visualize_token_interactions(
     if not words:
         raise ValueError("tokens: expected at least one token")
     matrix = _token_matrix(interactions, len(words))
-    top_k = _check_count(top_k, "top_k", 1)
+    top_k = _check_positive_int(top_k, "top_k", 1)
     max_width = _check_positive(max_width, "max_width")
     fontsize = _check_positive(fontsize, "fontsize")
     rows, cols, vals = _strongest(matrix, top_k)

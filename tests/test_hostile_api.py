@@ -309,3 +309,23 @@ def test_a_training_batch_norm_hidden_behind_a_function_is_refused_before_it_run
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     net.eval()
     SmoothHess(lambda z: net(z)).attribute(torch.randn(4, 4), target=0, n_samples=8, stdevs=0.1)
+
+
+def test_counts_accept_0d_integer_tensors_and_name_other_types() -> None:
+    """One integer check for every count of the package: a 0-d integer tensor counts as its int (the
+    token helpers took it, the methods refused it); a float, bool or 1-d tensor is a TypeError."""
+    from captum_smoothhess.tokens import token_feature_mask
+    from captum_smoothhess.visualization import visualize_interaction_network
+
+    net = make_one_hidden(5, 12, seed=1).net
+    x = torch.randn(2, 5, generator=gen(0))
+    sh = SmoothHess(net)
+    got = sh.attribute(x, n_samples=torch.tensor(8), stdevs=0.3, generator=gen(1))
+    torch.testing.assert_close(got, sh.attribute(x, n_samples=8, stdevs=0.3, generator=gen(1)))
+    for bad in (torch.tensor(8.0), torch.tensor(True), torch.tensor([8])):
+        with pytest.raises(TypeError, match=r"^n_samples"):
+            sh.attribute(x, n_samples=bad, stdevs=0.3)
+    assert token_feature_mask(torch.tensor(2), 3).shape == (1, 2, 3)
+    visualize_interaction_network(np.eye(3), top_k=torch.tensor(2), use_pyplot=False)
+    with pytest.raises(TypeError, match=r"^top_k"):
+        visualize_interaction_network(np.eye(3), top_k=2.0, use_pyplot=False)

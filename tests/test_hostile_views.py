@@ -313,7 +313,7 @@ def test_word_ids_from_a_tokenizer_list_numpy_or_zero_dim_sizes() -> None:
             "^matrix",
         ),
         (lambda: token_feature_mask(2, 3, device="nonsense"), ValueError, "^device"),
-        (lambda: token_feature_mask(torch.tensor(2.0), 3), ValueError, "^seq_len"),
+        (lambda: token_feature_mask(torch.tensor(2.0), 3), TypeError, "^seq_len"),
     ],
 )
 def test_token_helpers_name_bad_arguments(call: Callable[[], Any], exc: type, match: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import types
 import warnings
-from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -164,10 +165,11 @@ def hides_models(forward_func: Any) -> bool:
     """Whether ``forward_func`` may run modules that :func:`reachable_modules` cannot list.
 
     It is not a module (nor a bound method of one), or one of its modules holds, outside the module
-    registry, a callable that is not one of those modules: a function, a lambda, a module stored with
-    ``object.__setattr__`` (e.g. ``ClassProbability(lambda x: net(x))``). Such a callable may run a
-    model whose layers no private copy would include. A harmless callable (``self.act = torch.relu``)
-    only makes the forward run guarded (:func:`guarded`), which costs a hook call per layer.
+    registry, a callable that may run other modules (:func:`_may_run_modules`): a function, a lambda,
+    a module stored with ``object.__setattr__`` (e.g. ``ClassProbability(lambda x: net(x))``). Such a
+    callable may run a model whose layers no private copy would include. A harmless one (a user's
+    activation function) only makes the forward run guarded (:func:`guarded`), which costs a hook
+    call per layer.
     """
     if isinstance(forward_func, _Guarded):
         return False
@@ -178,10 +180,24 @@ def hides_models(forward_func: Any) -> bool:
     for m in listed.values():
         if isinstance(m, torch.jit.ScriptModule):  # compiled: it calls no Python callable it holds
             continue
-        for value in vars(m).values():
-            if callable(value) and id(module_of(value)) not in listed:
-                return True
+        if any(_may_run_modules(value, listed) for value in vars(m).values()):
+            return True
     return False
+
+
+def _may_run_modules(value: Any, listed: Dict[int, nn.Module]) -> bool:
+    """Whether ``value``, held in a module's attributes, is a callable that may run modules not in
+    ``listed``: not one of them or a method of one, and not PyTorch's own (``torch.nn.functional.relu``
+    in an ``activation`` attribute, or the machinery that ``torch.compile`` keeps on its module)."""
+    if not callable(value) or isinstance(value, type):
+        return False
+    owner = module_of(value)
+    if owner is not None:
+        return id(owner) not in listed
+    if isinstance(value, types.BuiltinFunctionType):
+        return False
+    source = str(getattr(value, "__module__", None) or getattr(type(value), "__module__", None) or "")
+    return not (source == "torch" or source.startswith("torch."))
 
 
 class _Guarded:

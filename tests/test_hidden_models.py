@@ -101,13 +101,17 @@ def test_hidden_model_in_eval_mode_runs_as_the_model_itself(call: str) -> None:
         assert torch.equal(g, w)
 
 
+def _squash(t: Tensor) -> Tensor:
+    return t.tanh()
+
+
 class _WithHarmlessCallable(nn.Module):
     """A model with its own batch norm and a plain function in an attribute (as many models have)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = _bn_net()
-        self.act = torch.tanh  # a callable outside the registry: the forward runs guarded
+        self.act = _squash  # a user's callable outside the registry: the forward runs guarded
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.net(x))
@@ -126,11 +130,30 @@ def test_a_private_copy_run_guarded_updates_its_own_batch_norm_only() -> None:
 
 
 def test_modules_and_bound_methods_are_not_guarded() -> None:
-    """A model passed as itself (or a bound method of it) is listed in full: no guard, no hook."""
+    """A model passed as itself (or a bound method of it) is listed in full: no guard, no hook; nor is a
+    module holding PyTorch's own functions (a transformer layer's ``activation``)."""
     net = _bn_net()
     assert not hides_models(net) and not hides_models(net.forward)
     assert not hides_models(ClassProbability(net))
+    assert not hides_models(nn.TransformerEncoderLayer(4, 2))
     assert hides_models(lambda z: net(z)) and hides_models(ClassProbability(lambda z: net(z)))
+    assert hides_models(_WithHarmlessCallable())
+
+
+def test_a_compiled_model_runs_unguarded_and_without_warnings() -> None:
+    """torch.compile keeps its machinery in the module's attributes; a guard's global hook would make
+    dynamo warn (and break its graph) at every call."""
+    import warnings
+
+    net = _bn_net().eval()
+    compiled = torch.compile(net, backend="eager")  # (dynamo traces; no code generation)
+    assert not hides_models(compiled)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = SmoothHess(compiled).attribute(_x(), target=0, n_samples=8, stdevs=0.1, generator=gen(0))
+    assert not [w for w in caught if "hook" in str(w.message) or "get_ident" in str(w.message)], caught
+    want = SmoothHess(net).attribute(_x(), target=0, n_samples=8, stdevs=0.1, generator=gen(0))
+    torch.testing.assert_close(got, want)
 
 
 def test_the_guard_acts_in_the_calling_thread_only() -> None:

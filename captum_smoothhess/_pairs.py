@@ -9,13 +9,21 @@ running threshold:
 
 * Cauchy-Schwarz bounds every entry, ``|x_i . y_j| <= r_i r_j`` with
   ``r_i^2 = a^2 |s_i|^2 + |d_i|^2 / a^2`` for any ``a > 0`` (``a`` balances the
-  two norms). Features are visited in decreasing ``r``, so the bound falls
+  two norms; the norms are taken row by row scaled to their largest entry,
+  so that no square over- or underflows). Features are visited in
+  decreasing ``r``, so the bound falls
   along every row and column of a tile: a tile is trimmed to the rows and
   columns whose bound beats the threshold, a row of tiles ends at the first
   column that cannot, and the search ends at the first row that cannot.
 * A computed tile is dismissed by one min/max pass when no entry beats the
   threshold; otherwise only the entries above it are gathered and merged.
 
+An example whose scores or differences are all zero has ``H = 0``: any ``k``
+pairs are exact, and the first ``k`` of the upper triangle (row by row) are
+given without a search (the bound could rule out nothing there).
+
+Half-precision factors are searched in float32, as the dense path sums them
+(their raw sums over samples leave float16's range long before ``H`` does).
 Memory is the factors (one ``d x 2m`` copy per example) and one tile.
 """
 
@@ -29,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ._captum import progress
+from ._errors import accumulation_dtype
 
 # Tile of H computed by one GEMM: rows x columns (tests shrink these).
 _TILE_ROWS = 1024
@@ -66,12 +75,38 @@ class _Best:
             self.threshold = float(values.abs().min())
 
 
+def _norms(t: Tensor) -> Tensor:
+    """Euclidean norm of each row of ``t`` (CPU float64), each row scaled by its largest entry first, so
+    that no square overflows or underflows (float64 factors of magnitude ``1e160`` or ``1e-170``)."""
+    peak = t.abs().amax(1, keepdim=True)
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return (peak * torch.linalg.vector_norm(t / safe, dim=1, keepdim=True))[:, 0].cpu()
+
+
+def _rms(norms: Tensor) -> float:
+    """Root mean square of non-negative ``norms``, scaled as in :func:`_norms`."""
+    peak = float(norms.max())
+    return 0.0 if peak == 0 else peak * float((norms / peak).pow(2).mean().sqrt())
+
+
 def _bounds(x: Tensor, m: int) -> Tensor:
     """Per feature ``r_i`` (``x`` is ``(d, 2m)``: scores then differences), as CPU float64."""
-    sq = x.double().pow(2)
-    s2, d2 = sq[:, :m].sum(1), sq[:, m:].sum(1)
-    a2 = (d2.mean() / s2.mean()).sqrt() if float(s2.mean()) > 0 and float(d2.mean()) > 0 else 1.0
-    return (a2 * s2 + d2 / a2).sqrt().cpu()
+    x = x.double()
+    s, d = _norms(x[:, :m]), _norms(x[:, m:])
+    s_rms, d_rms = _rms(s), _rms(d)
+    # r_i = hypot(a |s_i|, |d_i| / a), a^2 = d_rms / s_rms (no square of a norm is formed).
+    a = (d_rms / s_rms) ** 0.5 if s_rms > 0 and d_rms > 0 else 1.0
+    return torch.hypot(a * s, d / a)
+
+
+def _first_pairs(k: int, dim: int, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The first ``k`` pairs ``i < j`` of the upper triangle, row by row, with zero values (``O(d + k)``)."""
+    lengths = torch.arange(dim - 1, 0, -1, device=like.device)  # pairs in rows 0 .. d-2
+    ends = lengths.cumsum(0)
+    t = torch.arange(k, device=like.device)
+    rows = torch.searchsorted(ends, t, right=True)
+    cols = rows + 1 + t - (ends[rows] - lengths[rows])
+    return like.new_zeros(k), rows, cols
 
 
 class _Search:
@@ -191,9 +226,10 @@ def top_pairs(
     """
     dim = scores[0].shape[2]
     k = check_k(k, dim)
-    s_all = torch.cat(scores, dim=1) * row_scale.reshape(-1, 1, dim)
-    d_all = torch.cat(diffs, dim=1)
-    batch = s_all.shape[0]
+    dtype = scores[0].dtype
+    wide = accumulation_dtype(dtype)
+    batch = scores[0].shape[0]
+    scale = row_scale.reshape(-1, dim).to(wide)
     rows = _TILE_ROWS if tile_rows is None else tile_rows
     cols = _TILE_COLS if tile_cols is None else tile_cols
     n_blocks = -(-(dim - 1) // rows)
@@ -201,7 +237,18 @@ def top_pairs(
     out: List[Tuple[Tensor, Tensor, Tensor]] = []
     try:
         for b in range(batch):
-            search = _Search(torch.cat([s_all[b], d_all[b]]).T, k, rows, min(cols, dim))
+            # One example's factors, (d, 2m) in the summing dtype: scaled scores, then differences.
+            s_b = torch.cat([s[b] for s in scores]).to(wide) * scale[b if scale.shape[0] > 1 else 0]
+            x = torch.cat([s_b, torch.cat([d[b] for d in diffs]).to(wide)]).T
+            del s_b
+            m = x.shape[1] // 2
+            if not (bool(x[:, :m].any()) and bool(x[:, m:].any())):  # H = 0: every pair ties at 0
+                out.append(_first_pairs(k, dim, x))
+                if bar is not None:
+                    bar.update(n_blocks)
+                continue
+            search = _Search(x, k, rows, min(cols, dim))
+            del x
             done = 0
             for p0 in search.block_rows():
                 search.run_row(p0)
@@ -211,8 +258,9 @@ def top_pairs(
             if bar is not None:
                 bar.update(n_blocks - done)
             out.append(search.result())
+            del search
     finally:
         if bar is not None:
             bar.close()
     values, index_i, index_j = (torch.stack(t) for t in zip(*out))
-    return values / (2 * count), index_i, index_j
+    return (values / (2 * count)).to(dtype), index_i, index_j

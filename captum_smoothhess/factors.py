@@ -22,11 +22,12 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._dtypes import refuse_half_overflow
 from ._errors import GroupStats, SmoothHessError, accumulation_dtype, relative_error
 from ._layout import HessianType, TensorOrTuple, _format_flat, _split_hessian
 from ._pairs import top_pairs as _top_pairs
 from ._sampling import OrthogonalStream, Sampler, _Mixer, chi_mean
-from ._validation import _format_feature_mask
+from ._validation import _check_flags, _format_feature_mask
 
 __all__ = ["SmoothHessFactors", "TopPairs"]
 
@@ -385,12 +386,26 @@ def _matvec(scores: List[Tensor], diffs: List[Tensor], row_scale: Tensor, count:
     return ((left * row_scale + right)[:, 0] / (2 * count)).to(dtype)
 
 
+def _pow2(t: Tensor, exponent: Tensor) -> Tensor:
+    """``t * 2**exponent`` per example (``exponent`` ``(B,)``), exact unless the result leaves the normal
+    range: two factors, each a power of two that ``t``'s dtype holds (``2**e`` alone may not)."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    first = torch.exp2(half.to(t.dtype))[:, None]
+    second = torch.exp2((exponent - half).to(t.dtype))[:, None]
+    return t * first * second
+
+
 class SmoothHessFactors:
     """SmoothHess held as its sample factors: ``H = sym(S^T D) / count``.
 
     Returned by ``SmoothHess.attribute(..., output="factors")``. Memory is
     ``O(n d)`` per example; nothing of size ``d x d`` is formed unless
-    :meth:`to_dense` is called.
+    :meth:`to_dense` (or :meth:`error` without a ``feature_mask``) is called.
+
+    Results come in the inputs' dtype; half-precision factors are summed in
+    float32, as the dense path sums them, and a result that does not fit the
+    half-precision dtype raises a ``ValueError`` (the dense path refuses the
+    same estimate) instead of coming back as ``inf``.
 
     Attributes:
         gradient: The smoothed gradient, shaped like the inputs.
@@ -443,7 +458,15 @@ class SmoothHessFactors:
     @property
     def scores(self) -> Tensor:
         """Stacked bandwidth-scaled scores ``s(u) / eps``, ``(B, m, d)``."""
-        return torch.cat(self._scores, dim=1) * self._row_scale
+        dtype = self._row_scale.dtype
+        wide = accumulation_dtype(dtype)
+        scaled = (torch.cat(self._scores, dim=1).to(wide) * self._row_scale.to(wide)).to(dtype)
+        if dtype != wide and not bool(torch.isfinite(scaled).all()):
+            raise ValueError(
+                f"stdevs: the scores divided by stdevs are beyond the range of {dtype}; use a larger "
+                "stdevs or float32/float64 inputs (the other methods sum them in float32)"
+            )
+        return scaled
 
     @property
     def diffs(self) -> Tensor:
@@ -481,12 +504,22 @@ class SmoothHessFactors:
         return flat
 
     def to_dense(self) -> HessianType:
-        """The dense Hessian: what ``output="dense"`` returns for the same seed (bit for bit without
-        ``return_error``; with it, the dense path sums group by group, so they agree to rounding)."""
+        """The dense Hessian: what ``output="dense"`` returns for the same seed.
+
+        Bit for bit, except where the dense path sums differently and the two
+        agree to rounding: with ``return_error`` (it sums group by group) and
+        for orthogonal sampling from 256 features on (it sums in the shared
+        rotations' coordinates).
+
+        Raises:
+            ValueError: Half-precision factors whose Hessian overflows that
+                dtype (``output="dense"`` refuses the same estimate).
+        """
         sums = _HessianSums(self._batch, self._dim, self._row_scale, None, 0)
         for s, d in zip(self._scores, self._diffs):
             sums.add(s, d)
-        return _split_hessian(sums.result(self.count), self._inputs, self._is_tuple)
+        hess = refuse_half_overflow(sums.result(self.count), "estimate")
+        return _split_hessian(hess, self._inputs, self._is_tuple)
 
     def error(self, feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None) -> SmoothHessError:
         """The estimated accuracy, as ``return_error=True`` gives it for the dense (or grouped) result.
@@ -507,7 +540,7 @@ class SmoothHessFactors:
             stop = min(draws, start + self._error_group)
             sums.add(s_all[:, start:stop], d_all[:, start:stop])
             sums.close_group(stop - start)
-        stderr = sums.stderr()
+        stderr = refuse_half_overflow(sums.stderr(), "standard error")
         out: HessianType = (
             stderr if mask is not None else _split_hessian(stderr, self._inputs, self._is_tuple)
         )
@@ -515,32 +548,60 @@ class SmoothHessFactors:
         return SmoothHessError(out, sums.relative(), calls, self._gradient_stderr)
 
     def group(self, feature_mask: Union[Tensor, Tuple[Tensor, ...]]) -> Tensor:
-        """Group interactions ``M^T H M``, ``(B, G, G)``, from a Captum-style feature mask."""
+        """Group interactions ``M^T H M``, ``(B, G, G)``, from a Captum-style feature mask.
+
+        Raises:
+            TypeError: ``feature_mask`` is ``None`` or not integer group ids.
+            ValueError: A ``feature_mask`` that does not fit the inputs;
+                half-precision factors whose group sums overflow that dtype.
+        """
         if feature_mask is None:
             raise TypeError("feature_mask: expected an integer tensor (or one per input tensor), got None")
         mask, n_groups = _format_feature_mask(feature_mask, self._inputs)
         sums = _HessianSums(self._batch, self._dim, self._row_scale, mask, n_groups)
         for s, d in zip(self._scores, self._diffs):
             sums.add(s, d)
-        return sums.result(self.count)
+        return refuse_half_overflow(sums.result(self.count), "grouped estimate")
 
     def matvec(self, v: TensorOrTuple) -> TensorOrTuple:
         """``H v`` per example, ``v`` shaped like the inputs; ``O(n d)`` work.
 
         ``v`` is taken in the factors' dtype and on their device (the result
         is too); a complex, meta or non-finite ``v``, or one of another shape,
-        is refused naming ``v``.
+        is refused naming ``v``. Each example's ``v`` is scaled by a power of
+        two (exactly) to a largest entry near 1 before the products and the
+        result scaled back, so a large (or tiny) finite ``v`` cannot overflow
+        (or underflow) the intermediate products.
+
+        Raises:
+            ValueError: ``v`` as above, or ``H v`` beyond the dtype's range.
         """
-        return self._format(
-            _matvec(self._scores, self._diffs, self._row_scale, self.count, self._flat(v, "v"))
-        )
+        flat = self._flat(v, "v")
+        wide = flat.to(accumulation_dtype(flat.dtype))
+        peak = wide.detach().abs().amax(1) if wide.shape[1] else wide.new_zeros(wide.shape[0])
+        _, exponent = torch.frexp(peak)  # 0 for a zero v
+        # A wide v comes back wide from _matvec: scaled back there, then rounded to the factors' dtype.
+        out = _matvec(self._scores, self._diffs, self._row_scale, self.count, _pow2(wide, -exponent))
+        out = _pow2(out, exponent).to(flat.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"v: H v is beyond the range of {flat.dtype} (largest |v| {float(flat.abs().max()):.3g}); "
+                "scale v down, or compute the factors in a wider dtype"
+            )
+        return self._format(out)
 
     def diagonal(self) -> TensorOrTuple:
-        """The diagonal of ``H``, shaped like the inputs."""
+        """The diagonal of ``H``, shaped like the inputs.
+
+        Raises:
+            ValueError: Half-precision factors whose diagonal overflows that
+                dtype.
+        """
         wide = accumulation_dtype(self._row_scale.dtype)
         diag = sum((s.to(wide) * d.to(wide)).sum(1) for s, d in zip(self._scores, self._diffs))
         assert isinstance(diag, Tensor)
-        return self._format((diag * self._row_scale.to(wide) / self.count).to(self._row_scale.dtype))
+        diag = (diag * self._row_scale.to(wide) / self.count).to(self._row_scale.dtype)
+        return self._format(refuse_half_overflow(diag, "estimate"))
 
     def top_pairs(self, k: int, show_progress: bool = False) -> TopPairs:
         """The ``k`` largest ``|H_ij|``, ``i < j``, per example, exact.
@@ -562,7 +623,10 @@ class SmoothHessFactors:
             The pairs as a :class:`TopPairs`.
 
         Raises:
-            ValueError: ``k`` is not an integer between 1 and the number of pairs.
+            ValueError: ``k`` is not an integer between 1 and the number of
+                pairs; half-precision factors whose strongest entries overflow
+                that dtype.
+            TypeError: ``show_progress`` is not a bool.
 
         Examples:
             >>> import torch
@@ -577,7 +641,8 @@ class SmoothHessFactors:
             >>> torch.allclose(pairs.values[0], h[pairs.index_i[0], pairs.index_j[0]], atol=1e-6)
             True
         """
+        _check_flags(show_progress=show_progress)
         values, index_i, index_j = _top_pairs(
-            self._scores, self._diffs, self._row_scale, self.count, k, show_progress
+            self._scores, self._diffs, self._row_scale, self.count, k, bool(show_progress)
         )
-        return TopPairs(values, index_i, index_j)
+        return TopPairs(refuse_half_overflow(values, "estimate"), index_i, index_j)

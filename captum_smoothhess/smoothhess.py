@@ -25,7 +25,7 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ._captum import TargetType, log_usage
-from ._dtypes import FULL, HALF
+from ._dtypes import FULL, refuse_half_overflow
 from ._errors import MIN_GROUPS, SmoothHessError, group_length
 from ._evaluators import Evaluator, GradientEvaluator, autograd_allowed, selected_outputs
 from ._layout import HessianType, TensorOrTuple, _flatten, _format_flat, _split_hessian
@@ -610,12 +610,12 @@ class SmoothHess(GradientAttribution):
                 grad_stderr,
             )
         hess = sums.result(n)
-        _check_finite(hess, "estimate")
+        refuse_half_overflow(hess, "estimate")
         out_h: HessianType = hess if mask is not None else _split_hessian(hess, inputs, is_tuple)
         result: Tuple[Any, ...] = (out_h, gradient) if return_gradient else (out_h,)
         if tracking is not None:
             stderr = sums.stderr()
-            _check_finite(stderr, "standard error")
+            refuse_half_overflow(stderr, "standard error")
             out_e: HessianType = stderr if mask is not None else _split_hessian(stderr, inputs, is_tuple)
             result += (SmoothHessError(out_e, sums.relative(), calls, grad_stderr),)
         return result if len(result) > 1 else result[0]
@@ -650,16 +650,6 @@ def _check_bandwidths(stdevs: StdevsType, layout: Tuple[Tensor, ...]) -> Tensor:
                 stacklevel=5,
             )
     return eps
-
-
-def _check_finite(t: Tensor, what: str) -> None:
-    """Refuse a half-precision result that overflowed as it was rounded back from the float32 sums (float32
-    and float64 results are left to the gradient sum's own check: no extra pass or sync for them)."""
-    if t.dtype in HALF and not bool(torch.isfinite(t).all()):
-        raise ValueError(
-            f"inputs: the {what} is NaN or Inf in {t.dtype} (its sums overflow that dtype); compute in "
-            "float32 or float64, or scale the model's output down"
-        )
 
 
 def _baseline_weight(baselines: BaselinesType, inputs: Tuple[Tensor, ...]) -> Optional[Tensor]:

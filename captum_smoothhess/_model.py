@@ -157,6 +157,12 @@ def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> 
     wrapped by :func:`guarded`: such a layer is refused before it updates anything.
     """
     warn_if_training(forward_func, method, stacklevel=stacklevel)
+    return private_forward(forward_func, method)
+
+
+def private_forward(forward_func: Any, method: str) -> Any:
+    """:func:`private_if_training` without its warning: ``forward_func`` on a private copy where a forward
+    updates buffers, guarded where it may run a model that cannot be copied (see there)."""
     forward = private_copy(forward_func) if needs_private_copy(forward_func) else forward_func
     return guarded(forward, method) if hides_models(forward) else forward
 

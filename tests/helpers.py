@@ -62,3 +62,18 @@ def rel_err(est: Tensor, ref: Tensor) -> float:
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+class TokenNet(nn.Module):
+    """Token ids ``(B, T)`` -> embedding ``(B, T, E)`` -> a ReLU MLP on the flattened tokens."""
+
+    def __init__(self, vocab: int, tokens: int, embed: int, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb = nn.Embedding(vocab, embed)
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(tokens * embed, 16), nn.ReLU(), nn.Linear(16, classes)
+        )
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.body(self.emb(ids))

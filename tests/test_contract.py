@@ -548,3 +548,60 @@ def test_list_inputs_named(spec: Spec) -> None:
     (which ``python -O`` would remove) from inside Captum."""
     with pytest.raises(TypeError, match=r"^inputs"):
         spec.call(spec.make(TwoInputNet()), list(_inputs()), 1, 0, None)
+
+
+def _call_with(spec: Spec, **options: Any) -> Any:
+    """``spec``'s method on the contract's net and inputs, with its sampling arguments, then ``options``."""
+    method = spec.make(TwoInputNet())
+    kwargs: Dict[str, Any] = {"stdevs": 0.3, "n_samples": 4}
+    if spec.name.startswith("CASO"):
+        kwargs.update(curvature="smoothhess", lambda1=0.01)
+    if spec.kind == "neuron":
+        kwargs["neuron_selector"] = 1
+    elif spec.name.startswith(("SmoothHess", "CASO")) or spec.kind == "layer":
+        kwargs["target"] = 1
+    else:  # the noise tunnels
+        kwargs = {"nt_samples": 2, "stdevs": 0.1, "target": 1}
+    kwargs.update(options)
+    return method.attribute(_inputs(), **kwargs)
+
+
+_SAMPLED = [s for s in SPECS if s.sampled]
+_TUNNELS = ("KernelNoiseTunnel", "NoiseGrad", "FusionGrad")
+
+
+@pytest.mark.parametrize("spec", _SAMPLED, ids=[s.name for s in _SAMPLED])
+def test_bad_stdevs_named(spec: Spec) -> None:
+    """``stdevs`` <= 0 where the method divides by it (the Stein estimators); < 0 for the noise
+    tunnels, where 0 means no noise as in Captum's NoiseTunnel."""
+    tunnel = spec.name.startswith(_TUNNELS)
+    for bad in [-0.1] if tunnel else [0.0, -0.1, float("nan")]:
+        with pytest.raises(ValueError, match=r"^stdevs"):
+            _call_with(spec, stdevs=bad)
+    if tunnel:
+        _call_with(spec, stdevs=0.0)
+
+
+@pytest.mark.parametrize("spec", _SAMPLED, ids=[s.name for s in _SAMPLED])
+def test_bad_sample_counts_named(spec: Spec) -> None:
+    """``n_samples`` < 1, or odd with antithetic pairs (the default); ``nt_samples`` < 1."""
+    if spec.name.startswith(_TUNNELS):
+        with pytest.raises(ValueError, match=r"^nt_samples"):
+            _call_with(spec, nt_samples=0)
+        return
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"^n_samples"):
+            _call_with(spec, n_samples=bad)
+    if not spec.name.startswith("CASO"):  # (CASO always draws antithetic pairs)
+        _call_with(spec, n_samples=5, antithetic=False)
+
+
+_TARGETED = [s for s in SPECS if s.kind != "neuron" and not s.name.startswith(("CASO", "CAFO"))]
+
+
+@pytest.mark.parametrize("spec", _TARGETED, ids=[s.name for s in _TARGETED])
+def test_non_scalar_output_without_target_named(spec: Spec) -> None:
+    """Three logits and no ``target``: which output to explain is the user's choice, named. (CASO and
+    CAFO take the predicted class, a neuron method its ``neuron_selector``.)"""
+    with pytest.raises(ValueError, match=r"^target"):
+        _call_with(spec, target=None)

@@ -8,7 +8,7 @@ from typing import Any, List
 import numpy as np
 import pytest
 import torch
-from helpers import gen, make_one_hidden
+from helpers import TokenNet, gen, make_one_hidden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -241,19 +241,6 @@ def test_a_method_returning_no_interactions_is_an_error() -> None:
 V, T, E = 12, 4, 3
 
 
-class _TokenNet(nn.Module):
-    """Token ids ``(B, T)`` -> embedding ``(B, T, E)`` -> a ReLU MLP on the flattened tokens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.emb = nn.Embedding(V, E)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(T * E, 16), nn.ReLU(), nn.Linear(16, 3))
-
-    def forward(self, ids: Tensor) -> Tensor:
-        return self.body(self.emb(ids))
-
-
 def _token_data(n: int = 10) -> tuple[Tensor, Tensor]:
     g = gen(11)
     return torch.randint(0, V, (n, T), generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -278,7 +265,7 @@ def _per_batch_mean(
 
 
 def test_token_ids_through_a_layer_method_as_a_tensor_and_a_dataloader() -> None:
-    net = _TokenNet().eval()
+    net = TokenNet(V, T, E).eval()
     ids, y = _token_data()
     assert ids.dtype == torch.int64
     lsh = LayerSmoothHess(net, net.emb)
@@ -300,7 +287,7 @@ def test_token_ids_through_a_layer_method_as_a_tensor_and_a_dataloader() -> None
 
 def test_token_ids_without_a_mask_give_the_dense_embedding_interactions() -> None:
     # LayerSmoothHess returns (B, T, E, T, E): flattened over the activation, not over the (B, T) ids.
-    net = _TokenNet().eval()
+    net = TokenNet(V, T, E).eval()
     ids, y = _token_data(6)
     lsh = LayerSmoothHess(net, net.emb)
     kw: dict[str, Any] = {"stdevs": 0.3, "n_samples": 40}
@@ -349,7 +336,7 @@ def test_a_layer_with_a_tuple_activation_gives_the_flat_matrix_over_its_units() 
 
 
 def test_float_only_methods_refuse_token_ids_naming_inputs() -> None:
-    net = _TokenNet().eval()
+    net = TokenNet(V, T, E).eval()
     ids, y = _token_data(6)
 
     def on_floats(x: Tensor) -> Tensor:

@@ -605,3 +605,33 @@ def test_non_scalar_output_without_target_named(spec: Spec) -> None:
     CAFO take the predicted class, a neuron method its ``neuron_selector``.)"""
     with pytest.raises(ValueError, match=r"^target"):
         _call_with(spec, target=None)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_one_method_called_from_threads_at_once(spec: Spec) -> None:
+    """The same method object (and model) used by four threads at once gives each call the result it
+    gives alone: no state of a call leaks into another's."""
+    net = TwoInputNet()
+    method = spec.make(net)
+    xs = [tuple(t * (1 + 0.1 * i) for t in _inputs()) for i in range(4)]
+    alone = [_leaves(spec.call(method, x, 1, 7, None)) for x in xs]
+    together: List[Any] = [None] * 4
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(2):
+                together[i] = _leaves(spec.call(method, xs[i], 1, 7, None))
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for a, b in zip(alone, together):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))

@@ -7,7 +7,7 @@ import copy
 import threading
 import types
 import warnings
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -18,7 +18,10 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 
 
 def module_of(forward_func: Any) -> Optional[nn.Module]:
-    """The ``nn.Module`` behind ``forward_func`` (itself, or the owner of a bound method), if any."""
+    """The ``nn.Module`` behind ``forward_func`` (itself, the owner of a bound method, or that of a
+    :func:`guarded` function), if any."""
+    if isinstance(forward_func, _Guarded):
+        return module_of(forward_func.__wrapped__)
     if isinstance(forward_func, nn.Module):
         return forward_func
     owner = getattr(forward_func, "__self__", None)
@@ -172,10 +175,10 @@ def hides_models(forward_func: Any) -> bool:
 
     It is not a module (nor a bound method of one), or one of its modules holds, outside the module
     registry, a callable that may run other modules (:func:`_may_run_modules`): a function, a lambda,
-    a module stored with ``object.__setattr__`` (e.g. ``ClassProbability(lambda x: net(x))``). Such a
-    callable may run a model whose layers no private copy would include. A harmless one (a user's
-    activation function) only makes the forward run guarded (:func:`guarded`), which costs a hook
-    call per layer.
+    a module stored with ``object.__setattr__`` (e.g. ``ClassProbability(lambda x: net(x))``), or a
+    plain list, tuple or dict of such. Such a callable may run a model whose layers no private copy
+    would include. A harmless one (a user's activation function) only makes the first forward pass
+    of a call run guarded (:func:`guarded`).
     """
     if isinstance(forward_func, _Guarded):
         return False
@@ -186,9 +189,21 @@ def hides_models(forward_func: Any) -> bool:
     for m in listed.values():
         if isinstance(m, torch.jit.ScriptModule):  # compiled: it calls no Python callable it holds
             continue
-        if any(_may_run_modules(value, listed) for value in vars(m).values()):
-            return True
+        for name, value in vars(m).items():
+            if name in _MODULE_TABLES:  # the registry's own tables (parameters, submodules, hooks)
+                continue
+            # A plain container is looked into one level down (`self.extra = [nn.BatchNorm1d(6)]`).
+            if isinstance(value, dict):
+                held = list(value.values())
+            else:
+                held = list(value) if isinstance(value, (list, tuple)) else [value]
+            if any(_may_run_modules(v, listed) for v in held):
+                return True
     return False
+
+
+# The attributes every nn.Module has (its parameter, buffer, submodule and hook tables, flags).
+_MODULE_TABLES = frozenset(vars(nn.Module()))
 
 
 def _may_run_modules(value: Any, listed: Dict[int, nn.Module]) -> bool:
@@ -207,18 +222,59 @@ def _may_run_modules(value: Any, listed: Dict[int, nn.Module]) -> bool:
 
 
 class _Guarded:
-    """``forward_func`` with every call run inside :func:`_refuse_hidden_writers` (see :func:`guarded`)."""
+    """``forward_func`` with its first call run inside :func:`_refuse_hidden_writers` (see :func:`guarded`).
+
+    Other attributes are those of ``forward_func`` (e.g. a ``DataParallel``'s ``device_ids``).
+    """
 
     def __init__(self, forward_func: Any, method: str) -> None:
         self.__wrapped__ = forward_func  # inspect.signature (Captum's _run_forward) reads the wrapped one
         self.method = method
-        module = module_of(forward_func)
-        # The layers a private copy (or the model itself) holds are its own to update.
-        self.allowed = frozenset(() if module is None else (id(m) for _, m in reachable_modules(module)))
+        self.allowed = _allowed([forward_func])
+        self.checked = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with _refuse_hidden_writers(self.allowed, self.method):
+        if self.checked:
             return self.__wrapped__(*args, **kwargs)
+        with _refuse_hidden_writers(self.allowed, self.method):
+            out = self.__wrapped__(*args, **kwargs)
+        self.checked = True  # the same model runs the same layers: later calls need no global hook
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # (copy, pickle and the like: not the wrapped function's)
+            raise AttributeError(name)
+        return getattr(self.__dict__["__wrapped__"], name)
+
+
+def _allowed(roots: Iterable[Any]) -> FrozenSet[int]:
+    """The ids of the modules reachable from ``roots`` (models, bound methods, functions): a model's (or
+    its private copy's) own layers are its to update."""
+    ids: Set[int] = set()
+    for root in roots:
+        module = module_of(root)
+        if module is not None:
+            ids.update(id(m) for _, m in reachable_modules(module))
+    return frozenset(ids)
+
+
+@contextlib.contextmanager
+def refusing_hidden_writers(
+    roots: Iterable[Any], method: str, also: Iterable[nn.Module] = ()
+) -> Iterator[None]:
+    """While the block runs, refuse a layer updating its buffers that none of ``roots`` (nor the modules
+    ``also``) lists, if one of ``roots`` hides models (:func:`hides_models`); nothing otherwise.
+
+    For a method that runs the model other than through its ``forward_func`` (Captum's DeepLift runs
+    its ``model``; NoiseGrad a private copy of its weights, the modules ``also``), where
+    :func:`guarded` cannot reach.
+    """
+    roots = [root for root in roots if root is not None]
+    if not any(hides_models(root) for root in roots):
+        yield
+        return
+    with _refuse_hidden_writers(_allowed(roots) | {id(m) for m in also}, method):
+        yield
 
 
 def guarded(forward_func: Any, method: str) -> Any:
@@ -227,11 +283,14 @@ def guarded(forward_func: Any, method: str) -> Any:
     :func:`private_if_training` copies only the modules it can list; a
     function (or a lambda) calling a model hides it (:func:`hides_models`), and
     a batch norm (or instance or spectral norm) in training mode would then
-    update the user's buffers at every forward pass. Each call of the result
-    runs inside :func:`_refuse_hidden_writers`, so every method that runs
-    the model through it raises a ``ValueError`` naming ``forward_func``
-    instead; the layers of ``forward_func``'s own module (a private copy
-    where one was needed) run as usual.
+    update the user's buffers at every forward pass. The first call of the
+    result runs inside :func:`_refuse_hidden_writers`, so every method that
+    runs the model through it raises a ``ValueError`` naming
+    ``forward_func`` before anything changes; the layers of
+    ``forward_func``'s own module (a private copy where one was needed) run
+    as usual. Later calls run the same layers, so they run unhooked (a
+    global hook slows every module call of the process, and
+    ``torch.compile`` cannot trace it).
     """
     return _Guarded(forward_func, method)
 
@@ -280,15 +339,19 @@ def _refuse_hidden_writers(allowed: FrozenSet[int], method: str) -> Iterator[Non
     thread = threading.get_ident()
 
     def check(layer: nn.Module, args: Any) -> None:
-        if threading.get_ident() != thread:
+        if threading.get_ident() != thread or id(layer) in allowed:
             return
-        if id(layer) not in allowed and _updates_buffers(layer):
+        # DataParallel runs its replicas in other threads (replica 0 shares the model's buffers).
+        inner = layer.module.modules() if isinstance(layer, nn.DataParallel) else ()
+        writer = layer if _updates_buffers(layer) else next((m for m in inner if _updates_buffers(m)), None)
+        if writer is not None:
             raise ValueError(
-                f"forward_func: it runs a {type(layer).__name__} in training mode, whose buffers "
+                f"forward_func: it runs a {type(writer).__name__} in training mode, whose buffers "
                 f"every forward pass would update, of a model that {method} cannot copy "
-                "privately (forward_func reaches it through a function or an attribute, not as the "
-                "module, one of its methods or a submodule); pass the model itself (or a bound "
-                "method), or call model.eval() first"
+                "privately: forward_func reaches it through a function, or through a callable or "
+                "container that a module holds outside its registry, so no private copy includes it; "
+                "pass the model itself (or a bound method) with its layers as submodules, or call "
+                "model.eval() first"
             )
 
     handle = register_module_forward_pre_hook(check)

@@ -30,7 +30,6 @@ Memory is the factors (one ``d x 2m`` copy per example) and one tile.
 from __future__ import annotations
 
 import bisect
-import numbers
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -38,6 +37,7 @@ from torch import Tensor
 
 from ._captum import progress
 from ._errors import accumulation_dtype
+from ._validation import _check_positive_int
 
 # Tile of H computed by one GEMM: rows x columns (tests shrink these).
 _TILE_ROWS = 1024
@@ -49,9 +49,10 @@ def check_k(k: int, dim: int) -> int:
     n_pairs = dim * (dim - 1) // 2
     if n_pairs == 0:
         raise ValueError(f"k: {dim} feature(s) have no pair i < j to rank")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n_pairs:
+    k = _check_positive_int(k, "k")  # (a TypeError for a non-integer, as every count of the package)
+    if k > n_pairs:
         raise ValueError(f"k: must be an integer between 1 and {n_pairs} (pairs i < j), got {k!r}")
-    return int(k)
+    return k
 
 
 class _Best:

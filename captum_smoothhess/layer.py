@@ -34,7 +34,7 @@ from ._captum import (
 )
 from ._evaluators import Evaluator, _subset_rows, select_output
 from ._layout import HessianType, TensorOrTuple, _flatten
-from ._model import counterpart, module_of, private_if_training, unguarded
+from ._model import counterpart, module_of, private_if_training
 from ._stein import ranks_fail_together
 from ._validation import (
     BaselinesType,
@@ -71,7 +71,7 @@ def _check_output(out: Any) -> Tensor:
 
 def _why_not(layer: nn.Module, forward_func: Any, to_input: bool) -> str:
     """The likely reason a hook on ``layer`` saw no activation, for the error message."""
-    root = module_of(unguarded(forward_func))
+    root = module_of(forward_func)
     if isinstance(layer, torch.jit.ScriptModule) or isinstance(root, torch.jit.ScriptModule):
         return (
             ": TorchScript runs the submodules of a scripted model without Python hooks; attribute "

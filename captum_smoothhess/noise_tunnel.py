@@ -45,6 +45,7 @@ from ._model import (
     hides_models,
     needs_private_copy,
     private_if_training,
+    refusing_hidden_writers,
     warn_if_training,
 )
 from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
@@ -497,18 +498,23 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         if not self._private and (needs_private_copy(forward_func) or hides_models(forward_func)):
             # A forward that updates buffers (batch norm or spectral norm in training mode): run this
             # call on a private copy, the user's buffers left as found. A function hiding its model
-            # runs guarded instead (such a layer is refused before it updates anything).
-            return type(self).attribute.__wrapped__(
-                self._on_private_model(),
-                inputs,
-                nt_type=nt_type,
-                nt_samples=nt_samples,
-                nt_samples_batch_size=nt_samples_batch_size,
-                stdevs=stdevs,
-                draw_baseline_from_distrib=draw_baseline_from_distrib,
-                generator=generator,
-                **kwargs,
-            )
+            # runs guarded instead (such a layer is refused before it updates anything), and so does
+            # the whole call where the method runs a model hiding one (DeepLift runs its `model`).
+            tunnel = self._on_private_model()
+            method = tunnel.attribution_method
+            roots = [method.forward_func, getattr(method, "model", None)]
+            with refusing_hidden_writers(roots, type(self).__name__):
+                return type(self).attribute.__wrapped__(
+                    tunnel,
+                    inputs,
+                    nt_type=nt_type,
+                    nt_samples=nt_samples,
+                    nt_samples_batch_size=nt_samples_batch_size,
+                    stdevs=stdevs,
+                    draw_baseline_from_distrib=draw_baseline_from_distrib,
+                    generator=generator,
+                    **kwargs,
+                )
         if not self._private:
             warn_if_training(forward_func, type(self).__name__)  # dropout (no batch norm here)
         with autograd_allowed():

@@ -73,7 +73,7 @@ from torch.nn.utils import parametrize
 
 from ._captum import _format_additional_forward_args, log_usage
 from ._evaluators import autograd_allowed
-from ._model import module_of, warn_if_training
+from ._model import module_of, refusing_hidden_writers, warn_if_training
 from ._sampling import _BLOCK_ELEMENTS, NoiseStream, seed_from
 from ._validation import (
     StdevsType,
@@ -667,15 +667,18 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             if size is None:
                 elements = sum(weights.sizes) + sum(t.numel() for t in tupled)
                 size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
-            out = self._run_tunnel(
-                state,
-                inputs,
-                kwargs,
-                nt_type=nt_type,
-                nt_samples=nt_samples,
-                nt_samples_batch_size=size,
-                draw_baseline_from_distrib=draw_baseline_from_distrib,
-            )
+            # A model that hides another behind a callable attribute: its training-mode norm layers would
+            # update the user's buffers from the private copy too (refused before they change anything).
+            with refusing_hidden_writers([self.model], type(self).__name__, also=private.twin.values()):
+                out = self._run_tunnel(
+                    state,
+                    inputs,
+                    kwargs,
+                    nt_type=nt_type,
+                    nt_samples=nt_samples,
+                    nt_samples_batch_size=size,
+                    draw_baseline_from_distrib=draw_baseline_from_distrib,
+                )
         with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
         if with_delta and size is not None and size < nt_samples:
             attributions, delta = out

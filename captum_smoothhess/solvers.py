@@ -631,11 +631,15 @@ def _per_example(value: PerExample, argument: str, like: Tensor, positive: bool)
     (``positive``) or ``>= 0``; the errors name ``argument``."""
     batch = like.shape[0]
     if isinstance(value, Tensor):
-        t = value.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
+        t = value.detach().to(device=like.device, dtype=like.dtype)
         if t.numel() == 1:
-            t = t.repeat(batch)  # (a tensor of its own: the callers may update it in place)
-        elif t.numel() != batch:
-            raise ValueError(f"{argument}: expected one value or {batch} (one per example), got {t.numel()}")
+            t = t.reshape(1).repeat(batch)  # (a tensor of its own: the callers may update it in place)
+        elif t.shape in ((batch,), (batch, 1), (1, batch)):
+            t = t.reshape(batch)
+        else:
+            raise ValueError(
+                f"{argument}: expected one value or one per example, shape ({batch},), got {tuple(t.shape)}"
+            )
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         t = torch.full((batch,), float(value), device=like.device, dtype=like.dtype)
     else:

@@ -388,10 +388,7 @@ def top_interactions(
            2  1  2  dose       bmi                 +1
     """
     matrix, feat_shape = _as_matrix(interactions)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k: expected an integer, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k: expected at least 1 pair, got {k}")
+    k = _check_positive_int(k, "k")
     names = _feature_names(feature_names, feat_shape)
     rows, cols, vals = _ranked_pairs(matrix)
     table = InteractionTable()

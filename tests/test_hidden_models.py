@@ -10,7 +10,7 @@ and what the guard must leave alone.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
@@ -207,3 +207,100 @@ def test_a_scripted_model_is_not_guarded() -> None:
     """TorchScript calls no Python callable it holds (and runs no Python hooks): nothing to guard."""
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3)))
     assert not hides_models(scripted)
+
+
+class _Carrier(nn.Module):
+    """A module whose forward calls a model it holds outside the registry, in one of several ways."""
+
+    def __init__(self, net: nn.Module, how: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)  # a parameter of its own, for the weight-space methods
+        if how == "lambda":
+            self.fn = lambda z: net(z)
+        elif how == "list":
+            self.parts = [net]  # a plain list: not registered
+        else:
+            object.__setattr__(self, "held", net)
+        self.how = how
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.lin(x)
+        if self.how == "lambda":
+            return self.fn(x)
+        return self.parts[0](x) if self.how == "list" else self.held(x)
+
+
+@pytest.mark.parametrize("how", ["lambda", "list", "attribute"])
+def test_methods_running_a_carrier_refuse_its_hidden_batch_norm(how: str) -> None:
+    """Captum's DeepLift runs its ``model`` (not the tunnel's forward_func), NoiseGrad and FusionGrad a
+    private copy of the module's weights: the hidden batch norm is refused there too, and a model held
+    in a plain list is found."""
+    from captum.attr import DeepLift, Saliency
+
+    from captum_smoothhess import FusionGrad, KernelNoiseTunnel, NoiseGrad
+
+    net = _bn_net()
+    carrier = _Carrier(net, how).double()
+    assert hides_models(carrier)
+    before = _state(net)
+    calls = [
+        lambda: SmoothHess(carrier).attribute(_x(), target=0, n_samples=8, stdevs=0.1),
+        lambda: KernelNoiseTunnel(DeepLift(carrier)).attribute(_x(), target=0, nt_samples=2, stdevs=0.1),
+        lambda: KernelNoiseTunnel(Saliency(carrier)).attribute(_x(), target=0, nt_samples=2, stdevs=0.1),
+        lambda: NoiseGrad(Saliency(carrier)).attribute(_x(), target=0, nt_samples=2),
+        lambda: FusionGrad(Saliency(carrier)).attribute(_x(), target=0, nt_samples=2, input_stdevs=0.1),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=_REFUSED):
+            call()
+        assert _same(net, before), "the running statistics changed"
+
+
+def test_caso_sees_the_batch_norm_of_a_guarded_model() -> None:
+    """A training-mode batch norm couples the examples, so CASO must not batch their Hessian-vector
+    products: a model run guarded (it holds a callable) gives the numbers of the same model unguarded."""
+    from captum_smoothhess import CASO
+
+    def make(act: Callable[[Tensor], Tensor]) -> nn.Module:
+        model = _WithHarmlessCallable().train()
+        model.act = act
+        return model
+
+    guarded_model, plain = make(_squash), make(torch.tanh)
+    assert hides_models(guarded_model) and not hides_models(plain)
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        got = CASO(guarded_model).attribute(_x(), target=0, lambda1=0.01)
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        want = CASO(plain).attribute(_x(), target=0, lambda1=0.01)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_only_the_first_forward_of_a_call_is_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A global hook slows every module call of the process and breaks torch.compile's graphs: a guarded
+    forward installs it for its first call only (the later ones run the same layers)."""
+    from captum_smoothhess import _model
+
+    installed: List[int] = []
+    original = _model.register_module_forward_pre_hook
+
+    def counting(hook: Any) -> Any:
+        installed.append(1)
+        return original(hook)
+
+    monkeypatch.setattr(_model, "register_module_forward_pre_hook", counting)
+    net = _bn_net().eval()
+    SmoothHess(lambda z: net(z)).attribute(_x(), target=0, n_samples=64, n_samples_batch_size=8, stdevs=0.1)
+    assert len(installed) == 1
+
+
+def test_a_dataparallel_behind_a_function_is_refused_and_its_attributes_reach_through() -> None:
+    """DataParallel runs its replicas in other threads, where the guard's hook does not look: the
+    DataParallel itself is refused when its module would update buffers. (On CPU it runs the module in
+    the calling thread; the replicas' path needs GPUs.)"""
+    net = _bn_net()
+    parallel = nn.DataParallel(net)
+    before = _state(net)
+    with pytest.raises(ValueError, match=_REFUSED):
+        guarded(lambda z: parallel(z), "SmoothHess")(_x())
+    assert _same(net, before)
+    assert guarded(parallel, "SmoothHess").device_ids == parallel.device_ids

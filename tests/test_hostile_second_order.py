@@ -130,3 +130,17 @@ def test_trust_region_takes_a_numpy_radius() -> None:
     assert torch.equal(solve_trust_region(g, h, np.float32(0.5)), want)
     with pytest.raises(TypeError, match=r"^radius: "):
         solve_trust_region(g, h, np.bool_(True))
+
+
+def test_per_example_numbers_take_their_shapes_not_any_shape_of_b_elements() -> None:
+    """A radius (or lambda) is one value or one per example, ``(B,)``, ``(B, 1)`` or ``(1, B)``; a
+    ``(2, 3)`` tensor for six examples is a mistake, named, not reshaped."""
+    from captum_smoothhess.solvers import solve_trust_region
+
+    g = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    h = torch.eye(3, dtype=torch.float64).expand(6, 3, 3)
+    want = solve_trust_region(g, h, torch.full((6,), 0.5, dtype=torch.float64))
+    for radius in (torch.full((6, 1), 0.5), torch.full((1, 6), 0.5), torch.tensor(0.5), 0.5):
+        torch.testing.assert_close(solve_trust_region(g, h, radius), want)
+    with pytest.raises(ValueError, match=r"^radius"):
+        solve_trust_region(g, h, torch.full((2, 3), 0.5))

@@ -242,9 +242,10 @@ class _Guarded:
         return out
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # (copy, pickle and the like: not the wrapped function's)
+        wrapped = self.__dict__.get("__wrapped__")
+        if wrapped is None or name.startswith("__"):  # (copy, pickle and the like: not the wrapped one's)
             raise AttributeError(name)
-        return getattr(self.__dict__["__wrapped__"], name)
+        return getattr(wrapped, name)
 
 
 def _allowed(roots: Iterable[Any]) -> FrozenSet[int]:

@@ -146,11 +146,13 @@ def _format_stdevs(
     for i, (s, inp) in enumerate(zip(per_input, inputs)):
         where = argument if n_in == 1 else f"{argument}[{i}]"
         shape = inp.shape[1:]
+        # Integer inputs (noise tunnels take them, as Captum's) get floating bandwidths: 0.3 is not 0.
+        dtype = inp.dtype if inp.is_floating_point() else torch.get_default_dtype()
         if isinstance(s, Tensor):
             _refuse_meta(s, where)
             if s.is_complex() or s.dtype == torch.bool:
                 raise TypeError(f"{where}: expected real bandwidths, got a tensor of dtype {s.dtype}")
-            t = s.detach().to(device=inp.device, dtype=inp.dtype)
+            t = s.detach().to(device=inp.device, dtype=dtype)
             if t.dim() == len(shape) + 1 and t.shape[0] == 1:
                 t = t[0]
             try:
@@ -172,7 +174,7 @@ def _format_stdevs(
             v = _check_number(s, where, allow_zero=allow_zero)
             if inp.is_floating_point() and v > torch.finfo(inp.dtype).max:
                 raise ValueError(f"{where}: {v} exceeds the largest {inp.dtype} value")
-            parts.append(torch.full((math.prod(shape),), v, device=inp.device, dtype=inp.dtype))
+            parts.append(torch.full((math.prod(shape),), v, device=inp.device, dtype=dtype))
     return torch.cat(parts)
 
 

@@ -12,9 +12,10 @@ Captum's own code.
 Noise is drawn in one of two ways:
 
 * the *drop-in* path: the Gaussian kernel, ``generator=None`` and one number
-  per input tensor as ``stdevs``. The noise is drawn by NoiseTunnel's own
-  routine, from the global RNG in NoiseTunnel's order, so results equal
-  NoiseTunnel's under the same ``torch.manual_seed``.
+  (or, in a tuple, one one-element tensor) per input tensor as ``stdevs``.
+  The noise is drawn by NoiseTunnel's own routine, from the global RNG in
+  NoiseTunnel's order and dtype, so results equal NoiseTunnel's under the
+  same ``torch.manual_seed``.
 * the *kernel* path, for every other case: canonical noise from
   :class:`~captum_smoothhess._sampling.NoiseStream`, addressed by sample index,
   so the result does not depend on ``nt_samples_batch_size`` and is
@@ -30,7 +31,7 @@ import contextvars
 import copy
 import numbers
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,13 +39,16 @@ from captum.attr import Attribution, NoiseTunnel
 from torch import Tensor, nn
 
 from ._captum import log_usage
+from ._dtypes import HALF
 from ._evaluators import autograd_allowed
 from ._layout import _sizes
 from ._model import (
     counterpart,
     hides_models,
+    module_of,
     needs_private_copy,
     private_if_training,
+    reachable_modules,
     refusing_hidden_writers,
     warn_if_training,
 )
@@ -164,7 +168,8 @@ class _CallState:
     """What one ``attribute`` call needs inside NoiseTunnel's hooks (subclassed by NoiseGrad)."""
 
     input_noise: Optional[_InputNoise] = None
-    captum_stdevs: Optional[Tuple[float, ...]] = None
+    captum_stdevs: Optional[Tuple[Any, ...]] = None  # drop-in path: NoiseTunnel's stdevs, one per input
+    model_dtypes: FrozenSet[torch.dtype] = frozenset()  # floating dtypes of the model's weights
     generator: Optional[torch.Generator] = None
     baseline_draws: Optional[_BaselineDraws] = None
 
@@ -286,12 +291,110 @@ def _check_no_nan(output: Any, delta_returned: bool) -> None:
         )
 
 
-def _plain_stdevs(stdevs: object, n_inputs: int) -> Optional[Tuple[float, ...]]:
-    """``stdevs`` as one float per input when it is numbers only, else ``None``."""
-    values = stdevs if isinstance(stdevs, (tuple, list)) else (stdevs,) * n_inputs
-    if all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in values):
-        return tuple(float(s) for s in values)  # type: ignore[arg-type]
-    return None
+def _captum_stdevs(stdevs: object, inputs: Tuple[Tensor, ...]) -> Optional[Tuple[Any, ...]]:
+    """``stdevs`` as NoiseTunnel's noise routine takes them, one per input; ``None`` where it cannot.
+
+    NoiseTunnel draws the noise of input ``i`` in the dtype of
+    ``torch.tensor(stdevs[i])``: float32 (the default dtype) for a Python
+    float, float64 for ``np.float64``, the tensor's own dtype for a one-element
+    tensor in a tuple. Those are passed on as given, so that the noise (and
+    the global RNG it consumes) is NoiseTunnel's. A list is taken for the
+    tuple NoiseTunnel wants; other numbers NoiseTunnel refuses (an ``int``, a
+    lone ``np.float32``) become Python floats. A per-feature tensor, or a
+    tensor not in a tuple, is for the kernel path (``None``).
+    """
+    in_tuple = isinstance(stdevs, (tuple, list))
+    values: Sequence[Any] = stdevs if isinstance(stdevs, (tuple, list)) else (stdevs,) * len(inputs)
+    out: List[Any] = []
+    for s, inp in zip(values, inputs):
+        if isinstance(s, Tensor):
+            if not (in_tuple and s.is_floating_point() and s.numel() == 1 and s.dim() <= inp.dim()):
+                return None
+            out.append(s)
+        elif isinstance(s, float) or (in_tuple and isinstance(s, np.floating)):
+            out.append(s)
+        elif isinstance(s, numbers.Real) and not isinstance(s, bool):
+            out.append(float(s))
+        else:
+            return None
+    return tuple(out)
+
+
+def _example_major(delta: Tensor, batch: int, n: int, size: int) -> Tensor:
+    """Deltas of partitions of ``size`` samples in the order of one partition of all ``n``.
+
+    NoiseTunnel concatenates each partition's deltas, example by example
+    within a partition; this returns them example by example over all ``n``
+    samples (row ``b * n + j``, or a block of rows per noisy sample where the
+    method gives several, as GradientShap does). A layout that does not fit
+    is returned unchanged.
+    """
+    if size >= n or delta.dim() == 0 or delta.shape[0] % (batch * n):
+        return delta
+    per = delta.shape[0] // (batch * n)  # deltas per noisy sample
+    parts = []
+    for start in range(0, n, size):
+        k = min(size, n - start)
+        rows = delta[batch * start * per : batch * (start + k) * per]
+        parts.append(rows.reshape(batch, k * per, *delta.shape[1:]))
+    return torch.cat(parts, dim=1).reshape(delta.shape)
+
+
+def _weight_dtypes(forward_func: Any) -> FrozenSet[torch.dtype]:
+    """Floating dtypes of the parameters and buffers of ``forward_func``'s model (none for a function)."""
+    module = module_of(forward_func)
+    if module is None:
+        return frozenset()
+    return frozenset(
+        t.dtype
+        for _, m in reachable_modules(module)
+        for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+        if t.is_floating_point()
+    )
+
+
+def _as_floating(inputs: Any) -> Any:
+    """``inputs`` with integer and bool tensors as floating ones of the default dtype.
+
+    That is what Gaussian noise drawn as NoiseTunnel draws it (default dtype)
+    makes of them; the kernel path adds its noise to these.
+    """
+    if isinstance(inputs, tuple):
+        return tuple(_as_floating(t) for t in inputs)
+    return inputs if inputs.is_floating_point() else inputs.to(torch.get_default_dtype())
+
+
+# The functions of torch.nn.functional that refuse floating-point indices.
+_INDEXING = frozenset({"embedding", "embedding_bag", "one_hot"})
+
+
+def _raised_indexing(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        code, module = tb.tb_frame.f_code, tb.tb_frame.f_globals.get("__name__")
+        if code.co_name in _INDEXING and module == "torch.nn.functional":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _naming_token_ids(inputs: Tuple[Tensor, ...]) -> Iterator[None]:
+    """Turn an embedding's refusal of noisy (floating) token ids into a ``TypeError`` naming ``inputs``."""
+    integer = [i for i, t in enumerate(inputs) if not t.is_floating_point()]
+    try:
+        yield
+    except (RuntimeError, IndexError) as err:
+        if not integer or not _raised_indexing(err):
+            raise
+        where = "inputs" if len(inputs) == 1 else ", ".join(f"inputs[{i}]" for i in integer)
+        raise TypeError(
+            f"{where}: integer tensor (token ids?) given; noise added to it makes it floating point, as "
+            "in Captum's NoiseTunnel (which fails here too), and the model's embedding refuses "
+            "non-integer ids. To smooth a text model, add the noise to the embeddings: give the model "
+            "embeddings as inputs (e.g. captum.attr.configure_interpretable_embedding_layer) "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 @contextlib.contextmanager
@@ -384,7 +487,12 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     default Gaussian kernel and ``generator=None`` it draws the same noise as
     NoiseTunnel from the global RNG and returns the same numbers under the
     same ``torch.manual_seed``. Only the noise hook of NoiseTunnel is
-    replaced; everything else is Captum's code.
+    replaced; everything else is Captum's code. It departs from NoiseTunnel
+    only where NoiseTunnel fails or returns NaN: errors name the argument,
+    NaN/Inf inputs and NaN attributions are refused, noise wider than the
+    inputs (float32 on half precision) is rounded back for a model with
+    weights in the inputs' dtype, and a training-mode model whose forward
+    updates buffers runs on a private copy.
 
     Args:
         attribution_method: Any Captum attribution method NoiseTunnel wraps.
@@ -452,6 +560,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
 
         Args:
             inputs: Tensor or tuple of tensors, batch dimension first.
+                Integer tensors become floating point with the noise, as in
+                NoiseTunnel.
             nt_type: ``"smoothgrad"`` (mean), ``"smoothgrad_sq"`` (mean of
                 squares) or ``"vargrad"`` (variance) of the sampled attributions.
             nt_samples: Noisy samples per example. Default: 5.
@@ -459,7 +569,9 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 all. With the kernel path the result does not depend on it.
             stdevs: Bandwidth ``eps``: a number, one per input tensor, or
                 per-feature tensors broadcastable to one example (kernel
-                path). 0 means no noise. Default: 1.0, as NoiseTunnel.
+                path). 0 means no noise. Default: 1.0, as NoiseTunnel. On
+                the drop-in path the noise has NoiseTunnel's dtype: float64
+                for ``np.float64`` or a float64 tensor in a tuple.
             draw_baseline_from_distrib: Draw each sample's baseline from the
                 given ``baselines`` (as NoiseTunnel); with a ``generator`` the
                 draws are reproducible from it and do not depend on
@@ -472,9 +584,13 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
 
         Returns:
             The smoothed attributions, shaped like the wrapped method's
-            (tensor in, tensor out; tuple in, tuple out), and the per-example
-            mean convergence delta when ``return_convergence_delta=True`` and
-            the wrapped method supports it.
+            (tensor in, tensor out; tuple in, tuple out), and, when
+            ``return_convergence_delta=True`` and the wrapped method supports
+            it, the convergence delta of every noisy sample (as NoiseTunnel:
+            ``batch * nt_samples`` of them, not averaged). On the drop-in path
+            they are in NoiseTunnel's order (partition by partition); on the
+            kernel path row ``b * nt_samples + j`` is sample ``j`` of example
+            ``b``, whatever ``nt_samples_batch_size``.
 
         Raises:
             ValueError: ``nt_type`` unknown, ``nt_samples`` or
@@ -484,7 +600,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 NaN attributions (``forward_func`` NaN at perturbed points),
                 or a training-mode norm layer that a function hides from the
                 private copy (as for SmoothHess).
-            TypeError: ``generator`` is not a ``torch.Generator``.
+            TypeError: ``generator`` is not a ``torch.Generator``; integer
+                ``inputs`` (token ids) that an embedding refuses once noisy.
 
         Under ``torch.inference_mode()`` the call runs outside inference mode
         on clones of the inference tensors it is given.
@@ -492,7 +609,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
-        _check_inputs(tupled)
+        _check_inputs(tupled, allow_integer=True)  # integer inputs take noise, as in NoiseTunnel
         _refuse_meta(kwargs.get("target"), "target")
         forward_func = self.attribution_method.forward_func
         if not self._private and (needs_private_copy(forward_func) or hides_models(forward_func)):
@@ -522,22 +639,39 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             tupled = inputs if isinstance(inputs, tuple) else (inputs,)
             std = _format_stdevs(stdevs, tupled, allow_zero=True)
             state = _CallState(generator=generator)
-            plain = _plain_stdevs(stdevs, len(tupled))
-            drop_in = self.sampling == "iid" and isinstance(self.kernel, Gaussian)
-            if drop_in and generator is None and plain is not None:
-                state.captum_stdevs = plain
+            drop_in = self.sampling == "iid" and isinstance(self.kernel, Gaussian) and generator is None
+            captum_stdevs = _captum_stdevs(stdevs, tupled) if drop_in else None
+            if captum_stdevs is not None:
+                state.captum_stdevs = captum_stdevs
+                state.model_dtypes = _weight_dtypes(self.attribution_method.forward_func)
             else:
-                state.input_noise = _InputNoise(self.kernel, tupled, std, seed_from(generator), self.sampling)
-            return self._run_tunnel(
-                state,
-                inputs,
-                kwargs,
-                nt_type=nt_type,
-                nt_samples=nt_samples,
-                nt_samples_batch_size=nt_samples_batch_size,
-                stdevs=stdevs,
-                draw_baseline_from_distrib=draw_baseline_from_distrib,
-            )
+                inputs = _as_floating(inputs)
+                floating = inputs if isinstance(inputs, tuple) else (inputs,)
+                state.input_noise = _InputNoise(
+                    self.kernel, floating, std, seed_from(generator), self.sampling
+                )
+            with _naming_token_ids(tupled):
+                out = self._run_tunnel(
+                    state,
+                    inputs,
+                    kwargs,
+                    nt_type=nt_type,
+                    nt_samples=nt_samples,
+                    nt_samples_batch_size=nt_samples_batch_size,
+                    stdevs=stdevs,
+                    draw_baseline_from_distrib=draw_baseline_from_distrib,
+                )
+        if (
+            state.input_noise is not None
+            and self.is_delta_supported
+            and kwargs.get("return_convergence_delta")
+        ):
+            # NoiseTunnel concatenates the deltas partition by partition; the kernel path's result must
+            # not depend on the partitions, so they come in the order of a single one.
+            size = int(nt_samples) if nt_samples_batch_size is None else int(nt_samples_batch_size)
+            attributions, delta = out
+            out = (attributions, _example_major(delta, tupled[0].shape[0], int(nt_samples), size))
+        return out
 
     _private = False
 
@@ -576,13 +710,18 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
     ) -> Tuple[Tensor, ...]:
         state = _current_state(self)
         if state.input_noise is None:
-            # Drop-in path: NoiseTunnel's own draws, in its order. They are float32, so NoiseTunnel turns
-            # half-precision inputs into float32 ones, which a half-precision model refuses: rounded back
-            # (float32 and float64 inputs come back in their own dtype, untouched).
+            # Drop-in path: NoiseTunnel's own draws, in its order and dtype. Noise wider than an input
+            # widens the noisy input, as in NoiseTunnel. Half-precision inputs (float32 noise) are rounded
+            # back, so that a half-precision model runs, also behind a function (NoiseTunnel fails there);
+            # so are inputs of a model with weights in their dtype (float64 noise from np.float64 stdevs
+            # on a float32 model, which NoiseTunnel refuses too). A float32/float64 function, or a model
+            # without such weights, gets NoiseTunnel's widened input and numbers.
             noisy = super()._add_noise_to_inputs(nt_samples_partition, inputs, state.captum_stdevs)
             return tuple(
                 t.detach().to(inp.dtype).requires_grad_(t.requires_grad)
-                if inp.is_floating_point() and t.dtype != inp.dtype
+                if inp.is_floating_point()
+                and t.dtype != inp.dtype
+                and (inp.dtype in HALF or inp.dtype in state.model_dtypes)
                 else t
                 for t, inp in zip(noisy, inputs)
             )

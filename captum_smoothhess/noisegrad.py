@@ -89,6 +89,7 @@ from .noise_tunnel import (
     _CallState,
     _check_nt_args,
     _current_state,
+    _example_major,
     _format_attributions,
     _GeneratorNoiseTunnel,
     _InputNoise,
@@ -443,17 +444,6 @@ def _every_kth(value: Any, j: int, k: int, rows: int, lists: bool = False) -> An
 _PER_ROW = ("target", "baselines", "additional_forward_args", "feature_mask")
 
 
-def _sample_major(delta: Tensor, batch: int, n: int, size: int) -> Tensor:
-    """Convergence deltas of all partitions in the order of one partition: row ``b * n + j``."""
-    parts = []
-    start = 0
-    while start < n:
-        k = min(size, n - start)
-        parts.append(delta[batch * start : batch * (start + k)].reshape(batch, k, *delta.shape[1:]))
-        start += k
-    return torch.cat(parts, dim=1).reshape(batch * n, *delta.shape[1:])
-
-
 @dataclass(kw_only=True)
 class _WeightCallState(_CallState):
     """What one NoiseGrad ``attribute`` call needs inside NoiseTunnel's hooks."""
@@ -682,7 +672,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
         if with_delta and size is not None and size < nt_samples:
             attributions, delta = out
-            out = (attributions, _sample_major(delta, tupled[0].shape[0], nt_samples, size))
+            out = (attributions, _example_major(delta, tupled[0].shape[0], nt_samples, size))
         return out
 
     def _batch_draws(self, n_weights: int) -> bool:

@@ -190,20 +190,26 @@ def hides_models(forward_func: Any) -> bool:
         if isinstance(m, torch.jit.ScriptModule):  # compiled: it calls no Python callable it holds
             continue
         for name, value in vars(m).items():
-            if name in _MODULE_TABLES:  # the registry's own tables (parameters, submodules, hooks)
+            if name in _REGISTRY:  # parameters, buffers and submodules: listed already
                 continue
-            # A plain container is looked into one level down (`self.extra = [nn.BatchNorm1d(6)]`).
+            # A plain container (a hook table too) is looked into one level down
+            # (`self.extra = [nn.BatchNorm1d(6)]`, a forward hook calling another model), up to
+            # _CONTAINER_ITEMS items (a vocabulary list holds no callable).
             if isinstance(value, dict):
-                held = list(value.values())
+                held: Iterable[Any] = value.values() if len(value) <= _CONTAINER_ITEMS else ()
+            elif isinstance(value, (list, tuple)):
+                held = value if len(value) <= _CONTAINER_ITEMS else ()
             else:
-                held = list(value) if isinstance(value, (list, tuple)) else [value]
+                held = (value,)
             if any(_may_run_modules(v, listed) for v in held):
                 return True
     return False
 
 
-# The attributes every nn.Module has (its parameter, buffer, submodule and hook tables, flags).
-_MODULE_TABLES = frozenset(vars(nn.Module()))
+# A module's tables of parameters, buffers and submodules, which reachable_modules lists.
+_REGISTRY = frozenset(("_parameters", "_buffers", "_modules"))
+# Most items of a plain container attribute looked into for callables.
+_CONTAINER_ITEMS = 1024
 
 
 def _may_run_modules(value: Any, listed: Dict[int, nn.Module]) -> bool:
@@ -231,14 +237,20 @@ class _Guarded:
         self.__wrapped__ = forward_func  # inspect.signature (Captum's _run_forward) reads the wrapped one
         self.method = method
         self.allowed = _allowed([forward_func])
-        self.checked = False
+        self.checked: Set[Any] = set()  # the signatures of the calls made under the hook
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.checked:
+        # A model may run other layers with gradients on or off, or for other shapes: each such kind of
+        # call runs under the hook once (a call runs two or three kinds); later ones of a kind do not.
+        kind = (
+            torch.is_grad_enabled(),
+            tuple((a.shape, a.dtype) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)),
+        )
+        if kind in self.checked:
             return self.__wrapped__(*args, **kwargs)
         with _refuse_hidden_writers(self.allowed, self.method):
             out = self.__wrapped__(*args, **kwargs)
-        self.checked = True  # the same model runs the same layers: later calls need no global hook
+        self.checked.add(kind)
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -261,20 +273,25 @@ def _allowed(roots: Iterable[Any]) -> FrozenSet[int]:
 
 @contextlib.contextmanager
 def refusing_hidden_writers(
-    roots: Iterable[Any], method: str, also: Iterable[nn.Module] = ()
+    roots: Iterable[Any], method: str, private: Optional[Iterable[nn.Module]] = None
 ) -> Iterator[None]:
-    """While the block runs, refuse a layer updating its buffers that none of ``roots`` (nor the modules
-    ``also``) lists, if one of ``roots`` hides models (:func:`hides_models`); nothing otherwise.
+    """While the block runs, refuse a layer updating its buffers that none of ``roots`` lists, if one of
+    ``roots`` hides models (:func:`hides_models`); nothing otherwise.
 
     For a method that runs the model other than through its ``forward_func`` (Captum's DeepLift runs
-    its ``model``; NoiseGrad a private copy of its weights, the modules ``also``), where
-    :func:`guarded` cannot reach.
+    its ``model``), where :func:`guarded` cannot reach. With ``private`` (NoiseGrad: the modules of a
+    private copy of ``roots``, the only ones that may run), only those are allowed, and a module of
+    ``roots`` that runs at all is refused: the copy reaches the user's model through a callable.
     """
     roots = [root for root in roots if root is not None]
     if not any(hides_models(root) for root in roots):
         yield
         return
-    with _refuse_hidden_writers(_allowed(roots) | {id(m) for m in also}, method):
+    if private is None:
+        with _refuse_hidden_writers(_allowed(roots), method):
+            yield
+        return
+    with _refuse_hidden_writers(frozenset(id(m) for m in private), method, forbidden=_allowed(roots)):
         yield
 
 
@@ -285,13 +302,15 @@ def guarded(forward_func: Any, method: str) -> Any:
     function (or a lambda) calling a model hides it (:func:`hides_models`), and
     a batch norm (or instance or spectral norm) in training mode would then
     update the user's buffers at every forward pass. The first call of the
-    result runs inside :func:`_refuse_hidden_writers`, so every method that
-    runs the model through it raises a ``ValueError`` naming
-    ``forward_func`` before anything changes; the layers of
+    result (and the first of each other kind: with gradients on or off, for
+    other input shapes or dtypes) runs inside :func:`_refuse_hidden_writers`,
+    so every method that runs the model through it raises a ``ValueError``
+    naming ``forward_func`` before anything changes; the layers of
     ``forward_func``'s own module (a private copy where one was needed) run
-    as usual. Later calls run the same layers, so they run unhooked (a
-    global hook slows every module call of the process, and
-    ``torch.compile`` cannot trace it).
+    as usual. Later calls of a kind run the same layers, so they run
+    unhooked (a global hook slows every module call of the process, and
+    ``torch.compile`` cannot trace it). A model that picks its layers by the
+    values of its inputs is checked on the layers its first calls pick.
     """
     return _Guarded(forward_func, method)
 
@@ -329,7 +348,9 @@ def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _refuse_hidden_writers(allowed: FrozenSet[int], method: str) -> Iterator[None]:
+def _refuse_hidden_writers(
+    allowed: FrozenSet[int], method: str, forbidden: FrozenSet[int] = frozenset()
+) -> Iterator[None]:
     """While the block runs, refuse (before it runs) a layer updating its buffers that is not ``allowed``.
 
     A global forward-pre-hook, acting only in the calling thread, raises a
@@ -342,6 +363,13 @@ def _refuse_hidden_writers(allowed: FrozenSet[int], method: str) -> Iterator[Non
     def check(layer: nn.Module, args: Any) -> None:
         if threading.get_ident() != thread or id(layer) in allowed:
             return
+        if id(layer) in forbidden:
+            raise ValueError(
+                f"forward_func: its private copy runs {type(layer).__name__}, a layer of the user's model "
+                "itself, through a callable the model holds (e.g. a lambda closing over self): "
+                f"{method} cannot redirect it to the copy (its weight noise would not reach it, and "
+                "its buffers would change); make the layer a submodule called in forward"
+            )
         # DataParallel runs its replicas in other threads (replica 0 shares the model's buffers).
         inner = layer.module.modules() if isinstance(layer, nn.DataParallel) else ()
         writer = layer if _updates_buffers(layer) else next((m for m in inner if _updates_buffers(m)), None)

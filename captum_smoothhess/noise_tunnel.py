@@ -169,7 +169,7 @@ class _CallState:
 
     input_noise: Optional[_InputNoise] = None
     captum_stdevs: Optional[Tuple[Any, ...]] = None  # drop-in path: NoiseTunnel's stdevs, one per input
-    model_dtypes: FrozenSet[torch.dtype] = frozenset()  # floating dtypes of the model's weights
+    round_back: FrozenSet[torch.dtype] = frozenset()  # input dtypes rounded back (_round_back_dtypes)
     generator: Optional[torch.Generator] = None
     baseline_draws: Optional[_BaselineDraws] = None
 
@@ -340,16 +340,22 @@ def _example_major(delta: Tensor, batch: int, n: int, size: int) -> Tensor:
     return torch.cat(parts, dim=1).reshape(delta.shape)
 
 
-def _weight_dtypes(forward_func: Any) -> FrozenSet[torch.dtype]:
-    """Floating dtypes of the parameters and buffers of ``forward_func``'s model (none for a function)."""
+def _round_back_dtypes(forward_func: Any) -> FrozenSet[torch.dtype]:
+    """The input dtypes whose noisy inputs the drop-in path rounds back from NoiseTunnel's wider noise.
+
+    For a model, the floating dtypes of its parameters: such a model refuses wider inputs (so does
+    NoiseTunnel). For a function, whose model cannot be seen, the half-precision dtypes: a
+    half-precision model behind it runs (NoiseTunnel fails there; a function that computes in float32
+    gets its inputs rounded, where NoiseTunnel's would be float32).
+    """
     module = module_of(forward_func)
     if module is None:
-        return frozenset()
+        return frozenset(HALF)
     return frozenset(
-        t.dtype
+        p.dtype
         for _, m in reachable_modules(module)
-        for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
-        if t.is_floating_point()
+        for p in m.parameters(recurse=False)
+        if p.is_floating_point()
     )
 
 
@@ -364,28 +370,17 @@ def _as_floating(inputs: Any) -> Any:
     return inputs if inputs.is_floating_point() else inputs.to(torch.get_default_dtype())
 
 
-# The functions of torch.nn.functional that refuse floating-point indices.
-_INDEXING = frozenset({"embedding", "embedding_bag", "one_hot"})
-
-
-def _raised_indexing(err: BaseException) -> bool:
-    tb = err.__traceback__
-    while tb is not None:
-        code, module = tb.tb_frame.f_code, tb.tb_frame.f_globals.get("__name__")
-        if code.co_name in _INDEXING and module == "torch.nn.functional":
-            return True
-        tb = tb.tb_next
-    return False
-
-
 @contextlib.contextmanager
 def _naming_token_ids(inputs: Tuple[Tensor, ...]) -> Iterator[None]:
     """Turn an embedding's refusal of noisy (floating) token ids into a ``TypeError`` naming ``inputs``."""
     integer = [i for i, t in enumerate(inputs) if not t.is_floating_point()]
     try:
         yield
-    except (RuntimeError, IndexError) as err:
-        if not integer or not _raised_indexing(err):
+    except RuntimeError as err:
+        # PyTorch's refusal of floating indices names them ('indices', expected Long or Int); any other
+        # error (an index out of range, the model's own) reaches the user as it is.
+        text = str(err)
+        if not integer or "'indices'" not in text or "Long" not in text:
             raise
         where = "inputs" if len(inputs) == 1 else ", ".join(f"inputs[{i}]" for i in integer)
         raise TypeError(
@@ -643,7 +638,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             captum_stdevs = _captum_stdevs(stdevs, tupled) if drop_in else None
             if captum_stdevs is not None:
                 state.captum_stdevs = captum_stdevs
-                state.model_dtypes = _weight_dtypes(self.attribution_method.forward_func)
+                state.round_back = _round_back_dtypes(self.attribution_method.forward_func)
             else:
                 inputs = _as_floating(inputs)
                 floating = inputs if isinstance(inputs, tuple) else (inputs,)
@@ -682,10 +677,9 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         other buffer updates (``spectral_norm``'s power iteration) need none.
         A function hiding its model runs guarded instead (:func:`~captum_smoothhess._model.guarded`).
         """
-        method = copy.copy(self.attribution_method)
-        original = method.forward_func
+        original = self.attribution_method.forward_func
         try:
-            method.forward_func = private_if_training(original, type(self).__name__, stacklevel=6)
+            private = private_if_training(original, type(self).__name__, stacklevel=6)
         except (TypeError, RuntimeError, AttributeError, copy.Error) as err:
             raise TypeError(
                 "forward_func: the model is in training mode with buffers its forward may update "
@@ -693,10 +687,21 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 f"private copy, which copy.deepcopy could not make ({type(err).__name__}: {err}); "
                 "call model.eval() first"
             ) from err
-        for name in ("layer", "model"):  # layer methods' layer, DeepLift's model
-            value = getattr(method, name, None)
-            if isinstance(value, nn.Module):
-                setattr(method, name, counterpart(value, original, method.forward_func))
+
+        def on_private(obj: Attribution) -> Attribution:
+            """A shallow copy of ``obj`` on the private model, and so of the attributions it holds
+            (GuidedGradCam runs a LayerGradCam and a GuidedBackprop of its own)."""
+            new = copy.copy(obj)
+            if new.forward_func is original:
+                new.forward_func = private
+            for name, value in list(vars(new).items()):
+                if isinstance(value, Attribution):
+                    setattr(new, name, on_private(value))
+                elif name in ("layer", "model") and isinstance(value, nn.Module):
+                    setattr(new, name, counterpart(value, original, private))  # layer methods, DeepLift
+            return new
+
+        method = on_private(self.attribution_method)
         tunnel = copy.copy(self)
         tunnel.attribution_method = method
         tunnel._private = True
@@ -711,17 +716,13 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         state = _current_state(self)
         if state.input_noise is None:
             # Drop-in path: NoiseTunnel's own draws, in its order and dtype. Noise wider than an input
-            # widens the noisy input, as in NoiseTunnel. Half-precision inputs (float32 noise) are rounded
-            # back, so that a half-precision model runs, also behind a function (NoiseTunnel fails there);
-            # so are inputs of a model with weights in their dtype (float64 noise from np.float64 stdevs
-            # on a float32 model, which NoiseTunnel refuses too). A float32/float64 function, or a model
-            # without such weights, gets NoiseTunnel's widened input and numbers.
+            # widens the noisy input, as in NoiseTunnel, except for the dtypes of _round_back_dtypes (a
+            # model's weights, which refuse wider inputs; half precision behind a function), which are
+            # rounded back where NoiseTunnel would fail.
             noisy = super()._add_noise_to_inputs(nt_samples_partition, inputs, state.captum_stdevs)
             return tuple(
                 t.detach().to(inp.dtype).requires_grad_(t.requires_grad)
-                if inp.is_floating_point()
-                and t.dtype != inp.dtype
-                and (inp.dtype in HALF or inp.dtype in state.model_dtypes)
+                if inp.is_floating_point() and t.dtype != inp.dtype and inp.dtype in state.round_back
                 else t
                 for t, inp in zip(noisy, inputs)
             )

@@ -659,7 +659,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
             # A model that hides another behind a callable attribute: its training-mode norm layers would
             # update the user's buffers from the private copy too (refused before they change anything).
-            with refusing_hidden_writers([self.model], type(self).__name__, also=private.twin.values()):
+            with refusing_hidden_writers([self.model], type(self).__name__, private=private.twin.values()):
                 out = self._run_tunnel(
                     state,
                     inputs,

@@ -275,9 +275,10 @@ def test_caso_sees_the_batch_norm_of_a_guarded_model() -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_only_the_first_forward_of_a_call_is_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_first_forward_of_each_kind_is_hooked(monkeypatch: pytest.MonkeyPatch) -> None:
     """A global hook slows every module call of the process and breaks torch.compile's graphs: a guarded
-    forward installs it for its first call only (the later ones run the same layers)."""
+    forward installs it for the first call of each kind only (SmoothHess: the plain forward without
+    gradients, then the first of its eight chunks of gradient calls), not for every chunk."""
     from captum_smoothhess import _model
 
     installed: List[int] = []
@@ -290,17 +291,88 @@ def test_only_the_first_forward_of_a_call_is_hooked(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_model, "register_module_forward_pre_hook", counting)
     net = _bn_net().eval()
     SmoothHess(lambda z: net(z)).attribute(_x(), target=0, n_samples=64, n_samples_batch_size=8, stdevs=0.1)
-    assert len(installed) == 1
+    assert len(installed) == 2
+
+
+class _ThreadedParallel(nn.DataParallel):
+    """DataParallel as it runs on GPUs: the module (replica 0, sharing the model's buffers) in another
+    thread, which the guard's hook does not watch."""
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        out: List[Any] = []
+        worker = threading.Thread(target=lambda: out.append(self.module(*inputs, **kwargs)))
+        worker.start()
+        worker.join()
+        return out[0]
 
 
 def test_a_dataparallel_behind_a_function_is_refused_and_its_attributes_reach_through() -> None:
     """DataParallel runs its replicas in other threads, where the guard's hook does not look: the
-    DataParallel itself is refused when its module would update buffers. (On CPU it runs the module in
-    the calling thread; the replicas' path needs GPUs.)"""
+    DataParallel itself is refused when its module would update buffers."""
     net = _bn_net()
-    parallel = nn.DataParallel(net)
+    parallel = _ThreadedParallel(net)
     before = _state(net)
     with pytest.raises(ValueError, match=_REFUSED):
         guarded(lambda z: parallel(z), "SmoothHess")(_x())
     assert _same(net, before)
     assert guarded(parallel, "SmoothHess").device_ids == parallel.device_ids
+
+
+def test_a_branch_taken_with_gradients_on_is_checked_too() -> None:
+    """The first forward of a SmoothHess call runs without gradients (it checks the target), the later
+    ones with: a function that reaches a hidden training-mode batch norm only then is still refused."""
+    quiet, net = _bn_net().eval(), _bn_net()
+    before = _state(net)
+
+    def branching(z: Tensor) -> Tensor:
+        return net(z) if torch.is_grad_enabled() else quiet(z)
+
+    with pytest.raises(ValueError, match=_REFUSED):
+        SmoothHess(branching).attribute(_x(), target=0, n_samples=8, stdevs=0.1)
+    assert _same(net, before)
+
+
+class _SelfClosure(nn.Module):
+    """A model whose forward reaches its own layers through a lambda closing over ``self``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 3)
+        self.head = lambda z: self.out(self.bn(z).relu())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.inp(x))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_noisegrad_refuses_a_copy_that_runs_the_users_own_layers(mode: str) -> None:
+    """NoiseGrad's private copy holds the lambda, which still calls the user's ``bn`` and ``out``: in
+    training mode their statistics changed, in eval mode their weight noise was silently lost (the
+    result equal to stdevs=0). Both are refused."""
+    from captum.attr import Saliency
+
+    from captum_smoothhess import NoiseGrad
+
+    model = _SelfClosure().double().train(mode == "train")
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"^forward_func: its private copy runs"):
+        NoiseGrad(Saliency(model)).attribute(_x(), target=0, nt_samples=2, stdevs=0.5)
+    assert _same(model, before)
+
+
+def test_a_forward_hook_calling_a_hidden_model_is_found() -> None:
+    """A hook in a module's hook table may run another model: it is looked into like any attribute."""
+    aux = _bn_net()
+    net = nn.Sequential(nn.Linear(4, 3)).double()
+    handle = net[0].register_forward_hook(lambda m, i, o: o + 0 * aux(i[0]).sum())
+    try:
+        assert hides_models(net)
+        before = _state(aux)
+        with pytest.raises(ValueError, match=_REFUSED):
+            SmoothHess(net).attribute(_x(), target=0, n_samples=8, stdevs=0.1)
+        assert _same(aux, before)
+    finally:
+        handle.remove()

@@ -580,3 +580,49 @@ def test_kernel_paths_run_on_tuple_inputs_and_conv_methods(kernel: str, sampling
         want = NoiseTunnel(make()).attribute(images, nt_samples=2, stdevs=0.2, target=1, **extra)
         got = KernelNoiseTunnel(make(), kernel, sampling).attribute(images, stdevs=0.2, **extra, **kw)
         assert _shape(got) == _shape(want)
+
+
+def test_half_inputs_to_a_float32_model_are_widened_as_noise_tunnel() -> None:
+    """NoiseTunnel's float32 noise makes half-precision inputs float32, which a float32 model takes:
+    KernelNoiseTunnel gives the same numbers (only a half-precision model, or one behind a function,
+    gets them rounded back)."""
+    out = _parity(lambda: Saliency(_NET), _X.half(), stdevs=0.3, nt_samples=3, target=1)
+    assert out.dtype == torch.float32
+
+
+def test_an_index_error_inside_the_model_reaches_the_user_unchanged() -> None:
+    """Only PyTorch's refusal of floating indices is explained; an index out of range in an embedding
+    (here of ids passed as an additional argument, next to integer inputs) is the model's own error."""
+
+    class _Flags(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(3, 5)
+            self.lin = nn.Linear(5, 2)
+
+        def forward(self, x: Tensor, flags: Tensor, ids: Tensor) -> Tensor:
+            return self.lin(x + self.emb(ids)) + flags.float().sum(1, keepdim=True)
+
+    model = _Flags()
+    flags = torch.ones(3, 2, dtype=torch.long)
+    bad_ids = torch.tensor([0, 1, 7])
+    with pytest.raises(IndexError):
+        KernelNoiseTunnel(Saliency(model)).attribute(
+            (_X, flags), nt_samples=2, stdevs=0.1, target=0, additional_forward_args=(bad_ids,)
+        )
+
+
+def test_nested_attributions_run_on_the_private_copy() -> None:
+    """GuidedGradCam runs a LayerGradCam and a GuidedBackprop of its own: on a training-mode batch-norm
+    model both must run on the private copy, or the user's running statistics change."""
+    from captum.attr import GuidedGradCam
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    model = nn.Sequential(conv, nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="training mode"):
+        out = KernelNoiseTunnel(GuidedGradCam(model, conv)).attribute(x, nt_samples=2, stdevs=0.1, target=0)
+    assert out.shape == x.shape
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

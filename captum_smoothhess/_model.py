@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 import types
 import warnings
@@ -218,6 +219,9 @@ def _may_run_modules(value: Any, listed: Dict[int, nn.Module]) -> bool:
     in an ``activation`` attribute, or the machinery that ``torch.compile`` keeps on its module)."""
     if not callable(value) or isinstance(value, type):
         return False
+    if isinstance(value, functools.partial):  # e.g. timm's norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        bound = (value.func, *value.args, *value.keywords.values())
+        return any(_may_run_modules(v, listed) for v in bound)
     owner = module_of(value)
     if owner is not None:
         return id(owner) not in listed

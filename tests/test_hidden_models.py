@@ -376,3 +376,23 @@ def test_a_forward_hook_calling_a_hidden_model_is_found() -> None:
         assert _same(aux, before)
     finally:
         handle.remove()
+
+
+def test_a_partial_is_judged_by_what_it_binds() -> None:
+    """``functools.partial(nn.LayerNorm, eps=1e-6)`` (a layer factory, as timm keeps one) runs no model,
+    so it does not make a forward guarded; a partial of a model that is not a submodule does."""
+    import functools
+
+    class Holder(nn.Module):
+        def __init__(self, held: Any) -> None:
+            super().__init__()
+            self.held = held
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.lin(x)
+
+    assert not hides_models(Holder(functools.partial(nn.LayerNorm, eps=1e-6)))
+    assert not hides_models(Holder(functools.partial(torch.clamp, min=0.0)))
+    assert hides_models(Holder(functools.partial(_bn_net())))
+    assert hides_models(Holder(functools.partial(_squash)))

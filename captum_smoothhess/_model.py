@@ -319,11 +319,6 @@ def guarded(forward_func: Any, method: str) -> Any:
     return _Guarded(forward_func, method)
 
 
-def unguarded(forward_func: Any) -> Any:
-    """The function :func:`guarded` wrapped (``forward_func`` itself if it is not a guard)."""
-    return forward_func.__wrapped__ if isinstance(forward_func, _Guarded) else forward_func
-
-
 def private_copy(forward_func: Any) -> Any:
     """``forward_func`` on a ``copy.deepcopy`` of its module (itself when it has none)."""
     module = module_of(forward_func)
@@ -335,7 +330,7 @@ def private_copy(forward_func: Any) -> Any:
 
 def counterpart(layer: nn.Module, original: Any, private: Any) -> nn.Module:
     """``layer`` of ``original``'s module, found at the same name in ``private``'s module (a copy)."""
-    private = unguarded(private)
+    private = private.__wrapped__ if isinstance(private, _Guarded) else private  # a guard of the copy
     if private is original:
         return layer
     root, copy_root = module_of(original), module_of(private)

@@ -420,7 +420,16 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
             state.baseline_draws = _BaselineDraws(seed_from(state.generator), int(tunnel["nt_samples"]))
         with _call_state(self, state), _naming_target(kwargs.get("target")):
             out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
-        _check_no_nan(out, self.is_delta_supported and bool(kwargs.get("return_convergence_delta")))
+        with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
+        _check_no_nan(out, with_delta)
+        if with_delta and state.captum_stdevs is None:
+            # NoiseTunnel concatenates the deltas partition by partition; off the drop-in path (whose
+            # order is NoiseTunnel's) the result must not depend on the partitions: one partition's order.
+            n = int(tunnel["nt_samples"])
+            size = tunnel.get("nt_samples_batch_size")
+            batch = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[0]
+            attributions, delta = out
+            out = (attributions, _example_major(delta, batch, n, n if size is None else int(size)))
         return out
 
     def _expand_partial(
@@ -646,7 +655,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     self.kernel, floating, std, seed_from(generator), self.sampling
                 )
             with _naming_token_ids(tupled):
-                out = self._run_tunnel(
+                return self._run_tunnel(
                     state,
                     inputs,
                     kwargs,
@@ -656,17 +665,6 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     stdevs=stdevs,
                     draw_baseline_from_distrib=draw_baseline_from_distrib,
                 )
-        if (
-            state.input_noise is not None
-            and self.is_delta_supported
-            and kwargs.get("return_convergence_delta")
-        ):
-            # NoiseTunnel concatenates the deltas partition by partition; the kernel path's result must
-            # not depend on the partitions, so they come in the order of a single one.
-            size = int(nt_samples) if nt_samples_batch_size is None else int(nt_samples_batch_size)
-            attributions, delta = out
-            out = (attributions, _example_major(delta, tupled[0].shape[0], int(nt_samples), size))
-        return out
 
     _private = False
 

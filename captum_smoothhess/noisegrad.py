@@ -89,7 +89,6 @@ from .noise_tunnel import (
     _CallState,
     _check_nt_args,
     _current_state,
-    _example_major,
     _format_attributions,
     _GeneratorNoiseTunnel,
     _InputNoise,
@@ -669,10 +668,6 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                     nt_samples_batch_size=size,
                     draw_baseline_from_distrib=draw_baseline_from_distrib,
                 )
-        with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
-        if with_delta and size is not None and size < nt_samples:
-            attributions, delta = out
-            out = (attributions, _example_major(delta, tupled[0].shape[0], nt_samples, size))
         return out
 
     def _batch_draws(self, n_weights: int) -> bool:

@@ -28,7 +28,7 @@ from .factors import SmoothHessFactors, TopPairs
 from .global_interactions import GlobalInteractions, global_interactions
 from .kernels import Gaussian, Hyperbolic, Kernel, Poisson, Rect, Sigmoid, get_kernel
 from .layer import LayerSmoothHess, NeuronSmoothHess
-from .noise_tunnel import KernelNoiseTunnel
+from .noise_tunnel import KernelNoiseTunnel, SmoothingError
 from .noisegrad import FusionGrad, NoiseGrad
 from .smoothhess import SmoothHess, SmoothHessError
 
@@ -52,6 +52,7 @@ __all__ = [
     "SmoothHess",
     "SmoothHessError",
     "SmoothHessFactors",
+    "SmoothingError",
     "TopPairs",
     "__version__",
     "baselines",

@@ -12,11 +12,15 @@ the variance of the mean follows from the spread of the group sums: with
 Only running sums of ``G_k`` and ``G_k^2 / n_k`` are kept (per-group, never
 per-sample, ``d x d`` terms), so the error costs no gradient call and memory
 does not grow with ``n``. :class:`SmoothHessError` is what users get.
+
+The noise tunnels (KernelNoiseTunnel, NoiseGrad, FusionGrad) report the
+same batch-means error of their smoothed attributions
+(:class:`SmoothingError`, from :class:`AttributionMoments`).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,7 +28,7 @@ from torch import Tensor
 from ._dtypes import working_dtype
 from ._layout import HessianType, TensorOrTuple
 
-__all__ = ["SmoothHessError"]
+__all__ = ["SmoothHessError", "SmoothingError"]
 
 # Fewest groups the draws are split into for the error (groups are shorter than a block below that).
 MIN_GROUPS = 4
@@ -133,3 +137,118 @@ def relative_error(mean: Tensor, variance: Tensor) -> Tensor:
     spread = variance.flatten(1).sum(1).sqrt()
     size = mean.flatten(1).norm(dim=1)
     return torch.where(spread == 0, torch.zeros_like(spread), spread / size)
+
+
+class SmoothingError(NamedTuple):
+    """The estimated accuracy of a noise tunnel's smoothed attributions, from independent groups of its
+    samples (:class:`~captum_smoothhess.KernelNoiseTunnel`, :class:`~captum_smoothhess.NoiseGrad`,
+    :class:`~captum_smoothhess.FusionGrad` with ``return_error=True``).
+
+    Attributes:
+        stderr: Standard errors shaped like the attributions (a tensor, or a
+            tuple of them for tuple attributions): of their mean for
+            ``"smoothgrad"``, of the mean of their squares for
+            ``"smoothgrad_sq"``, and of their variance for ``"vargrad"`` (by
+            the delta method).
+        relative: ``(B,)`` estimated relative error of each example's
+            attributions, ``sqrt(sum stderr^2) / |attributions|`` over all
+            their tensors.
+        n_samples: ``(B,)`` noisy samples per example.
+    """
+
+    stderr: TensorOrTuple
+    relative: Tensor
+    n_samples: Tensor
+
+
+class AttributionMoments:
+    """Batch means of per-sample attributions ``a`` and their squares ``q = a^2``, per example and entry.
+
+    Samples ``j`` of group ``j // group`` form one independent group (an
+    antithetic pair or an orthogonal block must not be split); the last group
+    may be shorter. Samples are added in order, in any partition sizes; only
+    the open group's sums and, over the groups ended, the weighted means of
+    the group means and their centred second moments are kept (in float64
+    where the device has it, merged as in Chan et al.'s parallel variance:
+    an attribution that every group gets exactly right has a standard error
+    of exactly 0, not the rounding of a difference of large sums). Memory
+    does not grow with the number of samples.
+
+    Args:
+        group: Samples per group.
+        total: Samples per example in all.
+    """
+
+    def __init__(self, group: int, total: int) -> None:
+        self.group, self.total = group, total
+        # Over the groups ended: weighted means of the group means of a and q, and the weighted centred
+        # sums n_k (a_k - a)^2, n_k (q_k - q)^2 and n_k (a_k - a)(q_k - q).
+        self.moments: Optional[Tuple[Tensor, ...]] = None
+        self.open: Optional[Tuple[Tensor, Tensor]] = None  # the open group's sums of a and q
+        self.filled = 0  # samples of the open group
+        self.groups = 0
+        self.samples = 0
+
+    def add(self, samples: Tensor) -> None:
+        """Add the next samples ``(B, m, *shape)`` (sample ``j`` of example ``b`` at ``[b, j]``)."""
+        wide = samples.detach().to(_wide_dtype(samples))
+        at, m = 0, wide.shape[1]
+        while at < m:
+            first = self.samples + self.filled  # index of the next sample
+            stop = min(self.total, (first // self.group + 1) * self.group)  # its group's end
+            if self.filled == 0 and m - at >= self.group and stop - first == self.group:
+                # Whole groups at once: each group's means, then merged over the groups.
+                count = min((m - at) // self.group, (self.total - first) // self.group)
+                chunk = wide[:, at : at + count * self.group]
+                chunk = chunk.reshape(chunk.shape[0], count, self.group, *chunk.shape[2:])
+                self._end(chunk.mean(2), chunk.square().mean(2), self.group)
+                at += count * self.group
+                continue
+            take = min(m - at, stop - first)
+            part = wide[:, at : at + take]
+            a, q = part.sum(1), part.square().sum(1)
+            self.open = (a, q) if self.open is None else (self.open[0] + a, self.open[1] + q)
+            self.filled += take
+            at += take
+            if first + take == stop:
+                (a, q), size = self.open, self.filled
+                self.open, self.filled = None, 0
+                self._end((a / size)[:, None], (q / size)[:, None], size)
+
+    def _end(self, a: Tensor, q: Tensor, size: int) -> None:
+        """Groups ended: their means ``(B, k, *shape)``, ``size`` samples each."""
+        k = a.shape[1]
+        mean_a, mean_q = a.mean(1), q.mean(1)
+        da, dq = a - mean_a[:, None], q - mean_q[:, None]
+        spread = (da.square().sum(1), dq.square().sum(1), (da * dq).sum(1))
+        batch = (mean_a, mean_q, *(size * t for t in spread))
+        n_old, n_new = self.samples, k * size
+        self.groups += k
+        self.samples += n_new
+        if self.moments is None:
+            self.moments = batch
+            return
+        old_a, old_q, m_a, m_q, c = self.moments
+        w = n_new / self.samples
+        step_a, step_q = batch[0] - old_a, batch[1] - old_q
+        cross = n_old * w  # n_old n_new / (n_old + n_new)
+        self.moments = (
+            old_a + step_a * w,
+            old_q + step_q * w,
+            m_a + batch[2] + step_a.square() * cross,
+            m_q + batch[3] + step_q.square() * cross,
+            c + batch[4] + step_a * step_q * cross,
+        )
+
+    def variance(self, nt_type: str) -> Tensor:
+        """Variance of ``nt_type``'s statistic per entry (float64); NaN with fewer than two groups."""
+        assert self.moments is not None
+        mean_a, _, m_a, m_q, c = self.moments
+        scale = 1.0 / (max(self.groups - 1, 1) * self.samples)
+        if nt_type == "smoothgrad":
+            var = m_a * scale
+        elif nt_type == "smoothgrad_sq":
+            var = m_q * scale
+        else:  # vargrad, mean(q) - mean(a)^2: linearised around the means (the delta method)
+            var = ((m_q - 4 * mean_a * c + 4 * mean_a.square() * m_a) * scale).clamp(min=0)
+        return var if self.groups >= 2 else torch.full_like(var, float("nan"))

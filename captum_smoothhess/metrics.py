@@ -15,7 +15,7 @@ value, not a smoothed one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -28,11 +28,13 @@ from ._captum import (
     _format_additional_forward_args,
 )
 from ._dtypes import working_dtype
+from ._errors import AttributionMoments
 from ._evaluators import selected_outputs
 from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
 from ._model import private_if_training
 from ._sampling import NoiseStream, chunks, default_chunk, seed_from
 from ._validation import (
+    _check_flags,
     _check_generator,
     _check_inputs,
     _check_number,
@@ -47,6 +49,7 @@ __all__ = ["perturbation_mse"]
 _RADIUS_DISTRIBUTIONS = ("uniform", "ball")
 
 
+@overload
 def perturbation_mse(
     forward_func: Callable[..., Any],
     inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -59,7 +62,42 @@ def perturbation_mse(
     radius_distribution: str = "uniform",
     n_perturbations_batch_size: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
-) -> Tensor:
+    return_error: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def perturbation_mse(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    gradient: GradientLike,
+    hessian: Optional[HessianLike] = None,
+    radius: float = 1.0,
+    n_perturbations: int = 1000,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    radius_distribution: str = "uniform",
+    n_perturbations_batch_size: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    *,
+    return_error: Literal[True],
+) -> Tuple[Tensor, Tensor]: ...
+
+
+def perturbation_mse(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    gradient: GradientLike,
+    hessian: Optional[HessianLike] = None,
+    radius: float = 1.0,
+    n_perturbations: int = 1000,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    radius_distribution: str = "uniform",
+    n_perturbations_batch_size: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    return_error: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     r"""Mean squared error of the Taylor model ``(gradient, hessian)`` around ``inputs``.
 
     For each example, draws ``n_perturbations`` perturbations
@@ -98,15 +136,23 @@ def perturbation_mse(
         generator: ``torch.Generator`` for the perturbations; the same seed
             gives the same perturbations, so two Taylor models compared with
             the same seed are evaluated on the same points.
+        return_error: Also return the standard error of each example's
+            perturbation MSE, from the spread of its squared errors (the
+            perturbations are independent). Two Taylor models compared on the
+            same points (the same seed) differ by less noise than their
+            standard errors suggest. Needs ``n_perturbations >= 2``.
+            Default: False.
 
     Returns:
         Tensor ``(B,)``: the perturbation MSE of each example, in the inputs'
         dtype. For float16/bfloat16 inputs the model runs in that dtype but
         the perturbations, the Taylor model and the average are computed in
-        float32 (on the points as rounded to the inputs' dtype).
+        float32 (on the points as rounded to the inputs' dtype). With
+        ``return_error=True``, ``(mse, stderr)``, both ``(B,)``.
 
     Raises:
-        ValueError: ``radius`` not positive and finite, ``n_perturbations`` < 1,
+        ValueError: ``radius`` not positive and finite, ``n_perturbations`` < 1
+            (< 2 with ``return_error``),
             an unknown ``radius_distribution``, a ``gradient`` or ``hessian``
             that does not fit ``inputs``, NaN/Inf values, a ``target`` that
             does not select one output per example, or a training-mode norm
@@ -126,11 +172,16 @@ def perturbation_mse(
         >>> perturbation_mse(f, x, grad, radius=0.5, n_perturbations=100,
         ...                  generator=torch.Generator().manual_seed(0)).shape
         torch.Size([1])
+        >>> mse, stderr = perturbation_mse(f, x, grad, radius=0.5, n_perturbations=100,
+        ...                                return_error=True)
+        >>> bool(stderr < mse)
+        True
     """
     inps, _ = _tupled(inputs)
     _check_inputs(inps)
     r = _check_number(radius, "radius", allow_zero=False)
-    n = _check_positive_int(n_perturbations, "n_perturbations")
+    _check_flags(return_error=return_error)
+    n = _check_positive_int(n_perturbations, "n_perturbations", minimum=2 if return_error else 1)
     if radius_distribution not in _RADIUS_DISTRIBUTIONS:
         raise ValueError(
             f"radius_distribution: expected one of {_RADIUS_DISTRIBUTIONS}, got {radius_distribution!r}"
@@ -163,6 +214,7 @@ def perturbation_mse(
         # Drawing from the shared stream makes the points independent of `chunk`.
         stream = NoiseStream(Gaussian(), batch, dim + 1, seed_from(generator), x.device, x.dtype)
         total = torch.zeros(batch, device=x.device, dtype=x.dtype)
+        moments = AttributionMoments(1, n) if return_error else None
         expanded: dict[int, Tuple[TargetType, Any]] = {}
         for start, stop in chunks(n, chunk):
             c = stop - start
@@ -188,7 +240,10 @@ def perturbation_mse(
             model = f0[:, None] + torch.einsum("bcd,bd->bc", delta, g)
             if h is not None:
                 model = model + 0.5 * torch.einsum("bcd,bde,bce->bc", delta, h, delta)
-            total += (f - model).pow(2).sum(1)
+            squared = (f - model).pow(2)
+            total += squared.sum(1)
+            if moments is not None:
+                moments.add(squared)
     out = total / n
     if not bool(torch.isfinite(out).all()):
         raise ValueError(
@@ -201,4 +256,6 @@ def perturbation_mse(
             f"inputs: the perturbation MSE ({float(out.max()):.4g}) overflows the inputs' dtype "
             f"{x_in.dtype}; pass float32 inputs"
         )
-    return result
+    if moments is None:
+        return result
+    return result, moments.variance("smoothgrad").sqrt().to(x_in.dtype)

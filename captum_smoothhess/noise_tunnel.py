@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ._captum import log_usage
 from ._dtypes import HALF
+from ._errors import AttributionMoments, SmoothingError, group_length, relative_error
 from ._evaluators import autograd_allowed
 from ._layout import _sizes
 from ._model import (
@@ -52,9 +53,17 @@ from ._model import (
     refusing_hidden_writers,
     warn_if_training,
 )
-from ._sampling import TUNNEL_SAMPLINGS, noise_stream, seed_from
+from ._sampling import (
+    TUNNEL_SAMPLINGS,
+    NoiseStream,
+    OrthogonalStream,
+    _AntitheticTake,
+    noise_stream,
+    seed_from,
+)
 from ._validation import (
     StdevsType,
+    _check_flags,
     _check_generator,
     _check_inputs,
     _check_positive_int,
@@ -63,7 +72,7 @@ from ._validation import (
 )
 from .kernels import Gaussian, Kernel, get_kernel
 
-__all__ = ["KernelNoiseTunnel"]
+__all__ = ["KernelNoiseTunnel", "SmoothingError"]
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -72,6 +81,7 @@ AttributionOutput = Union[
     Tuple[Tensor, Tensor],
     Tuple[Tensor, ...],
     Tuple[Tuple[Tensor, ...], Tensor],
+    Tuple[Any, ...],  # with return_error: the above, then a SmoothingError
 ]
 
 
@@ -172,6 +182,47 @@ class _CallState:
     round_back: FrozenSet[torch.dtype] = frozenset()  # input dtypes rounded back (_round_back_dtypes)
     generator: Optional[torch.Generator] = None
     baseline_draws: Optional[_BaselineDraws] = None
+    errors: Optional[_ErrorTracking] = None  # return_error: the samples' batch means
+
+
+@dataclass
+class _ErrorTracking:
+    """``return_error``: batch means of the sampled attributions, one :class:`AttributionMoments` per
+    attribution tensor (made at the first partition, whose attributions give their number)."""
+
+    independent: int  # samples per independent group of the noise (a pair, an orthogonal block)
+    unit: int  # samples a group may not split (2 for antithetic pairs)
+    total: int
+    moments: Optional[List[AttributionMoments]] = None
+
+    def add(self, attributions: Sequence[Tensor], samples: int) -> None:
+        """The partition's attributions, rows ``b * samples + j`` (NoiseTunnel's order)."""
+        if self.moments is None:
+            per_unit = group_length(max(1, self.independent // self.unit), max(1, self.total // self.unit))
+            self.moments = [AttributionMoments(self.unit * per_unit, self.total) for _ in attributions]
+        for stats, attr in zip(self.moments, attributions):
+            stats.add(attr.reshape(attr.shape[0] // samples, samples, *attr.shape[1:]))
+
+    def result(self, attributions: Tuple[Tensor, ...], is_tuple: bool, nt_type: str) -> SmoothingError:
+        assert self.moments is not None
+        variances = [stats.variance(nt_type) for stats in self.moments]
+        stderr = tuple(v.sqrt().to(a.dtype) for v, a in zip(variances, attributions))
+        batch = attributions[0].shape[0]
+        flat = [a.detach().reshape(batch, -1).to(v.dtype) for a, v in zip(attributions, variances)]
+        spread = [v.reshape(batch, -1) for v in variances]
+        relative = relative_error(torch.cat(flat, 1), torch.cat(spread, 1))
+        n = torch.full((batch,), self.total, dtype=torch.long, device=attributions[0].device)
+        return SmoothingError(stderr if is_tuple else stderr[0], relative.to(attributions[0].dtype), n)
+
+
+def _independent_samples(stream: Optional[NoiseStream]) -> Tuple[int, int]:
+    """``(samples per independent group, samples a group may not split)`` of a tunnel's noise: 1 for iid
+    draws (NoiseTunnel's own too), an orthogonal block, antithetic pairs."""
+    if stream is None:
+        return 1, 1
+    unit = 2 if isinstance(stream, _AntitheticTake) else 1
+    block = stream.block if isinstance(stream, OrthogonalStream) else 1
+    return unit * block, unit
 
 
 # Per-call state, keyed by the id of the tunnel object. A context variable
@@ -204,6 +255,33 @@ def _check_nt_args(nt_type: object, nt_samples: object, nt_samples_batch_size: o
     _check_positive_int(nt_samples, "nt_samples")
     if nt_samples_batch_size is not None:
         _check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
+
+
+def _check_return_error(return_error: object, nt_samples: object) -> bool:
+    """Whether the call reports its error; an error needs two samples at least."""
+    _check_flags(return_error=return_error)
+    if return_error and int(nt_samples) < 2:  # type: ignore[call-overload]
+        raise ValueError(
+            "nt_samples: estimating the error (return_error=True) needs at least 2 samples, whose "
+            f"spread gives it; got {nt_samples}"
+        )
+    return bool(return_error)
+
+
+def _error_tracking(
+    return_error: bool, nt_samples: int, stream: Optional[NoiseStream]
+) -> Optional[_ErrorTracking]:
+    """The batch means of a call with ``return_error`` (``None`` without), grouped as ``stream``'s noise
+    (``None``: iid draws) must be: antithetic pairs are never split, so they need two pairs at least."""
+    if not return_error:
+        return None
+    independent, unit = _independent_samples(stream)
+    if nt_samples < 2 * unit:
+        raise ValueError(
+            f"nt_samples: estimating the error (return_error=True) of antithetic samples needs at least "
+            f"two pairs (4 samples), got {nt_samples}"
+        )
+    return _ErrorTracking(independent, unit, nt_samples)
 
 
 def _normal_tensors(value: Any) -> Any:
@@ -430,6 +508,11 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
             batch = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[0]
             attributions, delta = out
             out = (attributions, _example_major(delta, batch, n, n if size is None else int(size)))
+        if state.errors is not None:
+            attributions = out[0] if with_delta else out
+            attrs, is_tuple, _ = _format_attributions(attributions, False, False)
+            error = state.errors.result(attrs, is_tuple, tunnel["nt_type"])
+            out = (*out, error) if with_delta else (out, error)
         return out
 
     def _expand_partial(
@@ -472,9 +555,11 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
             nt_samples_partial,
             return_convergence_delta,
         )
-        draws = _current_state(self).baseline_draws
-        if draws is not None:
-            draws.advance(nt_samples_partial)
+        state = _current_state(self)
+        if state.baseline_draws is not None:
+            state.baseline_draws.advance(nt_samples_partial)
+        if state.errors is not None:
+            state.errors.add(attributions_partial, nt_samples_partial)
 
 
 class KernelNoiseTunnel(_GeneratorNoiseTunnel):
@@ -528,6 +613,11 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         ...                     generator=torch.Generator().manual_seed(0))
         >>> attr.shape
         torch.Size([2, 4])
+        >>> attr, err = nt.attribute(x, nt_samples=8, stdevs=0.1, target=0, abs=False,
+        ...                          generator=torch.Generator().manual_seed(0),
+        ...                          return_error=True)
+        >>> err.stderr.shape, err.relative.shape
+        (torch.Size([2, 4]), torch.Size([2]))
     """
 
     def __init__(
@@ -558,6 +648,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         stdevs: StdevsType = 1.0,
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
+        return_error: bool = False,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over kernel noise added to the inputs.
@@ -582,6 +673,15 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 ``nt_samples_batch_size``.
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
+            return_error: Also return the estimated accuracy of the result,
+                a :class:`~captum_smoothhess.SmoothingError` (standard errors
+                shaped like the attributions, ``relative`` and ``n_samples``
+                per example), from the spread of independent groups of the
+                samples (an antithetic pair or an orthogonal block is never
+                split), at no extra call of the wrapped method. It does not
+                change the attributions (on the drop-in path still
+                NoiseTunnel's numbers). Needs ``nt_samples >= 2`` (4 with
+                antithetic samples). Default: False.
             **kwargs: Passed to the wrapped method's ``attribute``
                 (``target``, ``additional_forward_args``, ``baselines``,
                 ``return_convergence_delta``, ...).
@@ -594,24 +694,30 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             ``batch * nt_samples`` of them, not averaged). On the drop-in path
             they are in NoiseTunnel's order (partition by partition); on the
             kernel path row ``b * nt_samples + j`` is sample ``j`` of example
-            ``b``, whatever ``nt_samples_batch_size``.
+            ``b``, whatever ``nt_samples_batch_size``. With
+            ``return_error=True`` a :class:`~captum_smoothhess.SmoothingError`
+            comes last: ``(attributions, error)`` or ``(attributions, delta,
+            error)``.
 
         Raises:
             ValueError: ``nt_type`` unknown, ``nt_samples`` or
-                ``nt_samples_batch_size`` < 1, ``stdevs`` negative or not
+                ``nt_samples_batch_size`` < 1 (``nt_samples`` < 2 with
+                ``return_error``, < 4 with antithetic samples), ``stdevs`` negative or not
                 finite or of the wrong length, ``inputs`` with NaN/Inf or on
                 the meta device, a ``target`` the output does not have,
                 NaN attributions (``forward_func`` NaN at perturbed points),
                 or a training-mode norm layer that a function hides from the
                 private copy (as for SmoothHess).
             TypeError: ``generator`` is not a ``torch.Generator``; integer
-                ``inputs`` (token ids) that an embedding refuses once noisy.
+                ``inputs`` (token ids) that an embedding refuses once noisy;
+                ``return_error`` is not a bool.
 
         Under ``torch.inference_mode()`` the call runs outside inference mode
         on clones of the inference tensors it is given.
         """
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
+        return_error = _check_return_error(return_error, nt_samples)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled, allow_integer=True)  # integer inputs take noise, as in NoiseTunnel
         _refuse_meta(kwargs.get("target"), "target")
@@ -634,6 +740,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     stdevs=stdevs,
                     draw_baseline_from_distrib=draw_baseline_from_distrib,
                     generator=generator,
+                    return_error=return_error,
                     **kwargs,
                 )
         if not self._private:
@@ -654,6 +761,8 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 state.input_noise = _InputNoise(
                     self.kernel, floating, std, seed_from(generator), self.sampling
                 )
+            stream = None if state.input_noise is None else state.input_noise.stream
+            state.errors = _error_tracking(return_error, int(nt_samples), stream)
             with _naming_token_ids(tupled):
                 return self._run_tunnel(
                     state,

@@ -88,7 +88,9 @@ from .noise_tunnel import (
     AttributionOutput,
     _CallState,
     _check_nt_args,
+    _check_return_error,
     _current_state,
+    _error_tracking,
     _format_attributions,
     _GeneratorNoiseTunnel,
     _InputNoise,
@@ -549,6 +551,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         stdevs: float = 0.2,
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
+        return_error: bool = False,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over weight draws.
@@ -570,6 +573,10 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 index only, not on ``nt_samples_batch_size``.
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
+            return_error: Also return the estimated accuracy of the result, a
+                :class:`~captum_smoothhess.SmoothingError` from the spread of
+                the draws (independent), at no extra call. Needs
+                ``nt_samples >= 2``. Default: False.
             **kwargs: Passed to the wrapped method (``target``,
                 ``additional_forward_args``, ``baselines``, ...).
 
@@ -577,14 +584,17 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             The smoothed attributions shaped like the wrapped method's, and,
             when ``return_convergence_delta=True`` and the wrapped method
             supports it, the convergence delta of every sample (row
-            ``b * nt_samples + j`` for example ``b`` and draw ``j``).
+            ``b * nt_samples + j`` for example ``b`` and draw ``j``); with
+            ``return_error=True`` a :class:`~captum_smoothhess.SmoothingError`
+            last.
 
         Raises:
-            ValueError: bad ``nt_type``, ``nt_samples``,
-                ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
+            ValueError: bad ``nt_type``, ``nt_samples`` (< 2 with
+                ``return_error``), ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
                 ``param_filter``; a ``target`` the output does not have; NaN
                 attributions (``forward_func`` NaN at perturbed weights).
-            TypeError: ``generator`` is not a ``torch.Generator``.
+            TypeError: ``generator`` is not a ``torch.Generator``;
+                ``return_error`` is not a bool.
             RuntimeError: the wrapped method never calls its ``forward_func``
                 (so weight noise cannot reach it).
         """
@@ -598,6 +608,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             draw_baseline_from_distrib,
             generator,
             kwargs,
+            return_error,
         )
 
     def _attribute(
@@ -611,9 +622,11 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         draw_baseline_from_distrib: bool,
         generator: Optional[torch.Generator],
         kwargs: Dict[str, Any],
+        return_error: object = False,
     ) -> AttributionOutput:
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
+        errors = _error_tracking(_check_return_error(return_error, nt_samples), int(nt_samples), None)
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
@@ -647,6 +660,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                     private.twin,
                     private.root if isinstance(own, nn.Module) else private.forward,
                 ),
+                errors=errors,
             )
             if self._batch_draws(sum(weights.sizes)):
                 state.proxy = _method_copy(self.attribution_method, private.twin, self._forward)
@@ -886,6 +900,7 @@ class FusionGrad(NoiseGrad):
         input_stdevs: StdevsType = 0.1,
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
+        return_error: bool = False,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over joint weight and input draws.
@@ -903,18 +918,24 @@ class FusionGrad(NoiseGrad):
             draw_baseline_from_distrib: As in NoiseTunnel.
             generator: ``torch.Generator`` for the noise; ``None`` uses the
                 global RNG.
+            return_error: Also return a
+                :class:`~captum_smoothhess.SmoothingError` (as NoiseGrad).
+                Default: False.
             **kwargs: Passed to the wrapped method.
 
         Returns:
-            The smoothed attributions shaped like the wrapped method's, and the
-            convergence delta of every sample when requested and supported.
+            The smoothed attributions shaped like the wrapped method's, the
+            convergence delta of every sample when requested and supported,
+            and a :class:`~captum_smoothhess.SmoothingError` last with
+            ``return_error=True``.
 
         Raises:
             ValueError: bad ``nt_type``, ``nt_samples``,
                 ``nt_samples_batch_size``, ``stdevs``, ``input_stdevs``,
                 ``inputs`` or ``param_filter``; a ``target`` the output does
                 not have; NaN attributions.
-            TypeError: ``generator`` is not a ``torch.Generator``.
+            TypeError: ``generator`` is not a ``torch.Generator``;
+                ``return_error`` is not a bool.
             RuntimeError: the wrapped method never calls its ``forward_func``.
         """
         return self._attribute(
@@ -927,4 +948,5 @@ class FusionGrad(NoiseGrad):
             draw_baseline_from_distrib,
             generator,
             kwargs,
+            return_error,
         )

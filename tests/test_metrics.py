@@ -234,3 +234,39 @@ def test_training_mode_batch_norm_warns_and_leaves_buffers() -> None:
         assert torch.equal(v, before[k]), f"{k} changed"
     assert net.training and net[1].training
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_standard_error_is_calibrated() -> None:
+    # The first-order model of a quadratic leaves the closed-form error 1/2 delta^T A delta.
+    f, a, b, x = _problem()
+    truth = _first_order_oracle(a, 0.7, "uniform")
+    runs = [
+        perturbation_mse(
+            f,
+            x,
+            x @ a + b,
+            radius=0.7,
+            n_perturbations=200,
+            generator=torch.Generator().manual_seed(s),
+            return_error=True,
+        )
+        for s in range(40)
+    ]
+    mse = torch.stack([r[0] for r in runs])
+    err = torch.stack([r[1] for r in runs])
+    coverage = float(((mse - truth).abs() <= 2 * err).double().mean())
+    ratio = float(err.square().mean().sqrt() / mse.std(0).mean())
+    assert 0.85 <= coverage <= 0.995, coverage
+    assert 0.75 <= ratio <= 1.3, ratio
+    same = perturbation_mse(
+        f, x, x @ a + b, radius=0.7, n_perturbations=200, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(same, runs[0][0])  # the estimate itself does not change
+    _, zero = perturbation_mse(
+        f, x, x @ a + b, a.expand(3, D, D), radius=0.7, n_perturbations=8, return_error=True
+    )
+    assert float(zero.max()) < 1e-12
+    with pytest.raises(ValueError, match="n_perturbations"):
+        perturbation_mse(f, x, x @ a + b, n_perturbations=1, return_error=True)
+    with pytest.raises(TypeError, match="return_error"):
+        perturbation_mse(f, x, x @ a + b, return_error=1)  # type: ignore[call-overload]

@@ -32,6 +32,8 @@ __all__ = ["SmoothHessError", "SmoothingError"]
 
 # Fewest groups the draws are split into for the error (groups are shorter than a block below that).
 MIN_GROUPS = 4
+# Elements of one float64 slice of samples that AttributionMoments merges at a time (16 MiB).
+_SLICE_ELEMENTS = 1 << 21
 
 
 class SmoothHessError(NamedTuple):
@@ -164,9 +166,9 @@ class SmoothingError(NamedTuple):
 class AttributionMoments:
     """Batch means of per-sample attributions ``a`` and their squares ``q = a^2``, per example and entry.
 
-    Samples ``j`` of group ``j // group`` form one independent group (an
-    antithetic pair or an orthogonal block must not be split); the last group
-    may be shorter. Samples are added in order, in any partition sizes; only
+    Samples ``j`` of group ``j // group`` form one independent group (the
+    caller chooses ``group``: an antithetic pair must not be split); the last
+    group may be shorter. Samples are added in order, in any partition sizes; only
     the open group's sums and, over the groups ended, the weighted means of
     the group means and their centred second moments are kept (in float64
     where the device has it, merged as in Chan et al.'s parallel variance:
@@ -190,22 +192,29 @@ class AttributionMoments:
         self.samples = 0
 
     def add(self, samples: Tensor) -> None:
-        """Add the next samples ``(B, m, *shape)`` (sample ``j`` of example ``b`` at ``[b, j]``)."""
-        wide = samples.detach().to(_wide_dtype(samples))
-        at, m = 0, wide.shape[1]
+        """Add the next samples ``(B, m, *shape)`` (sample ``j`` of example ``b`` at ``[b, j]``).
+
+        Whole groups are merged a slice at a time, in float64 temporaries of at most about
+        ``_SLICE_ELEMENTS`` elements each, so the extra memory does not grow with the partition.
+        """
+        wide = _wide_dtype(samples)
+        samples = samples.detach()
+        per_sample = max(1, samples[:, :1].numel())
+        at, m = 0, samples.shape[1]
         while at < m:
             first = self.samples + self.filled  # index of the next sample
             stop = min(self.total, (first // self.group + 1) * self.group)  # its group's end
             if self.filled == 0 and m - at >= self.group and stop - first == self.group:
-                # Whole groups at once: each group's means, then merged over the groups.
+                # Whole groups: each group's means, then merged over the groups.
                 count = min((m - at) // self.group, (self.total - first) // self.group)
-                chunk = wide[:, at : at + count * self.group]
+                count = max(1, min(count, _SLICE_ELEMENTS // (per_sample * self.group)))
+                chunk = samples[:, at : at + count * self.group].to(wide)
                 chunk = chunk.reshape(chunk.shape[0], count, self.group, *chunk.shape[2:])
                 self._end(chunk.mean(2), chunk.square().mean(2), self.group)
                 at += count * self.group
                 continue
             take = min(m - at, stop - first)
-            part = wide[:, at : at + take]
+            part = samples[:, at : at + take].to(wide)
             a, q = part.sum(1), part.square().sum(1)
             self.open = (a, q) if self.open is None else (self.open[0] + a, self.open[1] + q)
             self.filled += take

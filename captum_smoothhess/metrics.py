@@ -27,7 +27,7 @@ from ._captum import (
     _expand_target,
     _format_additional_forward_args,
 )
-from ._dtypes import working_dtype
+from ._dtypes import refuse_half_overflow, working_dtype
 from ._errors import AttributionMoments
 from ._evaluators import selected_outputs
 from ._layout import GradientLike, HessianLike, _flat_gradient, _flat_hessian, _flatten, _unflatten
@@ -82,6 +82,23 @@ def perturbation_mse(
     *,
     return_error: Literal[True],
 ) -> Tuple[Tensor, Tensor]: ...
+
+
+@overload
+def perturbation_mse(
+    forward_func: Callable[..., Any],
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    gradient: GradientLike,
+    hessian: Optional[HessianLike] = None,
+    radius: float = 1.0,
+    n_perturbations: int = 1000,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    radius_distribution: str = "uniform",
+    n_perturbations_batch_size: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    return_error: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]: ...
 
 
 def perturbation_mse(
@@ -258,4 +275,6 @@ def perturbation_mse(
         )
     if moments is None:
         return result
-    return result, moments.variance("smoothgrad").sqrt().to(x_in.dtype)
+    return result, refuse_half_overflow(
+        moments.variance("smoothgrad").sqrt().to(x_in.dtype), "standard error"
+    )

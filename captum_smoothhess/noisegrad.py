@@ -576,7 +576,8 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             return_error: Also return the estimated accuracy of the result, a
                 :class:`~captum_smoothhess.SmoothingError` from the spread of
                 the draws (independent), at no extra call. Needs
-                ``nt_samples >= 2``. Default: False.
+                ``nt_samples >= 2`` (6 for ``"vargrad"``). Taken by this
+                method, not passed to the wrapped one. Default: False.
             **kwargs: Passed to the wrapped method (``target``,
                 ``additional_forward_args``, ``baselines``, ...).
 
@@ -590,7 +591,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
 
         Raises:
             ValueError: bad ``nt_type``, ``nt_samples`` (< 2 with
-                ``return_error``), ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
+                ``return_error``, < 6 for its VarGrad), ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
                 ``param_filter``; a ``target`` the output does not have; NaN
                 attributions (``forward_func`` NaN at perturbed weights).
             TypeError: ``generator`` is not a ``torch.Generator``;
@@ -626,7 +627,9 @@ class NoiseGrad(_GeneratorNoiseTunnel):
     ) -> AttributionOutput:
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
-        errors = _error_tracking(_check_return_error(return_error, nt_samples), int(nt_samples), None)
+        errors = _error_tracking(
+            _check_return_error(return_error, nt_samples), int(nt_samples), None, nt_type
+        )
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)

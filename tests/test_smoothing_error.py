@@ -7,7 +7,7 @@ standard error (off by the square root of the sample count, or by a factor of 2)
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 from helpers import gen
 from torch import Tensor, nn
 
-from captum_smoothhess import FusionGrad, KernelNoiseTunnel, NoiseGrad, SmoothingError
+from captum_smoothhess import FusionGrad, KernelNoiseTunnel, NoiseGrad, SmoothingError, _errors
 from captum_smoothhess._errors import AttributionMoments
 from captum_smoothhess._sampling import noise_stream
 from captum_smoothhess.kernels import Gaussian
@@ -272,3 +272,49 @@ def test_threads_and_a_training_mode_model() -> None:
             x, nt_samples=6, stdevs=0.1, target=0, generator=gen(0), return_error=True
         )
     assert torch.equal(norm[1].running_mean, before) and err.stderr.shape == x.shape
+
+
+def test_vargrad_needs_six_groups() -> None:
+    # With two iid samples the delta method gives exactly 0, with three a relative error of exactly 0.5.
+    model, x = _Quadratic(), _points()
+    tunnel = KernelNoiseTunnel(Saliency(model))
+    for n in (2, 3, 5):
+        with pytest.raises(ValueError, match="nt_samples >= 6"):
+            tunnel.attribute(x, nt_type="vargrad", nt_samples=n, stdevs=0.3, target=0, return_error=True)
+    with pytest.raises(ValueError, match="nt_samples >= 12"):
+        KernelNoiseTunnel(Saliency(model), sampling="antithetic").attribute(
+            x, nt_type="vargrad", nt_samples=10, stdevs=0.3, target=0, generator=gen(0), return_error=True
+        )
+    _, err = tunnel.attribute(x, nt_type="vargrad", nt_samples=6, stdevs=0.3, target=0, return_error=True)
+    assert bool((err.stderr > 0).all())  # type: ignore[operator]
+    with pytest.raises(ValueError, match="nt_samples >= 6"):
+        NoiseGrad(Saliency(nn.Linear(D, 1).double())).attribute(
+            x, nt_type="vargrad", nt_samples=4, target=0, return_error=True
+        )
+
+
+def test_shared_drawn_baselines_are_refused() -> None:
+    # On NoiseTunnel's own path every full partition reuses the baselines drawn once: not independent.
+    net = nn.Sequential(nn.Linear(D, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x, reference = _points(1), torch.randn(20, D, generator=gen(3), dtype=torch.float64)
+    tunnel = KernelNoiseTunnel(IntegratedGradients(net))
+    kw: Dict[str, Any] = dict(
+        nt_samples=8, stdevs=0.01, target=0, baselines=reference, draw_baseline_from_distrib=True, n_steps=8
+    )
+    with pytest.raises(ValueError, match="draw_baseline_from_distrib"):
+        tunnel.attribute(x, nt_samples_batch_size=3, return_error=True, **kw)
+    tunnel.attribute(x, return_error=True, **kw)  # one partition: independent draws
+    tunnel.attribute(
+        x, nt_samples_batch_size=3, generator=gen(0), return_error=True, **kw
+    )  # per-sample draws
+
+
+def test_moments_merge_in_bounded_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = torch.randn(2, 40, 5, generator=gen(4), dtype=torch.float64)
+    whole = AttributionMoments(4, 40)
+    whole.add(samples)
+    monkeypatch.setattr(_errors, "_SLICE_ELEMENTS", 7)  # one group a slice
+    sliced = AttributionMoments(4, 40)
+    sliced.add(samples)
+    for nt_type in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        torch.testing.assert_close(sliced.variance(nt_type), whole.variance(nt_type), rtol=1e-12, atol=0)

@@ -34,7 +34,9 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    has freed a tensor of that size), with the page faults of each call (``getrusage``, Linux). The
    faults come from glibc handing freed memory at the top of its heap back to the system and the
    next gradient call faulting it in again; how many a call takes depends on what the process
-   allocated before it. Not part of the default tables.
+   allocated before it. Each state also times SmoothHess with its own chunking
+   (``n_samples_batch_size=None``: one chunk of all ``n`` calls here) against the floor in batches
+   of ``n``. Not part of the default tables.
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's
    ``m`` Householder reflectors drawn directly (Stewart's method: the same law, no
    factorisation), and a structured random orthogonal transform (three rounds of random signs
@@ -419,19 +421,34 @@ def _allocator_child(state: str, quick: bool) -> None:
     default = functools.partial(_dense, sh, x, eps, target, n, batch, None)
     t = interleaved([counted(0, _floor(net, x, eps, target, n, batch)), counted(1, default)], rounds)
     floor_faults, default_faults = (int(statistics.median(f)) for f in faults)
-    print(f"| {state} | {n} | {t.best[0]:.3f} | {floor_faults} | {default_faults} | {t.ratio[1]:.3f} |")
+    cells = f"{t.best[0]:.3f} | {floor_faults} | {default_faults} | {t.ratio[1]:.3f}"
+    print(f"| {state} | {n} | {batch} | {cells} |")
+
+    # SmoothHess's own chunking (n_samples_batch_size=None: here one chunk of all n calls) against the
+    # floor in batches of the same size.
+    def default_chunk() -> None:
+        sh.attribute(x, target=target, stdevs=eps, n_samples=n, generator=_gen(0))
+
+    for f in faults:
+        f.clear()
+    t = interleaved([counted(0, _floor(net, x, eps, target, n, n)), counted(1, default_chunk)], rounds)
+    floor_faults, default_faults = (int(statistics.median(f)) for f in faults)
+    cells = f"{t.best[0]:.3f} | {floor_faults} | {default_faults} | {t.ratio[1]:.3f}"
+    print(f"| {state} | {n} | {n} (default chunk) | {cells} |")
 
 
 def allocator_table(quick: bool) -> None:
     """The default's ratio to the floor with glibc's heap as the process starts and settled (each in a
     fresh process), and the page faults per call (medians)."""
-    print("\n| MLP 784-500-300-250-250-10, glibc heap | n | floor (s) | floor: faults a call ", end="")
+    print(
+        "\n| MLP 784-500-300-250-250-10, glibc heap | n | batch | floor (s) | floor: faults a call ", end=""
+    )
     print("| default: faults a call | default / floor |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for state in ("as started", "settled"):
         args = [sys.executable, __file__, "--allocator-child", state] + (["--quick"] if quick else [])
         out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-        print(out.strip().splitlines()[-1])
+        print("\n".join(out.strip().splitlines()[-2:]))
 
 
 def _fwht(v: Tensor) -> Tensor:

@@ -72,4 +72,5 @@ def test_efficiency_benchmark_quick() -> None:
     assert "chi_d radii | tilted" in out and "+-2 stderr coverage" in out
     assert "ratio shared / per block" in out and "a rotation per block (before)" in out
     assert "blocks (groups of 8)" in out and "default: ratio" in out
-    assert "| as started | 1568 |" in out and "| settled | 1568 |" in out
+    assert "| as started | 1568 | 1024 |" in out and "| settled | 1568 | 1024 |" in out
+    assert "| settled | 1568 | 1568 (default chunk) |" in out

@@ -539,6 +539,58 @@ def tunnel_table(quick: bool) -> None:
             print(f"| | {d} | {n} | {sampling} | {m**0.5:.4f} | {base / m:.2f} |")
 
 
+def _coverage(results: List[Tuple[Tensor, Any]], truth: Tensor) -> Tuple[float, float]:
+    """(share of entries within +-2 reported stderr of ``truth``, over seeds; median over entries of the
+    RMS reported stderr over the spread of the estimates across seeds)."""
+    est = torch.stack([r[0] for r in results])
+    err = torch.stack([r[1].stderr for r in results])
+    cover = float(((est - truth).abs() <= 2 * err).double().mean())
+    return cover, float((err.square().mean(0).sqrt() / est.std(0)).median())
+
+
+def tunnel_error_table(quick: bool) -> None:
+    """Calibration of the noise tunnels' ``return_error``: SmoothGrad of the ReLU oracle against its
+    closed form (every sampling), SmoothGrad² and VarGrad, NoiseGrad and FusionGrad against a
+    20,000-sample reference of the same method (another seed)."""
+    from captum.attr import Saliency
+
+    from captum_smoothhess import FusionGrad, KernelNoiseTunnel, NoiseGrad
+
+    print("\n| ReLU oracle | d | nt_samples | sampling | nt_type | +-2 stderr coverage ", end="")
+    print("| reported / actual |")
+    print("|---|---|---|---|---|---|---|")
+    seeds, big = (8, 2000) if quick else (100, 20000)
+    for d in (10,) if quick else (10, 100):
+        eps = 0.5
+        net, x, _ = oracle(d, 2 * d, "gaussian", eps, 4)
+        first, last = net[0], net[2]  # type: ignore[index]
+        w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
+        exact = (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+        n = 4 * d  # four orthogonal blocks
+        tunnel = functools.partial(KernelNoiseTunnel, Saliency(net))
+        cases: List[Tuple[str, Any, str, str, Optional[Tensor]]] = [
+            ("KernelNoiseTunnel", tunnel(sampling=s), s, "smoothgrad", exact)
+            for s in ("iid", "antithetic", "orthogonal", "orthogonal_antithetic")
+        ]
+        cases += [("KernelNoiseTunnel", tunnel(), "iid", t, None) for t in ("smoothgrad_sq", "vargrad")]
+        if d == 10:
+            cases += [
+                (m.__name__, m(Saliency(net)), "iid", "smoothgrad", None) for m in (NoiseGrad, FusionGrad)
+            ]
+        for name, method, sampling, nt_type, truth in cases:
+            kw: Dict[str, Any] = dict(nt_type=nt_type, abs=False)
+            if name == "KernelNoiseTunnel":
+                kw["stdevs"] = eps  # (the weight noise keeps its default, 0.2)
+            if truth is None:
+                truth = method.attribute(x, nt_samples=big, generator=_gen(10_000), **kw)
+            runs = [
+                method.attribute(x, nt_samples=n, generator=_gen(s), return_error=True, **kw)
+                for s in range(seeds)
+            ]
+            cover, ratio = _coverage(runs, truth)
+            print(f"| {name} | {d} | {n} | {sampling} | {nt_type} | {cover:.1%} | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -546,7 +598,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
         "--only",
-        default="variance,tilt,share,oracles,partial,tolerance,timing,qr,tunnel",
+        default="variance,tilt,share,oracles,partial,tolerance,timing,qr,tunnel,tunnel_error",
         help="comma-separated tables",
     )
     parser.add_argument("--allocator-child", help=argparse.SUPPRESS)
@@ -565,6 +617,7 @@ def main() -> None:
         "timing": timing_table,
         "qr": orthogonalisation_table,
         "tunnel": tunnel_table,
+        "tunnel_error": tunnel_error_table,
         "allocator": allocator_table,
     }
     for name in args.only.split(","):

@@ -65,7 +65,7 @@ def test_efficiency_benchmark_quick() -> None:
             str(BENCH / "efficiency.py"),
             "--quick",
             "--only",
-            "variance,tilt,share,oracles,partial,tolerance,timing,allocator",
+            "variance,tilt,share,oracles,partial,tolerance,timing,allocator,tunnel_error",
         ]
     )
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out
@@ -74,3 +74,7 @@ def test_efficiency_benchmark_quick() -> None:
     assert "blocks (groups of 8)" in out and "default: ratio" in out
     assert "| as started | 1568 | 1024 |" in out and "| settled | 1568 | 1024 |" in out
     assert "| settled | 1568 | 1568 (default chunk) |" in out
+    assert (
+        "| KernelNoiseTunnel | 10 | 40 | orthogonal_antithetic | smoothgrad |" in out
+        and "| FusionGrad |" in out
+    )

@@ -66,6 +66,7 @@ from ._validation import (
     _check_flags,
     _check_generator,
     _check_inputs,
+    _check_number,
     _check_positive_int,
     _format_stdevs,
     _refuse_meta,
@@ -182,29 +183,45 @@ class _CallState:
     round_back: FrozenSet[torch.dtype] = frozenset()  # input dtypes rounded back (_round_back_dtypes)
     generator: Optional[torch.Generator] = None
     baseline_draws: Optional[_BaselineDraws] = None
-    errors: Optional[_ErrorTracking] = None  # return_error: the samples' batch means
+    errors: Optional[_ErrorTracking] = None  # return_error or tolerance: the samples' batch means
+    attribution_tuple: bool = False  # whether the wrapped method returned a tuple (tolerance)
 
 
 # Fewest independent groups for VarGrad's standard error: its delta method is degenerate with two (the
 # standard error of iid samples comes out exactly 0) and biased low below about six (over 200 seeds on
 # a tanh net, 0.66x the actual error with 3 groups, 0.79x with 4, 0.93x with 6).
 _VARGRAD_GROUPS = 6
+# Fewest groups before a tolerance may stop a call (as SmoothHess: the error of fewer is itself noisy).
+_TOLERANCE_GROUPS = 2 * MIN_GROUPS
+# Samples between two looks at the error of a call with a tolerance (and no nt_samples_batch_size).
+_TOLERANCE_PARTITION = 16
+
+
+class _ToleranceReached(Exception):
+    """Raised inside NoiseTunnel's loop once every example's estimated error meets the tolerance."""
 
 
 class _ErrorTracking:
-    """``return_error``: batch means of the sampled attributions, one :class:`AttributionMoments` per
-    attribution tensor (made at the first partition, whose attributions give their number).
+    """``return_error`` and ``tolerance``: batch means of the sampled attributions, one
+    :class:`AttributionMoments` per attribution tensor (made at the first partition, whose attributions
+    give their number).
 
     Groups hold whole independent units of the noise (an antithetic pair); an orthogonal block is cut
     into sub-blocks where the call has fewer than ``MIN_GROUPS`` of them (as SmoothHess does: the
-    error is then somewhat conservative), and into ``_VARGRAD_GROUPS`` at least for VarGrad.
+    error is then somewhat conservative), and into ``_VARGRAD_GROUPS`` at least for VarGrad. With a
+    ``tolerance`` the call stops after the first partition from which every example's estimated
+    relative error is at most ``tolerance`` (``_TOLERANCE_GROUPS`` groups at least).
     """
 
-    def __init__(self, independent: int, unit: int, total: int, nt_type: str) -> None:
+    def __init__(
+        self, independent: int, unit: int, total: int, nt_type: str, tolerance: Optional[float] = None
+    ) -> None:
         wanted = _VARGRAD_GROUPS if nt_type == "vargrad" else MIN_GROUPS
         self.group = unit * max(1, min(independent // unit, (total // unit) // wanted))
-        self.total = total
+        self.total, self.nt_type, self.tolerance = total, nt_type, tolerance
         self.moments: Optional[List[AttributionMoments]] = None
+        self.like: Tuple[torch.dtype, ...] = ()  # the dtypes of the attributions
+        self.errors: List[float] = []  # the largest relative error after each partition (tolerance)
 
     @property
     def groups(self) -> int:
@@ -212,15 +229,38 @@ class _ErrorTracking:
         return self.total // self.group
 
     def add(self, attributions: Sequence[Tensor], samples: int) -> None:
-        """The partition's attributions, rows ``b * samples + j`` (NoiseTunnel's order)."""
+        """The partition's attributions, rows ``b * samples + j`` (NoiseTunnel's order); with a
+        tolerance, raises :class:`_ToleranceReached` once every example meets it."""
         if self.moments is None:
             self.moments = [AttributionMoments(self.group, self.total) for _ in attributions]
+            self.like = tuple(a.dtype for a in attributions)
         for stats, attr in zip(self.moments, attributions):
             stats.add(attr.reshape(attr.shape[0] // samples, samples, *attr.shape[1:]))
+        if self.tolerance is None or self.moments[0].groups < max(_TOLERANCE_GROUPS, _VARGRAD_GROUPS):
+            return
+        if self.moments[0].count >= self.total:
+            return  # the last partition: NoiseTunnel ends the call
+        current = [m.statistic(self.nt_type) for m in self.moments]
+        worst = float(self._relative(current).max())
+        self.errors.append(worst)
+        if worst <= self.tolerance:  # (NaN, a zero estimate the groups disagree on, never is)
+            raise _ToleranceReached
 
-    def result(self, attributions: Tuple[Tensor, ...], is_tuple: bool, nt_type: str) -> SmoothingError:
+    def _relative(self, stats: Sequence[Tensor]) -> Tensor:
         assert self.moments is not None
-        variances = [stats.variance(nt_type) for stats in self.moments]
+        batch = stats[0].shape[0]
+        flat = torch.cat([t.reshape(batch, -1) for t in stats], 1)
+        spread = torch.cat([m.variance(self.nt_type).reshape(batch, -1) for m in self.moments], 1)
+        return relative_error(flat, spread)
+
+    def attributions(self) -> Tuple[Tensor, ...]:
+        """The statistic over every sample taken, in the attributions' dtypes (a tolerance's result)."""
+        assert self.moments is not None
+        return tuple(m.statistic(self.nt_type).to(dtype) for m, dtype in zip(self.moments, self.like))
+
+    def result(self, attributions: Tuple[Tensor, ...], is_tuple: bool) -> SmoothingError:
+        assert self.moments is not None
+        variances = [stats.variance(self.nt_type) for stats in self.moments]
         stderr = tuple(
             refuse_half_overflow(v.sqrt().to(a.dtype), "standard error")
             for v, a in zip(variances, attributions)
@@ -231,7 +271,8 @@ class _ErrorTracking:
         relative = relative_error(torch.cat(flat, 1), torch.cat(spread, 1)).to(
             working_dtype(attributions[0].dtype)
         )
-        n = torch.full((batch,), self.total, dtype=torch.long, device=attributions[0].device)
+        used = self.moments[0].count
+        n = torch.full((batch,), used, dtype=torch.long, device=attributions[0].device)
         return SmoothingError(stderr if is_tuple else stderr[0], relative, n)
 
 
@@ -277,6 +318,29 @@ def _check_nt_args(nt_type: object, nt_samples: object, nt_samples_batch_size: o
         _check_positive_int(nt_samples_batch_size, "nt_samples_batch_size")
 
 
+def _check_tolerance(tolerance: object, kwargs: Dict[str, Any]) -> Optional[float]:
+    """A checked ``tolerance`` (``None``: none); it ends the call early, so no convergence delta."""
+    if tolerance is None:
+        return None
+    value = _check_number(tolerance, "tolerance", allow_zero=False)
+    if kwargs.get("return_convergence_delta"):
+        raise ValueError(
+            "tolerance: the call may stop before its last partition, so it returns no convergence "
+            "deltas; pass return_convergence_delta=False, or nt_samples without a tolerance"
+        )
+    return value
+
+
+def _tolerance_partition(
+    tracking: Optional[_ErrorTracking], size: Optional[int], nt_samples: int
+) -> Optional[int]:
+    """The partition size of a call: a tolerance without ``nt_samples_batch_size`` checks its error after
+    every ``_TOLERANCE_PARTITION`` samples (whole groups), rather than after all ``nt_samples``."""
+    if tracking is None or tracking.tolerance is None or size is not None:
+        return size
+    return min(nt_samples, tracking.group * max(1, -(-_TOLERANCE_PARTITION // tracking.group)))
+
+
 def _check_return_error(return_error: object, nt_samples: object) -> bool:
     """Whether the call reports its error; an error needs two samples at least."""
     _check_flags(return_error=return_error)
@@ -289,15 +353,19 @@ def _check_return_error(return_error: object, nt_samples: object) -> bool:
 
 
 def _error_tracking(
-    return_error: bool, nt_samples: int, stream: Optional[NoiseStream], nt_type: str
+    return_error: bool,
+    nt_samples: int,
+    stream: Optional[NoiseStream],
+    nt_type: str,
+    tolerance: Optional[float] = None,
 ) -> Optional[_ErrorTracking]:
-    """The batch means of a call with ``return_error`` (``None`` without), grouped as ``stream``'s noise
-    (``None``: iid draws) must be: antithetic pairs are never split, so they need two pairs at least,
-    and VarGrad needs ``_VARGRAD_GROUPS`` groups."""
-    if not return_error:
+    """The batch means of a call with ``return_error`` or a ``tolerance`` (``None`` without), grouped as
+    ``stream``'s noise (``None``: iid draws) must be: antithetic pairs are never split, so they need two
+    pairs at least, and VarGrad needs ``_VARGRAD_GROUPS`` groups."""
+    if not return_error and tolerance is None:
         return None
     independent, unit = _independent_samples(stream)
-    tracking = _ErrorTracking(independent, unit, nt_samples, nt_type)
+    tracking = _ErrorTracking(independent, unit, nt_samples, nt_type, tolerance)
     needed = _VARGRAD_GROUPS if nt_type == "vargrad" else 2
     if tracking.groups < needed:
         what = "antithetic pairs" if unit > 1 else "samples"
@@ -520,8 +588,18 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
         # that its numbers stay NoiseTunnel's): seeded from the generator, else from PyTorch's global RNG.
         if tunnel.get("draw_baseline_from_distrib") and state.captum_stdevs is None and "baselines" in kwargs:
             state.baseline_draws = _BaselineDraws(seed_from(state.generator), int(tunnel["nt_samples"]))
-        with _call_state(self, state), _naming_target(kwargs.get("target")):
-            out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
+        errors = state.errors
+        try:
+            with _call_state(self, state), _naming_target(kwargs.get("target")):
+                out = NoiseTunnel.attribute.__wrapped__(self, inputs, **tunnel, **kwargs)
+        except _ToleranceReached:
+            out = None
+        if errors is not None and errors.tolerance is not None:
+            # The statistic over the samples taken (the last partition's included), as NoiseTunnel forms
+            # it from its sums; tuple-ness as the wrapped method's own result.
+            is_tuple = isinstance(out, tuple) if out is not None else state.attribution_tuple
+            stats = errors.attributions()
+            out = stats if is_tuple else stats[0]
         with_delta = self.is_delta_supported and bool(kwargs.get("return_convergence_delta"))
         _check_no_nan(out, with_delta)
         if with_delta and state.captum_stdevs is None:
@@ -532,10 +610,10 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
             batch = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[0]
             attributions, delta = out
             out = (attributions, _example_major(delta, batch, n, n if size is None else int(size)))
-        if state.errors is not None:
+        if errors is not None:
             attributions = out[0] if with_delta else out
             attrs, is_tuple, _ = _format_attributions(attributions, False, False)
-            error = state.errors.result(attrs, is_tuple, tunnel["nt_type"])
+            error = errors.result(attrs, is_tuple)
             out = (*out, error) if with_delta else (out, error)
         return out
 
@@ -559,6 +637,19 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
         # The first expansion serves every full partition, a later one the remainder only.
         shared = draws.source is None
         draws.fill(kwargs_partial, nt_samples_partition, baselines, inputs[0].shape[0], shared)
+
+    def _compute_partial_attribution(
+        self,
+        inputs_with_noise_partition: Tuple[Tensor, ...],
+        kwargs_partition: object,
+        is_inputs_tuple: bool,
+        return_convergence_delta: bool,
+    ) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor]]:
+        out = super()._compute_partial_attribution(
+            inputs_with_noise_partition, kwargs_partition, is_inputs_tuple, return_convergence_delta
+        )
+        _current_state(self).attribution_tuple = out[1]  # (a tolerance may end the call before Captum does)
+        return out
 
     def _update_partial_attribution_and_delta(
         self,
@@ -673,6 +764,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
         return_error: bool = False,
+        tolerance: Optional[float] = None,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over kernel noise added to the inputs.
@@ -712,6 +804,15 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 batch norm, which couples the samples of a partition, makes
                 the error meaningless. Taken by the tunnel, not passed to the
                 wrapped method. Default: False.
+            tolerance: Draw partitions of samples until every example's
+                estimated relative error (``SmoothingError.relative``) is at
+                most ``tolerance``, ``nt_samples`` being the cap, and return
+                ``(attributions, error)`` as with ``return_error``; its
+                ``n_samples`` gives the samples taken. The error is looked at
+                after each partition (of ``nt_samples_batch_size``, else 16
+                samples or one error group) once 8 groups are in; the batch
+                stops as a whole, when its last example is done. Not with
+                ``return_convergence_delta``. Default: None.
             **kwargs: Passed to the wrapped method's ``attribute``
                 (``target``, ``additional_forward_args``, ``baselines``,
                 ``return_convergence_delta``, ...).
@@ -749,6 +850,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
         return_error = _check_return_error(return_error, nt_samples)
+        tolerance = _check_tolerance(tolerance, kwargs)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled, allow_integer=True)  # integer inputs take noise, as in NoiseTunnel
         _refuse_meta(kwargs.get("target"), "target")
@@ -772,6 +874,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     draw_baseline_from_distrib=draw_baseline_from_distrib,
                     generator=generator,
                     return_error=return_error,
+                    tolerance=tolerance,
                     **kwargs,
                 )
         if not self._private:
@@ -793,21 +896,18 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     self.kernel, floating, std, seed_from(generator), self.sampling
                 )
             stream = None if state.input_noise is None else state.input_noise.stream
+            state.errors = _error_tracking(return_error, int(nt_samples), stream, nt_type, tolerance)
+            nt_samples_batch_size = _tolerance_partition(state.errors, nt_samples_batch_size, int(nt_samples))
             size = nt_samples if nt_samples_batch_size is None else nt_samples_batch_size
-            if (
-                return_error
-                and captum_stdevs is not None
-                and draw_baseline_from_distrib
-                and int(size) < int(nt_samples)
-            ):
-                raise ValueError(
-                    "draw_baseline_from_distrib: on NoiseTunnel's own path (the Gaussian kernel, no "
-                    "generator) every partition of nt_samples_batch_size samples reuses the same drawn "
-                    "baselines, so the samples are not independent and return_error would understate the "
-                    "error; pass a generator (each sample then draws its own baseline) or "
-                    "nt_samples_batch_size=None"
-                )
-            state.errors = _error_tracking(return_error, int(nt_samples), stream, nt_type)
+            if state.errors is not None and captum_stdevs is not None and draw_baseline_from_distrib:
+                if int(size) < int(nt_samples) and "baselines" in kwargs:
+                    raise ValueError(
+                        "draw_baseline_from_distrib: on NoiseTunnel's own path (the Gaussian kernel, no "
+                        "generator) every partition of samples reuses the same drawn baselines, so the "
+                        "samples are not independent and the error (return_error, tolerance) would be "
+                        "understated; pass a generator (each sample then draws its own baseline), or "
+                        "nt_samples_batch_size=None without a tolerance"
+                    )
             with _naming_token_ids(tupled):
                 return self._run_tunnel(
                     state,

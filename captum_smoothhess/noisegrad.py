@@ -89,12 +89,14 @@ from .noise_tunnel import (
     _CallState,
     _check_nt_args,
     _check_return_error,
+    _check_tolerance,
     _current_state,
     _error_tracking,
     _format_attributions,
     _GeneratorNoiseTunnel,
     _InputNoise,
     _normal_tensors,
+    _tolerance_partition,
 )
 
 __all__ = ["FusionGrad", "NoiseGrad"]
@@ -552,6 +554,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
         return_error: bool = False,
+        tolerance: Optional[float] = None,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over weight draws.
@@ -578,6 +581,10 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 the draws (independent), at no extra call. Needs
                 ``nt_samples >= 2`` (6 for ``"vargrad"``). Taken by this
                 method, not passed to the wrapped one. Default: False.
+            tolerance: Draw until every example's estimated relative error
+                is at most ``tolerance`` (``nt_samples`` the cap), as in
+                :meth:`KernelNoiseTunnel.attribute
+                <captum_smoothhess.KernelNoiseTunnel.attribute>`. Default: None.
             **kwargs: Passed to the wrapped method (``target``,
                 ``additional_forward_args``, ``baselines``, ...).
 
@@ -610,6 +617,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             generator,
             kwargs,
             return_error,
+            tolerance,
         )
 
     def _attribute(
@@ -624,12 +632,13 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         generator: Optional[torch.Generator],
         kwargs: Dict[str, Any],
         return_error: object = False,
+        tolerance: object = None,
     ) -> AttributionOutput:
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
-        errors = _error_tracking(
-            _check_return_error(return_error, nt_samples), int(nt_samples), None, nt_type
-        )
+        return_error = _check_return_error(return_error, nt_samples)
+        checked = _check_tolerance(tolerance, kwargs)
+        errors = _error_tracking(return_error, int(nt_samples), None, nt_type, checked)
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
@@ -673,6 +682,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             if size is None:
                 elements = sum(weights.sizes) + sum(t.numel() for t in tupled)
                 size = max(1, min(nt_samples, _DRAW_ELEMENTS // elements))
+                size = min(size, _tolerance_partition(errors, None, int(nt_samples)) or size)
             # A model that hides another behind a callable attribute: its training-mode norm layers would
             # update the user's buffers from the private copy too (refused before they change anything).
             with refusing_hidden_writers([self.model], type(self).__name__, private=private.twin.values()):
@@ -754,7 +764,9 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 f"attribution_method: {type(self.attribution_method).__name__} never called "
                 "its forward_func, so the weight noise could not reach the model"
             )
-        return _format_attributions(result, self.is_delta_supported, return_convergence_delta)
+        out = _format_attributions(result, self.is_delta_supported, return_convergence_delta)
+        state.attribution_tuple = out[1]  # (a tolerance may end the call before Captum does)
+        return out
 
     def _batched(
         self, state: _WeightCallState, rows: Tuple[Tensor, ...], kwargs: Dict[str, Any], is_tuple: bool
@@ -904,6 +916,7 @@ class FusionGrad(NoiseGrad):
         draw_baseline_from_distrib: bool = False,
         generator: Optional[torch.Generator] = None,
         return_error: bool = False,
+        tolerance: Optional[float] = None,
         **kwargs: Any,
     ) -> AttributionOutput:
         """Average the wrapped attribution over joint weight and input draws.
@@ -924,6 +937,7 @@ class FusionGrad(NoiseGrad):
             return_error: Also return a
                 :class:`~captum_smoothhess.SmoothingError` (as NoiseGrad).
                 Default: False.
+            tolerance: As NoiseGrad's. Default: None.
             **kwargs: Passed to the wrapped method.
 
         Returns:
@@ -952,4 +966,5 @@ class FusionGrad(NoiseGrad):
             generator,
             kwargs,
             return_error,
+            tolerance,
         )

@@ -318,3 +318,71 @@ def test_moments_merge_in_bounded_slices(monkeypatch: pytest.MonkeyPatch) -> Non
     sliced.add(samples)
     for nt_type in ("smoothgrad", "smoothgrad_sq", "vargrad"):
         torch.testing.assert_close(sliced.variance(nt_type), whole.variance(nt_type), rtol=1e-12, atol=0)
+
+
+def _relu_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, 3)).double()
+
+
+@pytest.mark.parametrize("sampling", ["iid", "antithetic"])
+def test_tolerance_is_met_with_fewer_samples(sampling: str) -> None:
+    net, x = _relu_net(), _points(4)
+    reference = KernelNoiseTunnel(Saliency(net), sampling="antithetic").attribute(
+        x, nt_samples=100_000, stdevs=0.5, target=0, abs=False, generator=gen(99)
+    )
+    tunnel = KernelNoiseTunnel(Saliency(net), sampling=sampling)
+    actual, used = [], []
+    for s in range(10):
+        attr, err = tunnel.attribute(
+            x, nt_samples=50_000, stdevs=0.5, target=0, abs=False, tolerance=0.05, generator=gen(s)
+        )
+        assert float(err.relative.max()) <= 0.05
+        actual.append((attr - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1))
+        used.append(int(err.n_samples[0]))
+    rms = float(torch.cat(actual).square().mean().sqrt())
+    assert 0.01 <= rms <= 0.065, rms  # the worst example meets the tolerance, the others are below it
+    assert max(used) < 5000, used
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_tolerance_result_is_the_mean_of_the_samples_taken(nt_type: str) -> None:
+    # The noise of sample j depends only on (seed, j): the same samples without a tolerance give the
+    # same statistic (Captum's sums against the batch means).
+    net, x = _relu_net(), _points(2)
+    tunnel = KernelNoiseTunnel(Saliency(net), kernel="poisson")
+    kw: Dict[str, Any] = dict(nt_type=nt_type, stdevs=0.3, target=0, abs=False, generator=gen(5))
+    attr, err = tunnel.attribute(x, nt_samples=10_000, tolerance=0.2, **kw)
+    used = int(err.n_samples[0])
+    assert used < 10_000
+    plain = tunnel.attribute(x, nt_samples=used, **{**kw, "generator": gen(5)})
+    torch.testing.assert_close(attr, plain, rtol=1e-9, atol=1e-12)
+    again, err_again = tunnel.attribute(x, nt_samples=10_000, tolerance=0.2, **{**kw, "generator": gen(5)})
+    assert torch.equal(again, attr) and torch.equal(err_again.stderr, err.stderr)  # type: ignore[arg-type]
+
+
+def test_tolerance_caps_and_refusals() -> None:
+    net, x = _relu_net(), _points(2)
+    tunnel = KernelNoiseTunnel(Saliency(net))
+    attr, err = tunnel.attribute((x,), nt_samples=40, stdevs=0.5, target=0, tolerance=1e-9, generator=gen(0))
+    assert isinstance(attr, tuple) and err.n_samples.tolist() == [40, 40]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="tolerance"):
+            tunnel.attribute(x, nt_samples=40, target=0, tolerance=bad)
+    with pytest.raises(ValueError, match="tolerance"):
+        KernelNoiseTunnel(IntegratedGradients(net)).attribute(
+            x, nt_samples=40, target=0, tolerance=0.1, return_convergence_delta=True
+        )
+    with pytest.raises(ValueError, match="draw_baseline_from_distrib"):
+        KernelNoiseTunnel(IntegratedGradients(net)).attribute(
+            x,
+            nt_samples=40,
+            target=0,
+            tolerance=0.1,
+            baselines=torch.zeros(5, D, dtype=torch.float64),
+            draw_baseline_from_distrib=True,
+        )
+    attr, err = NoiseGrad(Saliency(net)).attribute(
+        x, nt_samples=5000, target=0, abs=False, tolerance=0.05, generator=gen(0)
+    )
+    assert int(err.n_samples[0]) < 5000 and float(err.relative.max()) <= 0.05

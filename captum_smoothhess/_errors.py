@@ -255,17 +255,10 @@ class AttributionMoments:
         return self.samples + self.filled
 
     def statistic(self, nt_type: str) -> Tensor:
-        """``nt_type``'s statistic over every sample added (the open group's included), float64: the
-        mean of ``a`` (``"smoothgrad"``), of ``q`` (``"smoothgrad_sq"``), or ``mean q - (mean a)^2``."""
-        assert self.moments is not None or self.open is not None
-        total_a = total_q = None
-        if self.moments is not None:
-            total_a, total_q = self.moments[0] * self.samples, self.moments[1] * self.samples
-        if self.open is not None:
-            total_a = self.open[0] if total_a is None else total_a + self.open[0]
-            total_q = self.open[1] if total_q is None else total_q + self.open[1]
-        assert total_a is not None and total_q is not None
-        mean_a, mean_q = total_a / self.count, total_q / self.count
+        """``nt_type``'s statistic over the samples of the groups ended (float64): the mean of ``a``
+        (``"smoothgrad"``), of ``q`` (``"smoothgrad_sq"``), or ``mean q - (mean a)^2``."""
+        assert self.moments is not None
+        mean_a, mean_q = self.moments[0], self.moments[1]
         if nt_type == "smoothgrad":
             return mean_a
         return mean_q if nt_type == "smoothgrad_sq" else mean_q - mean_a.square()

@@ -208,17 +208,28 @@ class _ErrorTracking:
 
     Groups hold whole independent units of the noise (an antithetic pair); an orthogonal block is cut
     into sub-blocks where the call has fewer than ``MIN_GROUPS`` of them (as SmoothHess does: the
-    error is then somewhat conservative), and into ``_VARGRAD_GROUPS`` at least for VarGrad. With a
-    ``tolerance`` the call stops after the first partition from which every example's estimated
-    relative error is at most ``tolerance`` (``_TOLERANCE_GROUPS`` groups at least).
+    error is then somewhat conservative), and into ``_VARGRAD_GROUPS`` at least for VarGrad.
+
+    With a ``tolerance`` the call stops after the first partition from which every example's estimated
+    relative error is at most ``tolerance`` (``_TOLERANCE_GROUPS`` groups at least). Its result is the
+    statistic of the groups ended (a group the last partition left open is not in it, nor counted).
+    An example whose groups all agree exactly is not done unless the call draws no noise
+    (``noiseless``): a piecewise-constant attribution (a ReLU region) may agree on its first samples
+    by chance, and its error is then unknown, not 0.
     """
 
     def __init__(
-        self, independent: int, unit: int, total: int, nt_type: str, tolerance: Optional[float] = None
+        self,
+        independent: int,
+        unit: int,
+        total: int,
+        nt_type: str,
+        tolerance: Optional[float] = None,
+        noiseless: bool = False,
     ) -> None:
         wanted = _VARGRAD_GROUPS if nt_type == "vargrad" else MIN_GROUPS
         self.group = unit * max(1, min(independent // unit, (total // unit) // wanted))
-        self.total, self.nt_type, self.tolerance = total, nt_type, tolerance
+        self.total, self.nt_type, self.tolerance, self.noiseless = total, nt_type, tolerance, noiseless
         self.moments: Optional[List[AttributionMoments]] = None
         self.like: Tuple[torch.dtype, ...] = ()  # the dtypes of the attributions
         self.errors: List[float] = []  # the largest relative error after each partition (tolerance)
@@ -240,21 +251,22 @@ class _ErrorTracking:
             return
         if self.moments[0].count >= self.total:
             return  # the last partition: NoiseTunnel ends the call
-        current = [m.statistic(self.nt_type) for m in self.moments]
-        worst = float(self._relative(current).max())
-        self.errors.append(worst)
-        if worst <= self.tolerance:  # (NaN, a zero estimate the groups disagree on, never is)
+        relative, spread = self._relative([m.statistic(self.nt_type) for m in self.moments])
+        done = (relative <= self.tolerance) & ((spread > 0) | self.noiseless)  # (NaN never is)
+        self.errors.append(float(relative.max()))
+        if bool(done.all()):
             raise _ToleranceReached
 
-    def _relative(self, stats: Sequence[Tensor]) -> Tensor:
+    def _relative(self, stats: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(B,)`` relative errors of the statistics ``stats`` and the summed variances behind them."""
         assert self.moments is not None
         batch = stats[0].shape[0]
         flat = torch.cat([t.reshape(batch, -1) for t in stats], 1)
-        spread = torch.cat([m.variance(self.nt_type).reshape(batch, -1) for m in self.moments], 1)
-        return relative_error(flat, spread)
+        variance = torch.cat([m.variance(self.nt_type).reshape(batch, -1) for m in self.moments], 1)
+        return relative_error(flat, variance), variance.sum(1)
 
     def attributions(self) -> Tuple[Tensor, ...]:
-        """The statistic over every sample taken, in the attributions' dtypes (a tolerance's result)."""
+        """The statistic of the groups ended, in the attributions' dtypes (a tolerance's result)."""
         assert self.moments is not None
         return tuple(m.statistic(self.nt_type).to(dtype) for m, dtype in zip(self.moments, self.like))
 
@@ -266,14 +278,17 @@ class _ErrorTracking:
             for v, a in zip(variances, attributions)
         )
         batch = attributions[0].shape[0]
-        flat = [a.detach().reshape(batch, -1).to(v.dtype) for a, v in zip(attributions, variances)]
-        spread = [v.reshape(batch, -1) for v in variances]
-        relative = relative_error(torch.cat(flat, 1), torch.cat(spread, 1)).to(
-            working_dtype(attributions[0].dtype)
-        )
-        used = self.moments[0].count
+        if self.tolerance is not None:  # the statistic the stopping rule saw, before any rounding
+            relative, _ = self._relative([m.statistic(self.nt_type) for m in self.moments])
+        else:
+            flat = [a.detach().reshape(batch, -1).to(v.dtype) for a, v in zip(attributions, variances)]
+            spread = [v.reshape(batch, -1) for v in variances]
+            relative = relative_error(torch.cat(flat, 1), torch.cat(spread, 1))
+        used = self.moments[0].samples
         n = torch.full((batch,), used, dtype=torch.long, device=attributions[0].device)
-        return SmoothingError(stderr if is_tuple else stderr[0], relative, n)
+        return SmoothingError(
+            stderr if is_tuple else stderr[0], relative.to(working_dtype(attributions[0].dtype)), n
+        )
 
 
 def _independent_samples(stream: Optional[NoiseStream]) -> Tuple[int, int]:
@@ -358,6 +373,7 @@ def _error_tracking(
     stream: Optional[NoiseStream],
     nt_type: str,
     tolerance: Optional[float] = None,
+    noiseless: bool = False,
 ) -> Optional[_ErrorTracking]:
     """The batch means of a call with ``return_error`` or a ``tolerance`` (``None`` without), grouped as
     ``stream``'s noise (``None``: iid draws) must be: antithetic pairs are never split, so they need two
@@ -365,13 +381,13 @@ def _error_tracking(
     if not return_error and tolerance is None:
         return None
     independent, unit = _independent_samples(stream)
-    tracking = _ErrorTracking(independent, unit, nt_samples, nt_type, tolerance)
+    tracking = _ErrorTracking(independent, unit, nt_samples, nt_type, tolerance, noiseless)
     needed = _VARGRAD_GROUPS if nt_type == "vargrad" else 2
     if tracking.groups < needed:
         what = "antithetic pairs" if unit > 1 else "samples"
         raise ValueError(
-            f"nt_samples: estimating the error (return_error=True) of {nt_type} needs at least {needed} "
-            f"independent {what}, i.e. nt_samples >= {needed * unit}; got {nt_samples}"
+            f"nt_samples: estimating the error (return_error=True or a tolerance) of {nt_type} needs at "
+            f"least {needed} independent {what}, i.e. nt_samples >= {needed * unit}; got {nt_samples}"
         )
     return tracking
 
@@ -811,8 +827,11 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                 ``n_samples`` gives the samples taken. The error is looked at
                 after each partition (of ``nt_samples_batch_size``, else 16
                 samples or one error group) once 8 groups are in; the batch
-                stops as a whole, when its last example is done. Not with
-                ``return_convergence_delta``. Default: None.
+                stops as a whole, when its last example is done; the result
+                is the statistic of the whole groups taken (so on the drop-in
+                path not NoiseTunnel's number for ``nt_samples``). An example
+                whose samples all agree exactly is not done unless there is
+                no noise. Not with ``return_convergence_delta``. Default: None.
             **kwargs: Passed to the wrapped method's ``attribute``
                 (``target``, ``additional_forward_args``, ``baselines``,
                 ``return_convergence_delta``, ...).
@@ -826,15 +845,17 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
             they are in NoiseTunnel's order (partition by partition); on the
             kernel path row ``b * nt_samples + j`` is sample ``j`` of example
             ``b``, whatever ``nt_samples_batch_size``. With
-            ``return_error=True`` a :class:`~captum_smoothhess.SmoothingError`
-            comes last: ``(attributions, error)`` or ``(attributions, delta,
-            error)``.
+            ``return_error=True`` or a ``tolerance`` a
+            :class:`~captum_smoothhess.SmoothingError` comes last:
+            ``(attributions, error)`` or ``(attributions, delta, error)``.
 
         Raises:
             ValueError: ``nt_type`` unknown, ``nt_samples`` or
                 ``nt_samples_batch_size`` < 1 (with ``return_error``: fewer
                 independent samples than it needs, or drawn baselines that
-                NoiseTunnel's own path shares between partitions), ``stdevs`` negative or not
+                NoiseTunnel's own path shares between partitions),
+                ``tolerance`` not a positive number or given with
+                ``return_convergence_delta``, ``stdevs`` negative or not
                 finite or of the wrong length, ``inputs`` with NaN/Inf or on
                 the meta device, a ``target`` the output does not have,
                 NaN attributions (``forward_func`` NaN at perturbed points),
@@ -896,7 +917,10 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
                     self.kernel, floating, std, seed_from(generator), self.sampling
                 )
             stream = None if state.input_noise is None else state.input_noise.stream
-            state.errors = _error_tracking(return_error, int(nt_samples), stream, nt_type, tolerance)
+            noiseless = not bool((std != 0).any())
+            state.errors = _error_tracking(
+                return_error, int(nt_samples), stream, nt_type, tolerance, noiseless
+            )
             nt_samples_batch_size = _tolerance_partition(state.errors, nt_samples_batch_size, int(nt_samples))
             size = nt_samples if nt_samples_batch_size is None else nt_samples_batch_size
             if state.errors is not None and captum_stdevs is not None and draw_baseline_from_distrib:

@@ -598,7 +598,8 @@ class NoiseGrad(_GeneratorNoiseTunnel):
 
         Raises:
             ValueError: bad ``nt_type``, ``nt_samples`` (< 2 with
-                ``return_error``, < 6 for its VarGrad), ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
+                ``return_error``, < 6 for its VarGrad), ``tolerance``,
+                ``nt_samples_batch_size``, ``stdevs``, ``inputs`` or
                 ``param_filter``; a ``target`` the output does not have; NaN
                 attributions (``forward_func`` NaN at perturbed weights).
             TypeError: ``generator`` is not a ``torch.Generator``;
@@ -678,6 +679,8 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 state.proxy = _method_copy(self.attribution_method, private.twin, self._forward)
             if in_std is not None and bool((in_std > 0).any()):
                 state.input_noise = _InputNoise(self._input_kernel(), tupled, in_std, seed_from(generator))
+            if errors is not None:  # no noise at all: samples that agree are exact
+                errors.noiseless = (eps == 0 or not names) and state.input_noise is None
             size = nt_samples_batch_size
             if size is None:
                 elements = sum(weights.sizes) + sum(t.numel() for t in tupled)

@@ -77,4 +77,5 @@ def test_efficiency_benchmark_quick() -> None:
     assert (
         "| KernelNoiseTunnel | 10 | 40 | orthogonal_antithetic | smoothgrad |" in out
         and "| FusionGrad |" in out
+        and "| tolerance 0.05, ReLU MLP 10-32-3 |" in out
     )

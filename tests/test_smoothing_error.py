@@ -386,3 +386,43 @@ def test_tolerance_caps_and_refusals() -> None:
         x, nt_samples=5000, target=0, abs=False, tolerance=0.05, generator=gen(0)
     )
     assert int(err.n_samples[0]) < 5000 and float(err.relative.max()) <= 0.05
+
+
+class _EdgeRelu(nn.Module):
+    """``relu(x_0)``: at ``x_0 = -2`` with ``stdevs = 1`` the smoothed gradient is ``P(u > 2) = 0.0228``,
+    so the first samples usually all give 0."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x[:, :1])
+
+
+def test_tolerance_does_not_stop_on_samples_that_agree_by_chance() -> None:
+    x = torch.tensor([[-2.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    tunnel = KernelNoiseTunnel(Saliency(_EdgeRelu()))
+    for s in range(4):
+        attr, err = tunnel.attribute(
+            x, nt_samples=20_000, stdevs=1.0, target=0, abs=False, tolerance=0.2, generator=gen(s)
+        )
+        assert int(err.n_samples[0]) > 200  # (it stopped at 16 with an exact 0 before)
+        assert abs(float(attr[0, 0]) / 0.02275 - 1) < 0.6
+    # No noise: every sample is the attribution itself, exact at the first look.
+    _, err = tunnel.attribute(x, nt_samples=20_000, stdevs=0.0, target=0, tolerance=0.2, generator=gen(0))
+    assert int(err.n_samples[0]) == 16
+
+
+def test_tolerance_stops_on_whole_antithetic_pairs() -> None:
+    # Each antithetic pair of a quadratic is exact: a stop inside a pair would leave half of it in the result.
+    model, x = _Quadratic(), _points(2)
+    tunnel = KernelNoiseTunnel(Saliency(model), sampling="antithetic")
+    attr, err = tunnel.attribute(
+        x,
+        nt_samples=1000,
+        nt_samples_batch_size=7,
+        stdevs=1.0,
+        target=0,
+        abs=False,
+        tolerance=0.01,
+        generator=gen(0),
+    )
+    assert int(err.n_samples[0]) % 2 == 0
+    torch.testing.assert_close(attr, _truth(model, x, 1.0, "smoothgrad"))

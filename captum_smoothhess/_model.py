@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
+import sys
 import threading
 import types
 import warnings
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
+import captum
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
@@ -116,11 +119,32 @@ def _shown(layers: List[str]) -> str:
     return ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
 
 
-def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> bool:
+# Code that is not the user's: a warning points past its frames (Python 3.12's skip_file_prefixes).
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (__file__, captum.__file__, torch.__file__)
+    if path is not None
+)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a ``warnings.warn`` made by the caller of this function at the first
+    frame outside this package, Captum and PyTorch: the user's call, however deep the package called
+    itself (``global_interactions`` running a method, Captum's logging wrapper, a noise tunnel)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_if_training(forward_func: Any, method: str) -> bool:
     """Warn when the model has batch-dependent layers in training mode; whether it has.
 
     Dropout in training mode gets a warning of its own (the result is then random
-    beyond the method's ``generator``), and needs no private copy.
+    beyond the method's ``generator``), and needs no private copy. The warnings point at the user's
+    call (:func:`_user_stacklevel`).
     """
     random = random_layers(forward_func)
     if random:
@@ -129,7 +153,7 @@ def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> boo
             "RNG), so the result is random beyond `generator` and the same seed does not repeat it; "
             "call model.eval() for reproducible attributions.",
             RuntimeWarning,
-            stacklevel=stacklevel,
+            stacklevel=_user_stacklevel(),
         )
     layers = batch_dependent_layers(forward_func)
     if not layers:
@@ -140,12 +164,12 @@ def warn_if_training(forward_func: Any, method: str, stacklevel: int = 4) -> boo
         "per-example attributions. The running statistics are left as found (the forward passes "
         "run on a private copy of the model).",
         RuntimeWarning,
-        stacklevel=stacklevel,
+        stacklevel=_user_stacklevel(),
     )
     return True
 
 
-def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> Any:
+def private_if_training(forward_func: Any, method: str) -> Any:
     """``forward_func``, or the same on a private copy of its module when a forward updates buffers.
 
     Batch norm in training mode updates its running statistics at every
@@ -153,14 +177,12 @@ def private_if_training(forward_func: Any, method: str, stacklevel: int = 5) -> 
     batch's statistics; instance norm with ``track_running_stats=True`` and
     spectral norm update their buffers too. The copy (made once per call) leaves the user's buffers
     exactly as found, also as seen from another thread; for batch norm a
-    warning says that the result then mixes examples and samples. ``stacklevel`` is the warning's:
-    4 points at the caller of the function calling this one, 5 at the caller of
-    an ``attribute`` method wrapped by Captum's ``log_usage``.
+    warning (pointing at the user's call) says that the result then mixes examples and samples.
 
     A function that may call a model this package cannot see (:func:`hides_models`) comes back
     wrapped by :func:`guarded`: such a layer is refused before it updates anything.
     """
-    warn_if_training(forward_func, method, stacklevel=stacklevel)
+    warn_if_training(forward_func, method)
     return private_forward(forward_func, method)
 
 

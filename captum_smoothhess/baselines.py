@@ -193,7 +193,6 @@ def exact_hessian(
         return_gradient,
         chunk_size,
         method="exact_hessian",
-        stacklevel=5,
     )
 
 
@@ -205,14 +204,13 @@ def _exact_hessian(
     return_gradient: bool,
     chunk_size: Optional[int],
     method: str,
-    stacklevel: int,
 ) -> Union[HessianType, Tuple[HessianType, TensorOrTuple]]:
-    """:func:`exact_hessian`, with the name and stack level of a training-mode warning."""
+    """:func:`exact_hessian`, with the method's name for a training-mode warning."""
     inps, is_tuple = _tupled(inputs)
     _check_inputs(inps)
     if chunk_size is not None:
         chunk_size = _check_positive_int(chunk_size, "chunk_size")
-    forward_func = private_if_training(forward_func, method, stacklevel=stacklevel)
+    forward_func = private_if_training(forward_func, method)
     with autograd_allowed():
         x = _flatten(inps).detach().clone()
         batch, dim = x.shape
@@ -367,5 +365,4 @@ class ExactHessian(GradientAttribution):
             return_gradient,
             chunk_size,
             method="ExactHessian",
-            stacklevel=6,
         )

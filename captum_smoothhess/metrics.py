@@ -217,7 +217,7 @@ def perturbation_mse(
     afa = _format_additional_forward_args(additional_forward_args)
     # Batch norm in training mode: a warning, and the forward passes run on a
     # private copy so that the running statistics are left as found.
-    forward_func = private_if_training(forward_func, "perturbation_mse", stacklevel=4)
+    forward_func = private_if_training(forward_func, "perturbation_mse")
     with torch.no_grad():
         f0 = selected_outputs(forward_func, inps, target, afa).to(x.dtype)
         if not bool(torch.isfinite(f0).all()):

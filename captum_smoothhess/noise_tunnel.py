@@ -955,7 +955,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         """
         original = self.attribution_method.forward_func
         try:
-            private = private_if_training(original, type(self).__name__, stacklevel=6)
+            private = private_if_training(original, type(self).__name__)
         except (TypeError, RuntimeError, AttributeError, copy.Error) as err:
             raise TypeError(
                 "forward_func: the model is in training mode with buffers its forward may update "

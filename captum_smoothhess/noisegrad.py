@@ -646,7 +646,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
         _refuse_meta(kwargs.get("target"), "target")
         names = _select_names(self.model, self.param_filter)
         # Buffers are safe (every forward of the private copy starts from clones of them).
-        warn_if_training(self.model, type(self).__name__, stacklevel=5)  # (the caller of attribute)
+        warn_if_training(self.model, type(self).__name__)
         with autograd_allowed():
             inputs, kwargs = _normal_tensors((inputs, kwargs))
             tupled = inputs if isinstance(inputs, tuple) else (inputs,)

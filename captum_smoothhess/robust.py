@@ -227,7 +227,7 @@ class SecondOrderAttack:
         probability = self.probability
         if needs_private_copy(probability):
             if self.source is not self._default_source:
-                warn_if_training(probability, "SecondOrderAttack", stacklevel=3)
+                warn_if_training(probability, "SecondOrderAttack")
             probability = private_copy(probability)
         forward_func = probability.model if isinstance(probability, ClassProbability) else probability
         # A function hiding its model: this method's own forward passes refuse a layer that would update

@@ -472,3 +472,13 @@ def test_last_batch_of_one_and_a_batch_larger_than_the_data() -> None:
     rec = _Recorder(SmoothHess(net))
     big = global_interactions(rec, x, target=0, batch_size=100, generator=gen(41), **KW)
     assert [c[0].shape[0] for c in rec.calls] == [9] and big.n_examples == 9
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm1d(8), nn.Dropout(0.2)], ids=["batch_norm", "dropout"])
+def test_training_mode_warnings_point_at_the_users_call(layer: nn.Module) -> None:
+    # The method runs inside global_interactions: its warning names the line that called that.
+    net = nn.Sequential(nn.Linear(4, 8), layer, nn.ReLU(), nn.Linear(8, 3)).train()
+    x = torch.randn(16, 4, generator=gen(0))
+    with pytest.warns(RuntimeWarning, match="training mode") as record:
+        global_interactions(SmoothHess(net), x, target=0, batch_size=8, n_samples=16, generator=gen(1))
+    assert {w.filename for w in record if "training mode" in str(w.message)} == {__file__}

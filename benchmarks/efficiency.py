@@ -509,6 +509,14 @@ def orthogonalisation_table(quick: bool) -> None:
         print(f"| {d} | {m} | {t.best[0]:.4f} | {t.best[1]:.4f} | {fw_s:.4f} |")
 
 
+def _oracle_smoothgrad(net: nn.Module, x: Tensor, eps: float) -> Tensor:
+    """The Gaussian-smoothed gradient of the one-hidden-layer ReLU oracle in closed form:
+    ``sum_k a_k Phi((w_k x + b_k) / (eps |w_k|)) w_k``."""
+    first, last = net[0], net[2]  # type: ignore[index]
+    w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
+    return (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+
+
 def tunnel_table(quick: bool) -> None:
     """SmoothGrad (KernelNoiseTunnel over Saliency) error variance by sampling, closed-form gradient."""
     from captum.attr import Saliency
@@ -523,9 +531,7 @@ def tunnel_table(quick: bool) -> None:
     for d in (10,) if quick else (10, 100):
         eps = 0.5
         net, x, _ = oracle(d, 2 * d, "gaussian", eps, 4)
-        first, last = net[0], net[2]  # type: ignore[index]
-        w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
-        exact = (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+        exact = _oracle_smoothgrad(net, x, eps)
         n = 4 * d
         base = None
         for sampling in ("iid", "antithetic", "orthogonal", "orthogonal_antithetic"):
@@ -563,9 +569,7 @@ def tunnel_error_table(quick: bool) -> None:
     for d in (10,) if quick else (10, 100):
         eps = 0.5
         net, x, _ = oracle(d, 2 * d, "gaussian", eps, 4)
-        first, last = net[0], net[2]  # type: ignore[index]
-        w, b, a = first.weight.detach(), first.bias.detach(), last.weight.detach()[0]
-        exact = (a * torch.special.ndtr((x @ w.T + b) / (eps * w.norm(dim=1)))) @ w
+        exact = _oracle_smoothgrad(net, x, eps)
         n = 4 * d  # four orthogonal blocks
         tunnel = functools.partial(KernelNoiseTunnel, Saliency(net))
         cases: List[Tuple[str, Any, str, str, Optional[Tensor]]] = [

@@ -232,7 +232,6 @@ class _ErrorTracking:
         self.total, self.nt_type, self.tolerance, self.noiseless = total, nt_type, tolerance, noiseless
         self.moments: Optional[List[AttributionMoments]] = None
         self.like: Tuple[torch.dtype, ...] = ()  # the dtypes of the attributions
-        self.errors: List[float] = []  # the largest relative error after each partition (tolerance)
 
     @property
     def groups(self) -> int:
@@ -253,7 +252,6 @@ class _ErrorTracking:
             return  # the last partition: NoiseTunnel ends the call
         relative, spread = self._relative([m.statistic(self.nt_type) for m in self.moments])
         done = (relative <= self.tolerance) & ((spread > 0) | self.noiseless)  # (NaN never is)
-        self.errors.append(float(relative.max()))
         if bool(done.all()):
             raise _ToleranceReached
 
@@ -354,17 +352,6 @@ def _tolerance_partition(
     if tracking is None or tracking.tolerance is None or size is not None:
         return size
     return min(nt_samples, tracking.group * max(1, -(-_TOLERANCE_PARTITION // tracking.group)))
-
-
-def _check_return_error(return_error: object, nt_samples: object) -> bool:
-    """Whether the call reports its error; an error needs two samples at least."""
-    _check_flags(return_error=return_error)
-    if return_error and int(nt_samples) < 2:  # type: ignore[call-overload]
-        raise ValueError(
-            "nt_samples: estimating the error (return_error=True) needs at least 2 samples, whose "
-            f"spread gives it; got {nt_samples}"
-        )
-    return bool(return_error)
 
 
 def _error_tracking(
@@ -611,8 +598,8 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
         except _ToleranceReached:
             out = None
         if errors is not None and errors.tolerance is not None:
-            # The statistic over the samples taken (the last partition's included), as NoiseTunnel forms
-            # it from its sums; tuple-ness as the wrapped method's own result.
+            # The statistic of the whole groups taken, as NoiseTunnel forms it from its sums; tuple-ness as
+            # the wrapped method's own result.
             is_tuple = isinstance(out, tuple) if out is not None else state.attribution_tuple
             stats = errors.attributions()
             out = stats if is_tuple else stats[0]
@@ -661,11 +648,23 @@ class _GeneratorNoiseTunnel(NoiseTunnel):
         is_inputs_tuple: bool,
         return_convergence_delta: bool,
     ) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor]]:
-        out = super()._compute_partial_attribution(
+        out = self._attribute_partition(
             inputs_with_noise_partition, kwargs_partition, is_inputs_tuple, return_convergence_delta
         )
         _current_state(self).attribution_tuple = out[1]  # (a tolerance may end the call before Captum does)
         return out
+
+    def _attribute_partition(
+        self,
+        inputs_with_noise_partition: Tuple[Tensor, ...],
+        kwargs_partition: object,
+        is_inputs_tuple: bool,
+        return_convergence_delta: bool,
+    ) -> Tuple[Tuple[Tensor, ...], bool, Optional[Tensor]]:
+        """One partition's ``(attributions, is_tuple, delta)``: Captum's own (NoiseGrad swaps weights)."""
+        return NoiseTunnel._compute_partial_attribution(
+            self, inputs_with_noise_partition, kwargs_partition, is_inputs_tuple, return_convergence_delta
+        )
 
     def _update_partial_attribution_and_delta(
         self,
@@ -870,7 +869,7 @@ class KernelNoiseTunnel(_GeneratorNoiseTunnel):
         """
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
-        return_error = _check_return_error(return_error, nt_samples)
+        _check_flags(return_error=return_error)
         tolerance = _check_tolerance(tolerance, kwargs)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled, allow_integer=True)  # integer inputs take noise, as in NoiseTunnel

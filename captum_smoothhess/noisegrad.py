@@ -77,6 +77,7 @@ from ._model import module_of, refusing_hidden_writers, warn_if_training
 from ._sampling import _BLOCK_ELEMENTS, NoiseStream, seed_from
 from ._validation import (
     StdevsType,
+    _check_flags,
     _check_generator,
     _check_inputs,
     _check_number,
@@ -88,7 +89,6 @@ from .noise_tunnel import (
     AttributionOutput,
     _CallState,
     _check_nt_args,
-    _check_return_error,
     _check_tolerance,
     _current_state,
     _error_tracking,
@@ -637,9 +637,9 @@ class NoiseGrad(_GeneratorNoiseTunnel):
     ) -> AttributionOutput:
         _check_nt_args(nt_type, nt_samples, nt_samples_batch_size)
         _check_generator(generator)
-        return_error = _check_return_error(return_error, nt_samples)
+        _check_flags(return_error=return_error)
         checked = _check_tolerance(tolerance, kwargs)
-        errors = _error_tracking(return_error, int(nt_samples), None, nt_type, checked)
+        errors = _error_tracking(bool(return_error), int(nt_samples), None, nt_type, checked)
         eps = _check_number(stdevs, "stdevs", allow_zero=True)
         tupled = inputs if isinstance(inputs, tuple) else (inputs,)
         _check_inputs(tupled)
@@ -743,7 +743,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
             return tuple(t.requires_grad_() for t in rows)
         return rows
 
-    def _compute_partial_attribution(
+    def _attribute_partition(
         self,
         inputs_with_noise_partition: Tuple[Tensor, ...],
         kwargs_partition: object,
@@ -767,9 +767,7 @@ class NoiseGrad(_GeneratorNoiseTunnel):
                 f"attribution_method: {type(self.attribution_method).__name__} never called "
                 "its forward_func, so the weight noise could not reach the model"
             )
-        out = _format_attributions(result, self.is_delta_supported, return_convergence_delta)
-        state.attribution_tuple = out[1]  # (a tolerance may end the call before Captum does)
-        return out
+        return _format_attributions(result, self.is_delta_supported, return_convergence_delta)
 
     def _batched(
         self, state: _WeightCallState, rows: Tuple[Tensor, ...], kwargs: Dict[str, Any], is_tuple: bool

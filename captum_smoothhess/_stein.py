@@ -88,10 +88,15 @@ class Tracking:
     errors: List[float] = field(default_factory=list)
 
 
-def chunk_size(n_samples_batch_size: Optional[int], draws: int, batch: int, dim: int, copies: int) -> int:
-    """Draws per chunk: from the user's ``n_samples_batch_size`` (gradient calls), or a memory budget."""
+def chunk_size(
+    n_samples_batch_size: Optional[int], draws: int, sampler: Sampler, device: torch.device
+) -> int:
+    """Draws per chunk: from the user's ``n_samples_batch_size`` (gradient calls), or a memory budget
+    (:func:`~captum_smoothhess._sampling.default_chunk`, cut to the blocks of the sampler's noise)."""
+    copies = sampler.copies
     if n_samples_batch_size is None:
-        return default_chunk(draws, batch, dim, copies)
+        stream = sampler.stream
+        return default_chunk(draws, stream.batch, stream.dim, copies, device, stream.block)
     return max(1, _check_positive_int(n_samples_batch_size, "n_samples_batch_size") // copies)
 
 

@@ -223,7 +223,7 @@ def perturbation_mse(
         if not bool(torch.isfinite(f0).all()):
             raise ValueError("forward_func: produced NaN or Inf at inputs; the perturbation MSE is undefined")
         if n_perturbations_batch_size is None:
-            chunk = default_chunk(n, batch, dim)
+            chunk = default_chunk(n, batch, dim, device=x.device)
         else:
             chunk = _check_positive_int(n_perturbations_batch_size, "n_perturbations_batch_size")
         # One Gaussian vector of d + 1 coordinates per perturbation: the first d

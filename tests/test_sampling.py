@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captum_smoothhess._sampling import NoiseStream, chunks
+from captum_smoothhess._sampling import NoiseStream, chunks, default_chunk
 from captum_smoothhess.kernels import Gaussian, Hyperbolic, Kernel, Poisson
 
 
@@ -61,3 +61,40 @@ def test_unknown_total_draws_only_what_is_asked() -> None:
 def test_chunks_cover_the_range_in_order() -> None:
     assert list(chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
     assert list(chunks(3, 8)) == [(0, 3)]
+
+
+# --------------------------------------------------------------------------- default chunks
+
+
+def test_default_chunk_budget_is_smaller_on_cpu_and_holds_whole_blocks() -> None:
+    """d = 784, one example, antithetic pairs (2 calls a draw): 2^21 elements on CPU, 2^24 elsewhere."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_chunk(10**6, 1, 784, 2, cpu) == (1 << 21) // 1568 == 1337
+    assert default_chunk(10**6, 1, 784, 2, cuda) == (1 << 24) // 1568 == 10699
+    assert default_chunk(10**6, 1, 784, 2) == 1337  # no device: CPU
+    # Whole orthogonal blocks of 784 draws, on either device; fewer draws than a chunk: one chunk.
+    assert default_chunk(10**6, 1, 784, 2, cpu, block=784) == 784
+    assert default_chunk(10**6, 1, 784, 2, cuda, block=784) == 13 * 784
+    assert default_chunk(1500, 1, 784, 2, cpu, block=784) == 784
+    assert default_chunk(1000, 1, 784, 2, cpu, block=784) == 1000
+    # A chunk smaller than a block is left as it is (it copies the rows it takes across a block's end).
+    assert default_chunk(10**6, 4, 784, 2, cpu, block=784) == (1 << 21) // (4 * 1568) == 334
+    assert default_chunk(10**6, 1, 10**7, 2, cpu, block=784) == 1
+
+
+def test_smoothhess_default_chunks_are_whole_blocks_on_cpu() -> None:
+    """Dense SmoothHess at d = 784 (orthogonal blocks of 784 pairs) evaluates one block a chunk."""
+    from captum_smoothhess import SmoothHess
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(784, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    rows = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows.append(x.shape[0])
+        return net(x)
+
+    x = torch.rand(1, 784)
+    n = 2 * 1568 + 100
+    SmoothHess(forward).attribute(x, target=1, n_samples=n, generator=torch.Generator().manual_seed(0))
+    assert rows[-3:] == [1568, 1568, 100]

@@ -35,8 +35,8 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    faults come from glibc handing freed memory at the top of its heap back to the system and the
    next gradient call faulting it in again; how many a call takes depends on what the process
    allocated before it. Each state also times SmoothHess with its own chunking
-   (``n_samples_batch_size=None``: on CPU whole blocks within ``2^21`` input elements a chunk, here
-   one block of 784 pairs, 1,568 calls) against the floor in batches of the same size, and beside
+   (``n_samples_batch_size=None``: on CPU at most ``2^20`` input elements a chunk, never across two
+   blocks; here half a block, 392 pairs, 784 calls) against the floor in batches of the same size, and beside
    them, in the same rounds, SmoothHess in one chunk of all ``n`` calls (the default before the CPU
    budget) and the floor in one batch of ``n``. Not part of the default tables.
 4. Drawing ``m`` orthogonal directions (d = 784 and 150,528): QR of ``d x m``, the sampler's

@@ -45,7 +45,7 @@ _MAX_WORKERS = 4
 _CHUNK_ELEMENTS = 1 << 24
 # The same on CPU, where smaller chunks run faster: their points, gradients and the model's activations
 # stay in the caches, and they fault no fresh pages in each call (see `default_chunk`).
-_CPU_CHUNK_ELEMENTS = 1 << 21
+_CPU_CHUNK_ELEMENTS = 1 << 20
 # Elements of one example's orthogonal block (directions x d): caps the block length at large d.
 _ORTHOGONAL_ELEMENTS = 1 << 25
 # Fewest features for SmoothHess's tilted radii (OrthogonalStream). The gradient weights' spread grows
@@ -839,21 +839,30 @@ def default_chunk(
 
     ``copies`` is the number of inputs evaluated per sample (2 for
     antithetic pairs). The budget is ``2^24`` perturbed input elements a
-    chunk on accelerators and ``2^21`` on CPU (``device`` ``None``: CPU).
-    On CPU large batches are slower per gradient call: for the MLP
+    chunk on accelerators and ``2^20`` on CPU (``device`` ``None``: CPU),
+    where large batches are slower per gradient call: for the MLP
     784-500-300-250-250-10 (two threads) 8192 gradient calls with their
-    noise took 1.10x as long in one batch as in batches of 512, and dense
-    SmoothHess at n = 8192 about 1.2x as long in one chunk as in chunks of
-    1,568 calls (``benchmarks/efficiency.py --only allocator``).
+    noise took 1.03-1.06x as long in batches of 1,568 as in batches of 512
+    to 1024, and 1.10x in one batch; dense SmoothHess at n = 8192 took
+    1.2x as long in one chunk as in chunks of 784 calls
+    (``benchmarks/efficiency.py --only allocator``).
 
-    With ``block`` (the draws of one block of the noise stream) a chunk of
-    at least a block holds whole blocks: a chunk that spans a block's end
-    copies its rows out of two blocks.
+    With ``block`` (the draws of one block of the noise stream) no chunk
+    spans two blocks, where it would copy its rows out of both: a chunk of
+    at least a block holds whole blocks, a smaller one the largest divisor
+    of the block within the budget (if that is at least half the budget).
     """
     per_sample = max(1, batch * dim * copies)
     cpu = device is None or device.type == "cpu"
     size = max(1, min(n, (_CPU_CHUNK_ELEMENTS if cpu else _CHUNK_ELEMENTS) // per_sample))
-    return size // block * block if block <= size < n else size
+    if block <= 1 or size >= n:
+        return size
+    if size >= block:
+        return size // block * block
+    divisor = max(
+        k for i in range(1, math.isqrt(block) + 1) if block % i == 0 for k in (i, block // i) if k <= size
+    )
+    return divisor if 2 * divisor >= size else size
 
 
 def chunks(n: int, size: int, show_progress: bool = False, desc: str = "") -> Iterator[Tuple[int, int]]:

@@ -73,7 +73,7 @@ def test_efficiency_benchmark_quick() -> None:
     assert "ratio shared / per block" in out and "a rotation per block (before)" in out
     assert "blocks (groups of 8)" in out and "default: ratio" in out
     assert "| as started | 1568 | 1024 |" in out and "| settled | 1568 | 1024 |" in out
-    assert "| settled | 1568 | 1568 (default chunking) |" in out
+    assert "| settled | 1568 | 784 (default chunking) |" in out
     assert "| settled | 1568 | 1568 (one chunk, beside it) |" in out
     assert (
         "| KernelNoiseTunnel | 10 | 40 | orthogonal_antithetic | smoothgrad |" in out

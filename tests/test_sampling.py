@@ -66,24 +66,25 @@ def test_chunks_cover_the_range_in_order() -> None:
 # --------------------------------------------------------------------------- default chunks
 
 
-def test_default_chunk_budget_is_smaller_on_cpu_and_holds_whole_blocks() -> None:
-    """d = 784, one example, antithetic pairs (2 calls a draw): 2^21 elements on CPU, 2^24 elsewhere."""
+def test_default_chunk_budget_is_smaller_on_cpu_and_never_spans_two_blocks() -> None:
+    """d = 784, one example, antithetic pairs (2 calls a draw): 2^20 elements on CPU, 2^24 elsewhere."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert default_chunk(10**6, 1, 784, 2, cpu) == (1 << 21) // 1568 == 1337
+    assert default_chunk(10**6, 1, 784, 2, cpu) == (1 << 20) // 1568 == 668
     assert default_chunk(10**6, 1, 784, 2, cuda) == (1 << 24) // 1568 == 10699
-    assert default_chunk(10**6, 1, 784, 2) == 1337  # no device: CPU
-    # Whole orthogonal blocks of 784 draws, on either device; fewer draws than a chunk: one chunk.
-    assert default_chunk(10**6, 1, 784, 2, cpu, block=784) == 784
+    assert default_chunk(10**6, 1, 784, 2) == 668  # no device: CPU
+    # Whole orthogonal blocks of 784 draws, or the largest divisor of a block within the budget.
     assert default_chunk(10**6, 1, 784, 2, cuda, block=784) == 13 * 784
-    assert default_chunk(1500, 1, 784, 2, cpu, block=784) == 784
-    assert default_chunk(1000, 1, 784, 2, cpu, block=784) == 1000
-    # A chunk smaller than a block is left as it is (it copies the rows it takes across a block's end).
-    assert default_chunk(10**6, 4, 784, 2, cpu, block=784) == (1 << 21) // (4 * 1568) == 334
+    assert default_chunk(10**6, 1, 784, 2, cpu, block=784) == 392
+    assert default_chunk(10**6, 4, 784, 2, cpu, block=784) == 112  # budget 167
+    assert default_chunk(10**6, 1, 784, 2, cpu, block=1024) == 512  # an iid noise block
+    # All draws fit: one chunk. No divisor of at least half the budget: the budget.
+    assert default_chunk(600, 1, 784, 2, cpu, block=784) == 600
+    assert default_chunk(10**6, 1, 784, 2, cpu, block=787) == 668  # 787 is prime
     assert default_chunk(10**6, 1, 10**7, 2, cpu, block=784) == 1
 
 
-def test_smoothhess_default_chunks_are_whole_blocks_on_cpu() -> None:
-    """Dense SmoothHess at d = 784 (orthogonal blocks of 784 pairs) evaluates one block a chunk."""
+def test_smoothhess_default_chunks_do_not_span_blocks_on_cpu() -> None:
+    """Dense SmoothHess at d = 784 (orthogonal blocks of 784 pairs) evaluates half a block a chunk."""
     from captum_smoothhess import SmoothHess
 
     torch.manual_seed(0)
@@ -97,4 +98,4 @@ def test_smoothhess_default_chunks_are_whole_blocks_on_cpu() -> None:
     x = torch.rand(1, 784)
     n = 2 * 1568 + 100
     SmoothHess(forward).attribute(x, target=1, n_samples=n, generator=torch.Generator().manual_seed(0))
-    assert rows[-3:] == [1568, 1568, 100]
+    assert rows[-5:] == [784, 784, 784, 784, 100]

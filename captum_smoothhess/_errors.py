@@ -56,9 +56,9 @@ class SmoothHessError(NamedTuple):
     gradient_stderr: Optional[TensorOrTuple]
 
 
-def group_length(independent: int, draws: int) -> int:
-    """Draws per error group: one independent block, shorter if that leaves fewer than MIN_GROUPS."""
-    return max(1, min(independent, draws // MIN_GROUPS))
+def group_length(block: int, draws: int) -> int:
+    """Draws per error group: one block, shorter if that leaves fewer than MIN_GROUPS."""
+    return max(1, min(block, draws // MIN_GROUPS))
 
 
 def _rows(t: Tensor, like: Tensor) -> Tensor:

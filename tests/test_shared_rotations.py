@@ -161,8 +161,9 @@ def test_smoothhess_shares_rotations_from_share_min_dim_features() -> None:
 
     d = _sampling._SHARE_MIN_DIM
     assert sampler(d).shares_rotations and sampler(d, Poisson()).shares_rotations
-    assert sampler(d).independent_length == _sampling._SHARE_BLOCKS * d
-    assert not sampler(d - 1).shares_rotations and sampler(d - 1).independent_length == d - 1
+    assert sampler(d).block_length == d and sampler(d).stream.group_length == _sampling._SHARE_BLOCKS * d
+    assert not sampler(d - 1).shares_rotations and sampler(d - 1).block_length == d - 1
+    assert sampler(d, sampling="iid").block_length is None
     assert not sampler(d, sampling="iid").shares_rotations
 
 
@@ -332,10 +333,10 @@ def test_sharing_costs_little_variance_unless_the_mixer_is_removed(monkeypatch: 
     assert without / independent > 2.0
 
 
-def test_error_groups_are_whole_groups_of_blocks(
+def test_error_groups_are_single_blocks_of_a_shared_rotation(
     shared: None, relu10: OneHiddenReLU, x10: torch.Tensor
 ) -> None:
-    """The reported error's groups are the independent groups of 8 blocks: the stderr stays calibrated."""
+    """The reported error's groups are single blocks, though 8 share a rotation: it stays calibrated."""
     sh = SmoothHess(relu10.net)
     ref = relu10.gaussian_hessian(x10, EPS)
     reported, actual = [], []

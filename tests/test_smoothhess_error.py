@@ -176,6 +176,32 @@ def test_tolerance_is_reached_with_fewer_calls(relu10: OneHiddenReLU, x10: Tenso
     torch.testing.assert_close(other[0], h, rtol=1e-8, atol=1e-12)
 
 
+def test_blocks_sharing_a_rotation_are_error_groups_and_stay_calibrated() -> None:
+    """From _SHARE_MIN_DIM features 8 blocks share a rotation; the error still takes each block as a
+    group (nearly independent: calibrated), so a tolerance can stop after 8 blocks, not 8 groups."""
+    from helpers import make_one_hidden
+
+    from captum_smoothhess import _sampling
+
+    d = _sampling._SHARE_MIN_DIM
+    relu = make_one_hidden(d, 32, seed=0, dtype=torch.float64)
+    x = torch.randn(2, d, generator=gen(1), dtype=torch.float64) / 16
+    ref = relu.gaussian_hessian(x, EPS)
+    sh = SmoothHess(relu.net)
+    cover, reported, actual = [], [], []
+    for s in range(20):
+        h, err = sh.attribute(x, stdevs=EPS, n_samples=16 * d, return_error=True, generator=gen(s))
+        cover.append(((h - ref).abs() <= 2 * err.stderr).double().mean())
+        reported.append(err.relative**2)
+        actual.append(_rel(h, ref) ** 2)
+    assert 0.85 <= float(torch.stack(cover).mean()) <= 0.98
+    ratio = (torch.stack(reported).mean(0) / torch.stack(actual).mean(0)).sqrt()
+    assert bool(((ratio > 0.7) & (ratio < 1.4)).all()), ratio
+    # A tolerance every estimate meets: the first stop allowed, 8 blocks of d antithetic pairs.
+    _, err = sh.attribute(x, stdevs=EPS, n_samples=100 * d, tolerance=100.0, generator=gen(0))
+    assert err.n_samples.tolist() == [2 * 8 * d] * 2
+
+
 def test_tolerance_with_per_example_targets_and_arguments() -> None:
     """Examples that leave the batch take their rows of target and additional_forward_args along."""
     torch.manual_seed(0)

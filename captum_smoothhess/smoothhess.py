@@ -242,7 +242,7 @@ class SmoothHess(GradientAttribution):
                 ``n_samples ** -0.5``.
             n_samples_batch_size: Samples evaluated per forward/backward pass
                 (per example). ``None`` picks as many as fit a fixed memory
-                budget (``2^21`` perturbed input elements on CPU, where smaller
+                budget (``2^20`` perturbed input elements on CPU, where smaller
                 batches run faster, ``2^24`` on accelerators). Memory does not
                 grow with ``n_samples``; the result
                 does not depend on this value beyond float rounding.

@@ -1,7 +1,9 @@
 """Reported accuracy: batch means over independent blocks of samples.
 
 A Stein estimate is the mean of per-draw terms. The draws fall into
-independent *groups* (an orthogonal block, or a range of iid draws), and
+independent *groups* (an orthogonal block, or a range of iid draws; the
+orthogonal blocks that share a rotation are nearly independent, close
+enough for the error to stay calibrated, see ``Sampler.block_length``), and
 the variance of the mean follows from the spread of the group sums: with
 ``G_k`` the sum of the ``n_k`` draws of group ``k``, ``N = sum n_k`` and
 ``K`` groups,
@@ -37,7 +39,7 @@ _SLICE_ELEMENTS = 1 << 21
 
 
 class SmoothHessError(NamedTuple):
-    """The estimated accuracy of a SmoothHess result, from independent blocks of its samples.
+    """The estimated accuracy of a SmoothHess result, from blocks of its samples (batch means).
 
     Attributes:
         stderr: Per-entry standard errors, shaped like the Hessian result (a

@@ -13,7 +13,7 @@ of samples. SmoothHess, CASO's SmoothHess curvature and the layer methods are
 shells around this loop, each with its own evaluator.
 
 With :class:`Tracking` (``return_error`` / ``tolerance``) the chunks are cut
-at the boundaries of independent groups of draws (the ranks then take whole
+at the boundaries of the error groups of draws (the ranks then take whole
 groups), the reduction closes each group into its batch-means sums
 (:mod:`~captum_smoothhess._errors`), and with a tolerance the examples whose
 estimated relative error is small enough leave the batch: the evaluator,
@@ -72,7 +72,7 @@ class TrackedReduction(Reduction, Protocol):
 class Tracking:
     """Groups of draws for the reported error, and an optional tolerance to stop at.
 
-    ``group`` is the length (draws) of an independent group; ``tolerance``
+    ``group`` is the length (draws) of an error group; ``tolerance``
     stops an example once its estimated relative error is at most it, after
     at least ``min_groups`` groups. The loop fills ``gradient`` (batch-means
     sums of the per-draw mean gradient), ``draws`` (``(B,)`` draws used) and
@@ -145,9 +145,10 @@ def stein_estimate(
     """Stream ``draws`` draws in chunks of ``chunk`` through ``evaluate`` into ``reduction``.
 
     Returns the sum over all gradient calls of the gradients, ``(B, d)`` (the
-    smoothed gradient times the number of calls). With a ``group`` the ranks
-    take the chunks round-robin (whole error groups with ``tracking``) and the
-    sums are all-reduced, so every rank ends with the one-process result.
+    smoothed gradient times the number of calls). With a ``group`` each rank
+    takes a contiguous run of the chunks (with ``tracking``, whole error
+    groups in turns) and the sums are all-reduced, so every rank ends with
+    the one-process result.
     With ``tracking`` the reduction must be a :class:`TrackedReduction`.
     """
     world, rank = (1, 0)
@@ -158,9 +159,12 @@ def stein_estimate(
     if tracking is None:
         # A reduction that takes the draws themselves (factors._RotatedSums) forms no explicit scores.
         add_draws = getattr(reduction, "add_draws", None)
+        # Each rank takes a contiguous run of the chunks, and so draws the noise blocks of its run only
+        # (chunks shorter than a block, taken in turns, would have every rank draw nearly every block).
+        n_chunks = -(-draws // chunk)
         with ranks_raise_together(group, x.device):
             for i, (start, stop) in enumerate(chunks(draws, chunk, show_progress, desc=desc)):
-                if i % world != rank:
+                if i * world // n_chunks != rank:
                     continue
                 u = sampler.noise(start, stop)
                 grads = evaluate(sampler.points(x, eps, u))
@@ -535,6 +539,14 @@ def checksum(t: Optional[Tensor]) -> float:
     # Position weights 1..97: a permutation of the entries changes the sum too.
     weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
     return float(flat.sum() + (flat * weights).sum() * 1e-3)
+
+
+def agreed_chunk(chunk: int, group: Any, device: torch.device) -> int:
+    """The smallest default ``chunk`` of the ranks of ``group``, on every rank: the budget depends on
+    the device type, and ranks that cut the draws differently would count some twice and others never."""
+    t = torch.tensor([chunk], dtype=torch.int64, device=_backend_device(group, device))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN, group=group)
+    return int(t.item())
 
 
 def distributed_seed(seed: int, group: Any, device: torch.device) -> int:

@@ -524,7 +524,7 @@ class SmoothHessFactors:
     def error(self, feature_mask: Union[Tensor, Tuple[Tensor, ...], None] = None) -> SmoothHessError:
         """The estimated accuracy, as ``return_error=True`` gives it for the dense (or grouped) result.
 
-        The independent groups of draws are replayed from the kept factors
+        The error groups of draws are replayed from the kept factors
         (one ``d x d``, or ``G x G`` with ``feature_mask``, sum per group).
         Available when the factors were computed with ``return_error=True``.
         """

@@ -34,6 +34,7 @@ from ._sampling import resolve_sampling, sampler_class, seed_from
 from ._stein import (
     Tracking,
     agree_across_ranks,
+    agreed_chunk,
     checksum,
     chunk_size,
     distributed_seed,
@@ -559,8 +560,9 @@ class SmoothHess(GradientAttribution):
         sampler = sampler_type(self.kernel, batch, dim, seed, x.device, x.dtype, draws, sampling)
         chunk = chunk_size(n_samples_batch_size, draws, sampler, x.device)
         if group is not None and n_samples_batch_size is None:
-            # At least one chunk per rank (the ranks take turns).
+            # At least one chunk per rank (the ranks take turns), and the same on every rank.
             chunk = min(chunk, max(1, -(-draws // torch.distributed.get_world_size(group))))
+            chunk = agreed_chunk(chunk, group, x.device)
         inv_eps = 1.0 / eps
         copies = sampler_type.copies if return_error else None
         sums: Any = (

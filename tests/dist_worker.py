@@ -7,6 +7,8 @@ process group is destroyed.
 
 Mode ``shared``: as the default mode, with orthogonal blocks that share rotations.
 
+Mode ``budgets``: default chunking with a different chunk budget on each rank.
+
 Mode ``global``: each rank computes :func:`global_interactions` over the same
 batches (the ranks split the batches), and rank 0 saves the single-process
 result for the same seed the same way.
@@ -201,6 +203,43 @@ def main_shared(out: str) -> None:
         torch.save(run(7), f"{out}/single.pt")
 
 
+def main_budgets(out: str) -> None:
+    """Default chunking with a different chunk budget per rank (as a CPU and a CUDA rank have), and
+    orthogonal blocks that share rotations (from 2 features on): records the blocks each rank draws."""
+    from captum_smoothhess import _sampling
+
+    _sampling._SHARE_MIN_DIM = 2
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    default_budget = _sampling._CPU_CHUNK_ELEMENTS
+    if rank == 0:
+        _sampling._CPU_CHUNK_ELEMENTS = 1 << 7  # chunks of half a block (3 draws) here; rank 1: all
+    drawn: List[int] = []
+    draw = _sampling.OrthogonalStream._draw
+
+    def recorded(self: "_sampling.OrthogonalStream", k: int) -> torch.Tensor:
+        drawn.append(k)
+        return draw(self, k)
+
+    _sampling.OrthogonalStream._draw = recorded  # type: ignore[method-assign]
+    net = _mlp()
+    x = torch.randn(2, 6)
+
+    def run() -> dict:
+        # 300 draws: 50 blocks of 6 draws, groups of 8 blocks sharing a rotation.
+        hess = SmoothHess(net).attribute(
+            x, target=1, stdevs=0.5, n_samples=600, generator=torch.Generator().manual_seed(7)
+        )
+        return {"hess": hess, "drawn": sorted(set(drawn))}
+
+    torch.save(run(), f"{out}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        _sampling._CPU_CHUNK_ELEMENTS = default_budget
+        torch.save(run(), f"{out}/single.pt")
+
+
 def main_agree(out: str) -> None:
     """Calls that differ between the ranks, or fail on one: every rank raises, none waits.
 
@@ -289,6 +328,8 @@ if __name__ == "__main__":
         main_tolerance(sys.argv[1])
     elif len(sys.argv) > 2 and sys.argv[2] == "shared":
         main_shared(sys.argv[1])
+    elif len(sys.argv) > 2 and sys.argv[2] == "budgets":
+        main_budgets(sys.argv[1])
     elif len(sys.argv) > 2 and sys.argv[2] == "agree":
         main_agree(sys.argv[1])
     else:

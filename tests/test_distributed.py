@@ -100,6 +100,21 @@ def test_two_ranks_equal_one_process_with_shared_rotations(tmp_path: Path) -> No
 
 
 @needs_gloo
+def test_ranks_with_different_chunk_budgets_agree_and_draw_their_own_blocks(tmp_path: Path) -> None:
+    """A CPU and a CUDA rank have different default budgets: the ranks take the smallest chunk, so no
+    draw is counted twice or never; each rank evaluates a contiguous run of the chunks, so the two
+    draw different blocks (but for the one at the boundary, and the rotations' first blocks)."""
+    _launch(tmp_path, "budgets")
+    single = torch.load(tmp_path / "single.pt")
+    got = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    for g in got:
+        torch.testing.assert_close(g["hess"], single["hess"], rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(single["hess"]) > 0
+    mixed = [{k for k in g["drawn"] if k % 8} for g in got]  # blocks a rank drew for its own draws
+    assert len(mixed[0] & mixed[1]) <= 1 and len(mixed[0]) >= 15 and len(mixed[1]) >= 15
+
+
+@needs_gloo
 def test_global_interactions_two_ranks_equal_one_process(tmp_path: Path) -> None:
     _launch(tmp_path, "global")
     single = torch.load(tmp_path / "single.pt")

@@ -217,7 +217,7 @@ def main_budgets(out: str) -> None:
     drawn: List[int] = []
     draw = _sampling.OrthogonalStream._draw
 
-    def recorded(self: "_sampling.OrthogonalStream", k: int) -> torch.Tensor:
+    def recorded(self: _sampling.OrthogonalStream, k: int) -> torch.Tensor:
         drawn.append(k)
         return draw(self, k)
 

@@ -843,9 +843,9 @@ def default_chunk(
     where large batches are slower per gradient call: for the MLP
     784-500-300-250-250-10 (two threads) 8192 gradient calls with their
     noise took 1.03-1.06x as long in batches of 1,568 as in batches of 512
-    to 1024, and 1.10x in one batch; dense SmoothHess at n = 8192 took
-    1.2x as long in one chunk as in chunks of 784 calls
-    (``benchmarks/efficiency.py --only allocator``).
+    to 1024, and about 1.10x in one batch; dense SmoothHess at n = 8192
+    took 1.02-1.17x as long in one chunk as in chunks of 784 calls (median
+    1.10, eight runs of ``benchmarks/efficiency.py --only allocator``).
 
     With ``block`` (the draws of one block of the noise stream) no chunk
     spans two blocks, where it would copy its rows out of both: a chunk of

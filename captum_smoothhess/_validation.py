@@ -182,16 +182,18 @@ def _format_feature_mask(
     feature_mask: Union[Tensor, Tuple[Tensor, ...]],
     inputs: Tuple[Tensor, ...],
     argument: str = "feature_mask",
+    what: str = "input",
 ) -> Tuple[Tensor, int]:
     """Flatten a Captum-style feature mask.
 
     Returns ``(mask, G)`` with ``mask`` of shape ``(1, d)`` or ``(B, d)``
     (int64, on the inputs' device) and ``G = max id + 1`` groups, the Captum
     convention (ids are ``0 .. G-1``; an unused id gives a zero row).
+    ``what`` names the tensors masked in messages (a layer's activation, say).
     """
     masks = (feature_mask,) if isinstance(feature_mask, Tensor) else tuple(feature_mask)
     if len(masks) != len(inputs):
-        raise ValueError(f"{argument}: got {len(masks)} mask(s) for {len(inputs)} input tensor(s)")
+        raise ValueError(f"{argument}: got {len(masks)} mask(s) for {len(inputs)} {what} tensor(s)")
     batch = inputs[0].shape[0]
     flat = []
     lead = 1
@@ -206,14 +208,14 @@ def _format_feature_mask(
             m = m.unsqueeze(0)
         if m.dim() != inp.dim() or m.shape[0] not in (1, batch):
             raise ValueError(
-                f"{where}: shape {tuple(m.shape)} does not fit input of shape "
+                f"{where}: shape {tuple(m.shape)} does not fit {what} of shape "
                 f"{tuple(inp.shape)} (expected (1 or {batch}, ...) broadcastable to it)"
             )
         try:
             m = m.expand(m.shape[0], *inp.shape[1:])
         except RuntimeError:
             raise ValueError(
-                f"{where}: shape {tuple(m.shape)} does not broadcast to input of shape {tuple(inp.shape)}"
+                f"{where}: shape {tuple(m.shape)} does not broadcast to {what} of shape {tuple(inp.shape)}"
             ) from None
         if m.numel() and int(m.min()) < 0:
             raise ValueError(f"{where}: group ids must be non-negative")

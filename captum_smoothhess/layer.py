@@ -456,6 +456,7 @@ class LayerSmoothHess(LayerAttribution, GradientAttribution):
                 sampling=sampling,
                 return_error=return_error,
                 tolerance=tolerance,
+                layout_name="layer input" if attribute_to_layer_input else "layer activation",
             )
 
 

@@ -457,12 +457,14 @@ class SmoothHess(GradientAttribution):
         sampling: Optional[str],
         return_error: bool,
         tolerance: Optional[float],
+        layout_name: str = "input",
     ) -> Any:
         """The user's sampling arguments checked on ``layout``, then :meth:`_attribute`.
 
         The shared tail of SmoothHess and the layer methods: ``evaluator()``
         builds the evaluator and the baseline weight (or ``None``) once the
-        arguments are known to be valid, with autograd allowed.
+        arguments are known to be valid, with autograd allowed. ``layout_name``
+        names the layout's tensors in messages (``"layer activation"``, say).
         """
         group = resolve_group(process_group)
         # Called inside `ranks_fail_together` (each attribute method): a check failing here still
@@ -474,7 +476,9 @@ class SmoothHess(GradientAttribution):
             show_progress=show_progress,
         )
         eps = _check_bandwidths(stdevs, layout)
-        mask, n_groups = (None, 0) if feature_mask is None else _format_feature_mask(feature_mask, layout)
+        mask, n_groups = (None, 0)
+        if feature_mask is not None:
+            mask, n_groups = _format_feature_mask(feature_mask, layout, what=layout_name)
         _check_output_mode(output, mask, group)
         dim = sum(t[0].numel() for t in layout)
         draws = n // sampler_class(antithetic).copies

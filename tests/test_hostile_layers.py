@@ -9,6 +9,7 @@ a plain function, and neuron selectors that do not select one unit.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import warnings
 from typing import Any, Dict, Tuple
@@ -405,4 +406,21 @@ def test_a_meta_baseline_for_token_ids_is_named() -> None:
     with pytest.raises(ValueError, match=r"^baselines: a meta tensor"):
         LayerSmoothHess(net, net.emb).attribute(
             ids, target=0, n_samples=4, baselines=torch.zeros(3, device="meta")
+        )
+
+
+@pytest.mark.parametrize("to_input", [False, True])
+def test_a_layer_feature_mask_that_does_not_fit_names_the_layer_tensor(to_input: bool) -> None:
+    """The mask is over the layer's activation (or input), not the model's input: the message says so."""
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(2, 6)
+    shape = "(2, 8)" if to_input else "(2, 2)"
+    what = "layer input" if to_input else "layer activation"
+    with pytest.raises(ValueError, match=rf"feature_mask: .* {what} of shape {re.escape(shape)}"):
+        LayerSmoothHess(net, net[2]).attribute(
+            x,
+            target=0,
+            n_samples=8,
+            feature_mask=torch.zeros(1, 5, dtype=torch.long),
+            attribute_to_layer_input=to_input,
         )

@@ -13,14 +13,19 @@ Run ``python benchmarks/efficiency.py`` (``--quick`` for a smoke run). Tables:
    ``chi_d``): the Hessian's variance ratio with each, and the smoothed gradient's error
    variance, which the gradient weights keep near that of ``chi_d`` radii. Then what sharing one
    rotation over a group of 8 blocks costs (d = 256 and 784, from which SmoothHess shares): the
-   error variance with a Haar rotation per block and with the shared one.
+   error variance with a rotation per block and with the shared one. Then (``--only quaternion``)
+   what whole rotations from ``Sp(d/4)`` (the default from 256 features, a multiple of 4) cost in
+   error variance against Haar ``O(d)`` ones, on oracles whose first layer is random, image-smooth,
+   or local to the groups of 4 features that the quaternions pair, with one block and with one group
+   of 8; and the time to draw one rotation of each kind.
 2. ``tolerance=0.05``: the gradient calls each sampling uses and the actual error reached, and
    the calibration of ``return_error``: reported relative error over actual RMS error, and how
    often ``+-2 stderr`` covers the closed form (per entry).
 3. Wall time, MLP 784-500-300-250-250-10: dense SmoothHess (default and iid sampling, the
    default before its blocks shared rotations: a Haar rotation per block and tilted radii, the
-   default with its rotations by QR, with the tilted radii that it keeps below 256 features, and
-   with the two-layer mixers of the ``d`` that do not factor) over the floor of a plain
+   default with Haar ``O(d)`` rotations by QR, with the tilted radii that it keeps below 256
+   features, with the two-layer mixers of the ``d`` that do not factor, and with Haar ``O(d)``
+   rotations from their reflectors, the default before ``Sp(d/4)``) over the floor of a plain
    SmoothGrad, ``n`` batched gradient calls with their Gaussian noise drawn; 15 interleaved
    rounds, ratios are medians of per-round ratios (``_timing.interleaved``). For reference, what
    Captum's own SmoothGrad (``NoiseTunnel(Saliency)``, the same ``n`` and batches) pays. Then the default and
@@ -75,10 +80,30 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def oracle(d: int, hidden: int, kernel: str, eps: float, batch: int) -> Tuple[nn.Module, Tensor, Tensor]:
-    """A one-hidden-layer ReLU net, points, and its smoothed Hessian in closed form."""
+def oracle(
+    d: int, hidden: int, kernel: str, eps: float, batch: int, layer: str = "random"
+) -> Tuple[nn.Module, Tensor, Tensor]:
+    """A one-hidden-layer ReLU net, points, and its smoothed Hessian in closed form.
+
+    ``layer``: the first layer's rows, ``"random"`` (iid normals over ``sqrt(d)``), ``"smooth"`` (noise
+    blurred on the ``sqrt(d) x sqrt(d)`` grid, as a trained image model's filters) or ``"local"`` (each
+    row on one group of 4 consecutive features, the quaternions of ``_quaternionic_rows``); the last two
+    of unit norm.
+    """
     g = _gen(0)
     w = torch.randn(hidden, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    if layer == "smooth":
+        side = math.isqrt(d)
+        taps = torch.exp(-0.5 * (torch.arange(-4, 5, dtype=torch.float64) / 2.0) ** 2)
+        taps /= taps.sum()
+        grid = w.reshape(hidden, 1, side, side)
+        grid = nn.functional.conv2d(grid, taps.view(1, 1, 1, -1), padding=(0, 4))
+        w = nn.functional.conv2d(grid, taps.view(1, 1, -1, 1), padding=(4, 0)).reshape(hidden, d)
+    elif layer == "local":
+        group = torch.arange(hidden) % (d // 4)
+        w = w * ((torch.arange(d)[None] // 4) == group[:, None])
+    if layer != "random":
+        w = w / w.norm(dim=1, keepdim=True)
     b = torch.randn(hidden, generator=g, dtype=torch.float64) * 0.5
     a = torch.randn(hidden, generator=g, dtype=torch.float64)
     first, last = nn.Linear(d, hidden).double(), nn.Linear(hidden, 1).double()
@@ -244,6 +269,44 @@ def share_table(quick: bool) -> None:
         print(f"| ReLU oracle | {d} | {n} | {n // (2 * d)} | {cells} |")
 
 
+def quaternion_table(quick: bool) -> None:
+    """Whole rotations from Sp(d/4) (the default from ``_QUATERNION_MIN_DIM`` features) against Haar O(d)
+    ones: the Hessian's error variance on three ReLU oracles, with one block (n = 2 d calls) and one group
+    of 8 (n = 16 d); then what drawing one rotation costs."""
+    print(
+        "\n| Gaussian, ReLU oracle | first layer | d | n (calls) | Hessian variance, O(d) rotations ", end=""
+    )
+    print("| Sp(d/4) rotations (default) | ratio Sp / O(d) |")
+    print("|---|---|---|---|---|---|---|")
+    for d, seeds in ((256, 6),) if quick else ((256, 40), (784, 12)):
+        for layer in ("random", "smooth", "local"):
+            net, x, ref = oracle(d, 2 * d, "gaussian", 0.5, 2, layer)
+            sh = SmoothHess(net)
+            for n in (2 * d, 16 * d):
+                default = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
+                with mock.patch.object(_sampling, "_QUATERNION_MIN_DIM", 1 << 62):
+                    haar = mse(sh, x, ref, 0.5, n, "orthogonal", seeds)
+                print(f"| | {layer} | {d} | {n} | {haar:.4g} | {default:.4g} | {default / haar:.3f} |")
+    print(
+        "\n| d | Haar O(d) rotation: its normals + d reflectors (ms) | Sp(d/4): its normals + ormqr (ms) ",
+        end="",
+    )
+    print("| ratio |")
+    print("|---|---|---|---|")
+    cpu = torch.device("cpu")
+    for d in (256,) if quick else (256, 784):
+
+        def haar_rotation(d: int = d) -> None:
+            gauss = _sampling._lower_gaussian(1, d, _gen(0), cpu, torch.float32)
+            _sampling._haar_columns(gauss, overwrite=True, rows=True)
+
+        def sp_rotation(d: int = d) -> None:
+            _sampling._quaternionic_rows(1, d, _gen(0), cpu, torch.float32)
+
+        t = interleaved([haar_rotation, sp_rotation], 3 if quick else 31)
+        print(f"| {d} | {1e3 * t.best[0]:.2f} | {1e3 * t.best[1]:.2f} | {t.ratio[1]:.3f} |")
+
+
 def tolerance_table(quick: bool) -> None:
     print(
         "\n| model | kernel | d | sampling | tolerance | mean calls | actual err (RMS / max) "
@@ -325,9 +388,13 @@ def timing_table(quick: bool) -> None:
         tilt: bool = False,
         share: bool = True,
         layered: bool = False,
+        quaternionic: bool = True,
     ) -> Callable[[], None]:
         patches: List[Any] = []
-        if qr:  # the orthogonalisation the sampler used before its reflectors (the same law)
+        if not quaternionic:  # Haar O(d) rotations (the default before Sp(d/4))
+            patches.append(mock.patch.object(_sampling, "_QUATERNION_MIN_DIM", 1 << 62))
+        if qr:  # the O(d) orthogonalisation the sampler used before its reflectors (the same law)
+            patches.append(mock.patch.object(_sampling, "_QUATERNION_MIN_DIM", 1 << 62))
             patches.append(mock.patch.object(_sampling, "_haar_columns", _qr_directions))
             patches.append(mock.patch.object(_sampling, "_lower_gaussian", _full_gaussian))
         if tilt:  # tilted radii and their weights at d = 784 too (what they would cost)
@@ -356,10 +423,11 @@ def timing_table(quick: bool) -> None:
         floor,
         run(None),
         run("iid"),
-        run(None, share=False, tilt=True),
+        run(None, share=False, tilt=True, quaternionic=False),
         run(None, qr=True),
         run(None, tilt=True),
         run(None, layered=True),
+        run(None, quaternionic=False),
         captum_smoothgrad,
     ]
     t = interleaved(contenders, repeats)
@@ -372,6 +440,7 @@ def timing_table(quick: bool) -> None:
         "orthogonal, rotations by QR",
         "orthogonal, tilted radii",
         "orthogonal, two-layer mixers",
+        "orthogonal, Haar O(d) rotations (before)",
     )
     for i, name in enumerate(names, start=1):
         print(f"| dense SmoothHess, {name} | {n} | {t.best[0]:.3f} | {t.best[i]:.3f} | {t.ratio[i]:.3f} |")
@@ -651,7 +720,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
         "--only",
-        default="variance,tilt,share,oracles,partial,tolerance,timing,qr,tunnel,tunnel_error",
+        default="variance,tilt,share,quaternion,oracles,partial,tolerance,timing,qr,tunnel,tunnel_error",
         help="comma-separated tables",
     )
     parser.add_argument("--allocator-child", help=argparse.SUPPRESS)
@@ -664,6 +733,7 @@ def main() -> None:
         "variance": variance_table,
         "tilt": tilt_table,
         "share": share_table,
+        "quaternion": quaternion_table,
         "oracles": oracle_table,
         "partial": partial_table,
         "tolerance": tolerance_table,

@@ -65,12 +65,14 @@ def test_efficiency_benchmark_quick() -> None:
             str(BENCH / "efficiency.py"),
             "--quick",
             "--only",
-            "variance,tilt,share,oracles,partial,tolerance,timing,allocator,tunnel_error",
+            "variance,tilt,share,quaternion,oracles,partial,tolerance,timing,allocator,tunnel_error",
         ]
     )
     assert "variance ratio" in out and "reported / actual" in out and "ratio to floor" in out
     assert "chi_d radii | tilted" in out and "+-2 stderr coverage" in out
     assert "ratio shared / per block" in out and "a rotation per block (before)" in out
+    assert "| | local | 256 | 4096 |" in out and "Sp(d/4): its normals + ormqr (ms)" in out
+    assert "Haar O(d) rotations (before)" in out
     assert "blocks (groups of 8)" in out and "default: ratio" in out
     assert "| as started | 1568 | 1024 |" in out and "| settled | 1568 | 1024 |" in out
     assert "| settled | 1568 | 784 (default chunking) |" in out

@@ -378,15 +378,15 @@ def _quaternionic_rows(
     ``d/4`` columns ``q_p`` are computed.
 
     Stewart's method in quaternions: ``Q = H_1 ... H_n L``, with ``H_p`` the quaternionic Householder
-    reflection built from an independent quaternionic Gaussian vector of length ``n - p + 1`` (column
-    ``p`` of ``planes`` from row ``p`` on, components on dim 1) and ``L`` the unit diagonal that gives
+    reflection built from an independent quaternionic Gaussian vector of length ``n - p + 1`` (row
+    ``p`` of ``planes`` from column ``p`` on, components on dim 1) and ``L`` the unit diagonal that gives
     the QR factor a positive real diagonal, which makes ``Q`` exactly Haar. In real form ``H_p = I - 2 W
     W^T`` with ``W = (w, w i, w j, w k)``; with ``v = w / w_1`` (leading entry 1) it is the product of
     the four real reflectors ``v, v i, v j, v k`` (mutually orthogonal, each with LAPACK's unit leading
     entry at rows ``4 p .. 4 p + 3``, ``tau = 2 / |v|^2``). One ``ormqr`` applies the ``d`` real
     reflectors to the ``d/4`` columns ``L e_{4p}``: ``d^3 / 2`` flops against the ``(4/3) d^3`` of
-    forming a Haar ``O(d)`` rotation's reflectors (``_haar_columns``), and ``d^2`` normals (of which the
-    reflectors read about half) against ``d^2 / 2``.
+    forming a Haar ``O(d)`` rotation's reflectors (``_haar_columns``), and ``d^2 / 4`` normals (of which
+    the reflectors read about half) against ``d^2 / 2``.
     """
     if dim % 4:
         raise ValueError(f"a quaternionic rotation needs a multiple of 4 features, got {dim}")
@@ -696,7 +696,8 @@ class OrthogonalStream(NoiseStream):
     :func:`_lower_gaussian`, or from ``Sp(d/4)`` as above) and the mixers of the group's later blocks are
     drawn together, from the generator of its first block; each block draws
     its radii from its own. So each
-    block has the law of ``R``'s rows and each draw keeps its law; the blocks of a
+    direction of each block is distributed as a row of ``R`` (exactly uniform) and each draw keeps
+    its law (a whole block has the law of ``R`` only where ``R`` is Haar on ``O(d)``); the blocks of a
     group are not independent of each other, the groups are
     (:attr:`group_length` draws). Each example has its own rotations; a
     block's mixer serves all examples (their rotations being independent,

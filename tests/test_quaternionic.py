@@ -110,8 +110,27 @@ def test_each_row_is_uniform_on_the_sphere(monkeypatch: pytest.MonkeyPatch) -> N
     assert _ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
 
 
+@pytest.mark.parametrize("d", [12, 64])
+def test_every_row_is_uniform_and_the_law_is_that_of_sp(d: int) -> None:
+    """Every column's phase matters, not only the first two (d = 8 has two): the sphere's moments of
+    the entries of the first and the last rows (64 is past LAPACK's unblocked ``ormqr``), and the trace
+    moments of Haar ``Sp(d/4)`` in real form, ``E (tr R)^2 = 4`` and ``E tr(R^2) = -2`` (Haar ``O(d)``:
+    1 and 1), which the same rows with one phase for all columns would miss (``E (tr R)^2 = 8``)."""
+    n = 20000 if d == 12 else 4000
+    rows = _rows(n, d, 7)
+    for r in (0, 1, d - 5, d - 1):
+        for stat, exact in ((rows[:, r].square(), 1 / d), (rows[:, r].pow(4), 3 / (d * (d + 2)))):
+            mean, spread = stat.mean(0), stat.std(0) / math.sqrt(n)
+            assert float(((mean - exact).abs() / spread).max()) < 5, (r, exact)
+    trace = torch.diagonal(rows, dim1=-2, dim2=-1).sum(-1)
+    square = torch.diagonal(rows @ rows, dim1=-2, dim2=-1).sum(-1)
+    for stat, exact in ((trace.square(), 4.0), (square, -2.0)):
+        assert abs(float(stat.mean()) - exact) < 5 * float(stat.std()) / math.sqrt(n), exact
+
+
 def test_smoothhess_draws_quaternionic_rotations_from_the_threshold() -> None:
     d = _sampling._QUATERNION_MIN_DIM
+    assert d == 256 and _sampling._quaternionic(256) and _sampling._quaternionic(784)
     assert d % 4 == 0 and d >= _sampling._SHARE_MIN_DIM
     assert not _sampling._quaternionic(d - 4) and not _sampling._quaternionic(d + 2)
     sampler = AntitheticSampler(Gaussian(), 1, d, 0, CPU, torch.float64, 4 * d, "orthogonal")

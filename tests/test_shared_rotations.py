@@ -1,7 +1,8 @@
 """Orthogonal blocks that share a rotation in groups (from ``_SHARE_MIN_DIM`` features on).
 
 Each block of a group is ``M_k R`` for the group's Haar rotation ``R`` and the block's own cheap
-mixer ``M_k``: exactly Haar per block (so every draw keeps its law and the estimate is unbiased),
+mixer ``M_k``: each direction of each block exactly uniform (so every draw keeps its law and the
+estimate is unbiased; a block is exactly Haar where ``R`` is a Haar ``O(d)`` rotation),
 groups independent, and the dense sum is formed in the rotation's coordinates
 (``factors._RotatedSums``). Small ``d`` is used by lowering the threshold.
 """

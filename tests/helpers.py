@@ -77,3 +77,13 @@ class TokenNet(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.body(self.emb(ids))
+
+
+def ks2(a: Tensor, b: Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov distance of the flattened samples (ties allowed)."""
+    a = a.reshape(-1).to(torch.float64).sort().values
+    b = b.reshape(-1).to(torch.float64).sort().values
+    grid = torch.unique(torch.cat([a, b]))
+    fa = torch.searchsorted(a, grid, right=True) / a.numel()
+    fb = torch.searchsorted(b, grid, right=True) / b.numel()
+    return float((fa - fb).abs().max())

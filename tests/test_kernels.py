@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import gen
+from helpers import gen, ks2
 
 from captum_smoothhess import SmoothHess
 from captum_smoothhess.kernels import (
@@ -216,16 +216,6 @@ def test_poisson_half_draws_finite_and_capped(dtype: torch.dtype) -> None:
         assert float(cos.min()) > 1 - 1e-3
 
 
-def _ks2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov distance (ties allowed: the draws sit on a coarse grid)."""
-    a, _ = torch.sort(a.reshape(-1).to(torch.float64))
-    b, _ = torch.sort(b.reshape(-1).to(torch.float64))
-    grid = torch.unique(torch.cat([a, b]))
-    fa = torch.searchsorted(a, grid, right=True) / a.numel()
-    fb = torch.searchsorted(b, grid, right=True) / b.numel()
-    return float((fa - fb).abs().max())
-
-
 @pytest.mark.parametrize("kernel", [Sigmoid(), Rect()], ids=repr)
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_half_samples_symmetric_and_exact_up_to_rounding(kernel: Kernel, dtype: torch.dtype) -> None:
@@ -236,7 +226,7 @@ def test_half_samples_symmetric_and_exact_up_to_rounding(kernel: Kernel, dtype: 
     assert abs(float(u.mean())) < 4 / math.sqrt(n)
     ref = kernel.sample(n, 1, generator=gen(1), dtype=torch.float64).to(dtype)
     # 1.95 sqrt(2 / n): the 0.1% critical value of the two-sample KS statistic.
-    assert _ks2(u, ref) < 1.95 * math.sqrt(2 / n)
+    assert ks2(u, ref) < 1.95 * math.sqrt(2 / n)
     if isinstance(kernel, Sigmoid):
         # Both tails beyond 3 hold their exact mass (about 0.0043 each), within 5 standard errors.
         p = float(1 - kernel.marginal_cdf(torch.tensor(3.0, dtype=torch.float64)))

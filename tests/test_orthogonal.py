@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import OneHiddenReLU, gen
+from helpers import OneHiddenReLU, gen, ks2
 
 from captum_smoothhess import Gaussian, Poisson, SmoothHess, _sampling
 from captum_smoothhess._sampling import (
@@ -64,14 +64,6 @@ def _qr_haar(gauss: torch.Tensor) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
 
 
-def _ks2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic."""
-    both = torch.cat([a, b]).sort().values
-    fa = torch.searchsorted(a.sort().values, both, right=True) / a.numel()
-    fb = torch.searchsorted(b.sort().values, both, right=True) / b.numel()
-    return float((fa - fb).abs().max())
-
-
 @pytest.mark.parametrize(("d", "m"), [(1, 1), (5, 5), (7, 3), (40, 40)])
 def test_haar_columns_are_orthonormal(d: int, m: int) -> None:
     q = _haar_columns(torch.randn(3, d, m, generator=gen(0), dtype=torch.float64))
@@ -100,10 +92,10 @@ def test_haar_columns_have_the_law_of_a_gaussian_qr(d: int, lower: bool) -> None
         assert abs(float(stat.mean()) - exact) < 5 * float(stat.std()) / math.sqrt(n)
     bound = 1.95 * math.sqrt(2 / n)  # the 0.1% critical value
     for f in (lambda a: torch.diagonal(a, dim1=1, dim2=2).sum(1), lambda a: a[:, 2, 1], lambda a: a[:, 0, 3]):
-        assert _ks2(f(q), f(ref)) < bound
+        assert ks2(f(q), f(ref)) < bound
     # A law that is not Haar is caught: the same factor without its sign fix (R with signs of LAPACK's).
     raw, _ = torch.linalg.qr(torch.randn(n, d, d, generator=gen(3), dtype=torch.float64))
-    assert _ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
+    assert ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
 
 
 def test_block_length_bounds_memory_at_image_size() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import gen, make_one_hidden
+from helpers import gen, ks2, make_one_hidden
 
 from captum_smoothhess import Gaussian, Poisson, SmoothHess, _sampling
 from captum_smoothhess._sampling import (
@@ -43,14 +43,6 @@ def _times_unit(rows: torch.Tensor, t: int) -> torch.Tensor:
     """Each quaternion (4 consecutive entries) of ``rows`` times the unit ``(1, i, j, k)[t]`` on the right."""
     q = rows.reshape(*rows.shape[:-1], -1, 4)
     return torch.stack([_Q_SIGN[t][c] * q[..., _Q_INDEX[t][c]] for c in range(4)], -1).flatten(-2)
-
-
-def _ks2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic."""
-    both = torch.cat([a, b]).sort().values
-    fa = torch.searchsorted(a.sort().values, both, right=True) / a.numel()
-    fb = torch.searchsorted(b.sort().values, both, right=True) / b.numel()
-    return float((fa - fb).abs().max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -91,7 +83,7 @@ def test_each_row_is_uniform_on_the_sphere(monkeypatch: pytest.MonkeyPatch) -> N
         return [a[:, 0, 0], a[:, 0, 5], a[:, 3, 2], a[:, 6, 7], a[:, 5] @ direction, a[:, 2] @ direction]
 
     for mine, theirs in zip(stats(rows), stats(ref)):
-        assert _ks2(mine, theirs) < bound
+        assert ks2(mine, theirs) < bound
     # Uniform on S^{d-1}: E x^2 = 1/d, E x^4 = 3 / (d (d + 2)) for every entry.
     for stat, exact in ((rows.square(), 1 / d), (rows.pow(4), 3 / (d * (d + 2)))):
         mean, spread = stat.mean(0), stat.std(0) / math.sqrt(n)
@@ -107,7 +99,7 @@ def test_each_row_is_uniform_on_the_sphere(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(torch, "ormqr", unphased)
     raw = _rows(n, d, 1)
     torch.testing.assert_close(raw @ raw.mT, torch.eye(d, dtype=torch.float64).expand(n, d, d))
-    assert _ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
+    assert ks2(raw[:, 0, 0], ref[:, 0, 0]) > bound
 
 
 @pytest.mark.parametrize("d", [12, 64])

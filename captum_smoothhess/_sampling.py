@@ -397,7 +397,8 @@ def _quaternionic_rows(
     lead_norm = torch.linalg.vector_norm(lead, dim=1)
     tail = planes.square().sum(1).triu(1).sum(-1)  # (B, n): |x|^2 below the leading entry
     norm = (lead_norm.square() + tail).sqrt()
-    conjugate = lead * torch.tensor([1.0, -1.0, -1.0, -1.0], device=device, dtype=dtype)[:, None]
+    conjugate = lead.clone()
+    conjugate[:, 1:].neg_()
     # v = x / (x_1 - beta) with beta = -(x_1 / |x_1|) |x|: the right factor conj(x_1) / (|x_1| (|x_1| + |x|)).
     scale = conjugate / (lead_norm * (lead_norm + norm))[:, None]
     v = _quaternion_product(planes, scale[..., None])

@@ -172,6 +172,20 @@ def test_noise_does_not_depend_on_the_split(quaternionic: None) -> None:
         assert torch.equal(torch.cat(parts, dim=1), whole), sizes
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_noise_is_the_float32_noise_rounded(quaternionic: None, dtype: torch.dtype) -> None:
+    """``ormqr`` has no half-precision kernels: such streams draw in float32 and round, so a seed gives
+    the float32 draws (shared groups, a mixed block, a partial last block), rounded."""
+    d, total = 8, 8 * 9 + 3
+
+    def draws(kind: torch.dtype) -> torch.Tensor:
+        return OrthogonalStream(Gaussian(), 2, d, 3, CPU, kind, total, share=4).take(0, total)
+
+    half = draws(dtype)
+    assert half.dtype == dtype and bool(torch.isfinite(half).all())
+    assert torch.equal(half, draws(torch.float32).to(dtype))
+
+
 @pytest.mark.parametrize("kernel", ["gaussian", "poisson"])
 def test_smoothhess_stays_unbiased(quaternionic: None, kernel: str) -> None:
     """d = 12, one group of 4 blocks a call, 200 seeds against the closed form."""
